@@ -1,0 +1,120 @@
+//! `POST /chat/completions`: parse, resolve the model, try its deployments in order, and answer
+//! in DeepSeek's shape, streaming or not.
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, header};
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::models::{Deployment, ModelSpec};
+use crate::relay::Relay;
+use crate::request::ChatRequest;
+use crate::settlement::{Outcome, Settlement};
+use crate::state::AppState;
+use crate::upstream::dialect::normalize_completion;
+
+pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Response {
+    let request = match ChatRequest::parse(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let mut settlement = Settlement::new(principal, &request.model);
+    let result = route(state, &request).await;
+    let (model, deployment, response) = match result {
+        Ok(ok) => ok,
+        Err(e) => {
+            settlement.finish(Outcome::Failed(e.status.as_u16()));
+            return e.into_response();
+        }
+    };
+    let provider = &deployment.provider;
+    settlement.routed(&provider.name, &deployment.upstream_model);
+
+    if request.stream {
+        let relay = Relay::new(
+            response,
+            &provider.name,
+            provider.idle_timeout(),
+            &model.name,
+            request.include_usage,
+            settlement,
+        );
+        let mut response = Response::new(Body::from_stream(relay.into_stream()));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        return response;
+    }
+
+    let body = match provider.read_body(response).await {
+        Ok(b) => b,
+        Err(e) => {
+            settlement.finish(Outcome::Failed(e.status.as_u16()));
+            return e.into_response();
+        }
+    };
+    // DeepSeek sends blank lines while a request is queued; serde_json skips leading whitespace.
+    let mut value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => {
+            let e = ApiError::bad_gateway(&provider.name, "response is not valid JSON");
+            settlement.finish(Outcome::Failed(e.status.as_u16()));
+            return e.into_response();
+        }
+    };
+    if let Some(usage) = normalize_completion(&mut value, &model.name) {
+        settlement.record_usage(usage);
+    }
+    settlement.finish(Outcome::Completed);
+    let mut response = Response::new(Body::from(
+        serde_json::to_vec(&value).expect("a JSON value serialises"),
+    ));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Resolves the model and tries its deployments in order until one answers with a success status.
+/// Only failures that happen before any byte reaches the client fall through to the next one.
+async fn route<'a>(
+    state: &'a AppState,
+    request: &ChatRequest,
+) -> Result<(&'a ModelSpec, &'a Deployment, reqwest::Response), ApiError> {
+    let model = state.catalog.get(&request.model).ok_or_else(|| {
+        let served: Vec<&str> = state.catalog.names().collect();
+        ApiError::bad_request(format!(
+            "Model Not Exist: `{}` is not served here. Served models: {}.",
+            request.model,
+            served.join(", ")
+        ))
+        .with_param("model")
+    })?;
+    let thinking = request.check_against(model)?;
+    if model.deployments.is_empty() {
+        return Err(ApiError::unavailable(format!(
+            "Model `{}` has no deployment: set DEEPSEEK_API_KEY or configure a provider (see README).",
+            model.name
+        )));
+    }
+    let mut last_error = None;
+    for deployment in &model.deployments {
+        let provider = &deployment.provider;
+        let body = provider.render(request, &deployment.upstream_model, thinking);
+        match provider.send(body, request.stream).await {
+            Ok(response) => return Ok((model, deployment, response)),
+            Err(e) if e.retryable => {
+                tracing::warn!(provider = %provider.name, status = e.status.as_u16(), "deployment failed, trying the next");
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.expect("at least one deployment was tried"))
+}

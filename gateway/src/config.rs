@@ -1,0 +1,417 @@
+//! The gateway's configuration: one TOML file, secrets named by environment variable, validated at
+//! start-up with errors that name the offending entry. With no file, an embedded default serves the
+//! three DeepSeek model names on loopback.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Upstreams the gateway may call.
+    #[serde(default)]
+    pub providers: Vec<ProviderConfig>,
+    /// The model names clients see, each with its ordered deployments.
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    /// Virtual keys. With none, the gateway accepts any key, and only on a loopback address.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes; larger bodies get a 413.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests and streams may run after SIGTERM/SIGINT before the process exits.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 8 * 1024 * 1024,
+            drain_timeout_secs: 30,
+        }
+    }
+}
+
+/// How to talk to a provider: its dialect of the OpenAI chat API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// DeepSeek's own API: native cache-hit fields, `thinking` request field.
+    Deepseek,
+    /// Any OpenAI-compatible server (vLLM, SGLang).
+    Openai,
+    /// OpenRouter: `reasoning` fields, `provider` routing object.
+    Openrouter,
+    /// The in-process engine (not available in this build yet).
+    Local,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Unique name that deployments refer to.
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Base URL; `/chat/completions` is appended (include `/v1` for servers that need it).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Environment variable holding the provider's API key. The key itself never goes in the file.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Free label that residency policies match on (for example "cn", "eu", "on-prem").
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Deadline for the TCP + TLS connection.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Deadline for the response headers after the request is sent.
+    #[serde(default = "default_first_byte_timeout_ms")]
+    pub first_byte_timeout_ms: u64,
+    /// Longest silence allowed between two body chunks (keep-alive comments count as traffic).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// OpenRouter only: the `provider` routing object sent with every request
+    /// (`order`, `only`, `ignore`, `allow_fallbacks`, `data_collection`, `zdr`, ...).
+    #[serde(default)]
+    pub routing: Option<toml::Table>,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_first_byte_timeout_ms() -> u64 {
+    120_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    120_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name clients put in `model`.
+    pub name: String,
+    /// Default mode: thinking (reasoner) or not (chat). The request's `thinking` field overrides it.
+    #[serde(default)]
+    pub thinking: bool,
+    /// The mode cannot be switched off (deepseek-v3.2-speciale).
+    #[serde(default)]
+    pub thinking_only: bool,
+    /// Whether requests may carry `tools`.
+    #[serde(default = "yes")]
+    pub tools: bool,
+    /// Upper bound for `max_tokens`; defaults to DeepSeek's (8K non-thinking, 64K thinking).
+    #[serde(default)]
+    pub max_output_tokens: Option<u32>,
+    /// `owned_by` in `/v1/models`.
+    #[serde(default = "default_owner")]
+    pub owned_by: String,
+    /// Shown in `/v1/models` as `description`, for example to label a built-in test model.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Tried in order: a deployment that fails before the first byte falls through to the next.
+    pub deployments: Vec<DeploymentConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_owner() -> String {
+    "deepseek".to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// A provider's `name`.
+    pub provider: String,
+    /// The model name the provider knows.
+    pub model: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Stable identifier used in logs and metrics (never the secret).
+    pub id: String,
+    pub team: String,
+    /// Hex SHA-256 of the key (`dsgw keys new` prints it).
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+    /// Environment variable holding the key in clear, as an alternative to `key_sha256`.
+    #[serde(default)]
+    pub key_env: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<text>".to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The configuration used when no file is given: the three DeepSeek names on 127.0.0.1:8080,
+    /// routed to DeepSeek's API when `DEEPSEEK_API_KEY` is set. DeepSeek retired the V3.2 names in
+    /// 2026, so the stable names map onto its V4 models with the mode set explicitly.
+    pub fn embedded_default(deepseek_key_present: bool) -> Self {
+        let providers = if deepseek_key_present {
+            vec![ProviderConfig {
+                name: "deepseek".to_owned(),
+                kind: ProviderKind::Deepseek,
+                base_url: Some("https://api.deepseek.com".to_owned()),
+                api_key_env: Some("DEEPSEEK_API_KEY".to_owned()),
+                region: Some("cn".to_owned()),
+                connect_timeout_ms: default_connect_timeout_ms(),
+                first_byte_timeout_ms: default_first_byte_timeout_ms(),
+                idle_timeout_ms: default_idle_timeout_ms(),
+                routing: None,
+            }]
+        } else {
+            Vec::new()
+        };
+        let deploy = |model: &str| {
+            if deepseek_key_present {
+                vec![DeploymentConfig {
+                    provider: "deepseek".to_owned(),
+                    model: model.to_owned(),
+                }]
+            } else {
+                Vec::new()
+            }
+        };
+        let model = |name: &str, thinking: bool, thinking_only: bool, upstream: &str| ModelConfig {
+            name: name.to_owned(),
+            thinking,
+            thinking_only,
+            tools: !thinking_only,
+            max_output_tokens: None,
+            owned_by: default_owner(),
+            description: None,
+            deployments: deploy(upstream),
+        };
+        Self {
+            server: ServerConfig::default(),
+            providers,
+            models: vec![
+                model("deepseek-chat", false, false, "deepseek-v4-flash"),
+                model("deepseek-reasoner", true, false, "deepseek-v4-flash"),
+                model("deepseek-v3.2-speciale", true, true, "deepseek-v4-pro"),
+            ],
+            keys: Vec::new(),
+        }
+    }
+
+    /// Checks cross-references and values; each message names the entry at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let mut provider_names = HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            let at = format!("providers[{i}] (name = {:?})", p.name);
+            if p.name.is_empty() {
+                return invalid(format!("providers[{i}]: `name` must not be empty"));
+            }
+            if !provider_names.insert(p.name.as_str()) {
+                return invalid(format!("{at}: duplicate provider name"));
+            }
+            if p.kind == ProviderKind::Local {
+                return invalid(format!(
+                    "{at}: kind = \"local\" needs the in-process engine, which this build does not include yet"
+                ));
+            }
+            match &p.base_url {
+                None => return invalid(format!("{at}: `base_url` is required for kind {:?}", p.kind)),
+                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    return invalid(format!("{at}: `base_url` must start with http:// or https://"));
+                }
+                Some(_) => {}
+            }
+            if p.routing.is_some() && p.kind != ProviderKind::Openrouter {
+                return invalid(format!("{at}: `routing` applies to kind = \"openrouter\" only"));
+            }
+            for (field, ms) in [
+                ("connect_timeout_ms", p.connect_timeout_ms),
+                ("first_byte_timeout_ms", p.first_byte_timeout_ms),
+                ("idle_timeout_ms", p.idle_timeout_ms),
+            ] {
+                if ms == 0 {
+                    return invalid(format!("{at}: `{field}` must be greater than 0"));
+                }
+            }
+        }
+        let mut model_names = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let at = format!("models[{i}] (name = {:?})", m.name);
+            if m.name.is_empty() {
+                return invalid(format!("models[{i}]: `name` must not be empty"));
+            }
+            if !model_names.insert(m.name.as_str()) {
+                return invalid(format!("{at}: duplicate model name"));
+            }
+            if m.thinking_only && !m.thinking {
+                return invalid(format!("{at}: `thinking_only = true` needs `thinking = true`"));
+            }
+            if m.deployments.is_empty() {
+                return invalid(format!("{at}: `deployments` must list at least one deployment"));
+            }
+            for (j, d) in m.deployments.iter().enumerate() {
+                if !provider_names.contains(d.provider.as_str()) {
+                    return invalid(format!(
+                        "{at}: deployments[{j}] names provider {:?}, which is not in [[providers]]",
+                        d.provider
+                    ));
+                }
+            }
+        }
+        let mut key_ids = HashSet::new();
+        for (i, k) in self.keys.iter().enumerate() {
+            let at = format!("keys[{i}] (id = {:?})", k.id);
+            if k.id.is_empty() || k.team.is_empty() {
+                return invalid(format!("keys[{i}]: `id` and `team` must not be empty"));
+            }
+            if !key_ids.insert(k.id.as_str()) {
+                return invalid(format!("{at}: duplicate key id"));
+            }
+            match (&k.key_sha256, &k.key_env) {
+                (Some(hash), None) => {
+                    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return invalid(format!("{at}: `key_sha256` must be 64 hex characters"));
+                    }
+                }
+                (None, Some(_)) => {}
+                _ => {
+                    return invalid(format!(
+                        "{at}: set exactly one of `key_sha256` and `key_env`"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[[providers]]
+name = "deepseek"
+kind = "deepseek"                 # deepseek | openai | openrouter | local
+base_url = "https://api.deepseek.com"
+api_key_env = "DEEPSEEK_API_KEY"
+region = "cn"                     # free label that policies use
+
+[[models]]
+name = "deepseek-chat"
+thinking = false
+deployments = [{ provider = "deepseek", model = "deepseek-chat" }]
+
+[[models]]
+name = "deepseek-reasoner"
+thinking = true
+deployments = [{ provider = "deepseek", model = "deepseek-reasoner" }]
+
+[[keys]]
+id = "alice"
+team = "research"
+key_sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+"#;
+
+    #[test]
+    fn accepts_the_documented_example() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(c.providers[0].kind, ProviderKind::Deepseek);
+        assert_eq!(c.models.len(), 2);
+        assert!(c.models[1].thinking);
+        assert_eq!(c.keys[0].team, "research");
+        assert_eq!(c.providers[0].region.as_deref(), Some("cn"));
+    }
+
+    #[test]
+    fn names_the_entry_with_an_unknown_provider() {
+        let text = EXAMPLE.replace(
+            r#"{ provider = "deepseek", model = "deepseek-reasoner" }"#,
+            r#"{ provider = "deepsek", model = "deepseek-reasoner" }"#,
+        );
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("models[1]"), "{err}");
+        assert!(err.contains("deepsek"), "{err}");
+    }
+
+    #[test]
+    fn rejects_unknown_fields_with_their_name() {
+        let text = EXAMPLE.replace("region = \"cn\"", "regoin = \"cn\"");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("regoin"), "{err}");
+    }
+
+    #[test]
+    fn rejects_a_malformed_key_hash() {
+        let text = EXAMPLE.replace("2c26b46b", "zz26b46b");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("keys[0]") && err.contains("64 hex"), "{err}");
+    }
+
+    #[test]
+    fn embedded_default_serves_three_models() {
+        let c = Config::embedded_default(true);
+        c.validate().unwrap();
+        let names: Vec<_> = c.models.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["deepseek-chat", "deepseek-reasoner", "deepseek-v3.2-speciale"]
+        );
+        assert!(c.models[2].thinking_only && !c.models[2].tools);
+        assert!(c.server.listen.ip().is_loopback());
+    }
+}

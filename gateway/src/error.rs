@@ -1,0 +1,279 @@
+//! The one error type that reaches clients, always rendered in DeepSeek's envelope
+//! `{"error":{"message","type","param","code"}}`.
+//!
+//! Every error records whose fault it was and whether another deployment may be tried, so the
+//! fallback loop decides from fields, never from message strings.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+/// Who caused a failure. Drives logging (client faults are not logged as errors) and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Bad input, bad key, unknown model: the caller must change the request.
+    Client,
+    /// A provider failed, timed out or refused.
+    Upstream,
+    /// The gateway itself (misconfiguration, no deployment available, shutting down).
+    Gateway,
+}
+
+/// The body of DeepSeek's error envelope.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{status}: {}", body.message)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+    pub fault: Fault,
+    /// True when the same request may succeed on another deployment (nothing reached the client yet).
+    pub retryable: bool,
+}
+
+const INVALID_REQUEST: &str = "invalid_request_error";
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &str, message: impl Into<String>, fault: Fault) -> Self {
+        Self {
+            status,
+            body: ErrorBody {
+                message: message.into(),
+                kind: kind.to_owned(),
+                param: None,
+                code: Some(INVALID_REQUEST.to_owned()),
+            },
+            fault,
+            retryable: false,
+        }
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.body.param = Some(param.into());
+        self
+    }
+
+    fn with_code(mut self, code: &str) -> Self {
+        self.body.code = Some(code.to_owned());
+        self
+    }
+
+    fn retryable(mut self) -> Self {
+        self.retryable = true;
+        self
+    }
+
+    /// Malformed request (not JSON, wrong mode for a parameter, unknown model): 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, INVALID_REQUEST, message, Fault::Client)
+    }
+
+    /// Well-formed JSON whose values are wrong: 422, as DeepSeek answers.
+    pub fn invalid_parameter(param: &str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            INVALID_REQUEST,
+            message,
+            Fault::Client,
+        )
+        .with_param(param)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "Authentication Fails, your api key is invalid or missing. \
+             Send it as `Authorization: Bearer <key>`.",
+            Fault::Client,
+        )
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            INVALID_REQUEST,
+            format!("Request body is larger than the limit of {limit} bytes."),
+            Fault::Client,
+        )
+    }
+
+    pub fn not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            INVALID_REQUEST,
+            format!("No route for {path}."),
+            Fault::Client,
+        )
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            INVALID_REQUEST,
+            "Method not allowed on this route.",
+            Fault::Client,
+        )
+    }
+
+    /// The gateway cannot serve the request right now (no deployment, draining).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            message,
+            Fault::Gateway,
+        )
+        .with_code("service_unavailable")
+    }
+
+    /// The provider did not answer within a deadline.
+    pub fn upstream_timeout(provider: &str, what: &str) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "api_error",
+            format!("Upstream provider `{provider}` timed out ({what})."),
+            Fault::Upstream,
+        )
+        .with_code("upstream_timeout")
+        .retryable()
+    }
+
+    /// The provider could not be reached or broke the protocol.
+    pub fn bad_gateway(provider: &str, what: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            format!("Upstream provider `{provider}` failed: {what}."),
+            Fault::Upstream,
+        )
+        .with_code("upstream_error")
+        .retryable()
+    }
+
+    /// A non-success answer from a provider. 5xx becomes 502 (and may be retried elsewhere); 429 is
+    /// passed through and may be retried elsewhere; other 4xx are passed through as they came, since
+    /// the request itself is at fault.
+    pub fn from_upstream(provider: &str, status: StatusCode, body: &[u8]) -> Self {
+        let upstream = parse_envelope(body);
+        if status.is_server_error() {
+            let detail = upstream
+                .map(|b| b.message)
+                .unwrap_or_else(|| format!("status {}", status.as_u16()));
+            return Self::bad_gateway(provider, &format!("status {}: {detail}", status.as_u16()));
+        }
+        let body = upstream.unwrap_or_else(|| ErrorBody {
+            message: format!(
+                "Upstream provider `{provider}` answered {}: {}",
+                status.as_u16(),
+                printable_prefix(body, 512)
+            ),
+            kind: INVALID_REQUEST.to_owned(),
+            param: None,
+            code: Some(INVALID_REQUEST.to_owned()),
+        });
+        Self {
+            status,
+            body,
+            fault: Fault::Upstream,
+            retryable: status == StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// The JSON text of the envelope, for SSE error events and response bodies.
+    pub fn envelope_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            error: &'a ErrorBody,
+        }
+        serde_json::to_string(&Envelope { error: &self.body })
+            .expect("an envelope of strings always serialises")
+    }
+}
+
+/// Reads `{"error":{...}}` (or a bare `{"message":...}`) from an upstream body.
+fn parse_envelope(body: &[u8]) -> Option<ErrorBody> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let error = value.get("error").unwrap_or(&value);
+    let text = |k: &str| error.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let message = match error {
+        serde_json::Value::String(s) => s.clone(),
+        _ => text("message")?,
+    };
+    Some(ErrorBody {
+        message,
+        kind: text("type").unwrap_or_else(|| INVALID_REQUEST.to_owned()),
+        param: text("param"),
+        code: text("code").or_else(|| {
+            error
+                .get("code")
+                .and_then(|c| c.as_i64())
+                .map(|c| c.to_string())
+        }),
+    })
+}
+
+fn printable_prefix(body: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(max)]);
+    text.trim().to_owned()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, self.envelope_json()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_has_deepseek_shape() {
+        let e = ApiError::invalid_parameter("temperature", "bad");
+        let v: serde_json::Value = serde_json::from_str(&e.envelope_json()).unwrap();
+        assert_eq!(v["error"]["message"], "bad");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "temperature");
+        assert_eq!(v["error"]["code"], "invalid_request_error");
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    #[test]
+    fn upstream_4xx_passes_through_its_envelope() {
+        let body = br#"{"error":{"message":"Missing `reasoning_content` field","type":"invalid_request_error","param":null,"code":"invalid_request_error"}}"#;
+        let e = ApiError::from_upstream("deepseek", StatusCode::BAD_REQUEST, body);
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.body.message, "Missing `reasoning_content` field");
+        assert!(!e.retryable);
+    }
+
+    #[test]
+    fn upstream_5xx_becomes_retryable_502() {
+        let e = ApiError::from_upstream("x", StatusCode::SERVICE_UNAVAILABLE, b"busy");
+        assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+        assert!(e.retryable);
+        assert_eq!(e.fault, Fault::Upstream);
+    }
+
+    #[test]
+    fn upstream_429_is_passed_through_and_retryable() {
+        let e = ApiError::from_upstream("x", StatusCode::TOO_MANY_REQUESTS, b"not json");
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(e.retryable);
+        assert!(e.body.message.contains("not json"));
+    }
+}

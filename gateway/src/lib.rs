@@ -1,0 +1,21 @@
+//! `dsgw`: a DeepSeek- and OpenAI-compatible API gateway.
+//!
+//! A request flows one way through these modules: [`server`] (routes, auth layer, body limit) →
+//! [`request`] (parse and validate, raw body kept) → [`chat`] (model resolution, deployment
+//! fallback) → [`upstream`] (provider dialects, HTTP) → [`relay`] (streams) → [`settlement`] (one
+//! completion record per request, usage from [`usage`]).
+
+pub mod auth;
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod models;
+pub mod raw_object;
+pub mod relay;
+pub mod request;
+pub mod server;
+pub mod settlement;
+pub mod sse;
+pub mod state;
+pub mod upstream;
+pub mod usage;

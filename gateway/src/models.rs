@@ -1,0 +1,140 @@
+//! The catalogue of exposed model names, each resolved to its ordered deployments.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::upstream::Provider;
+
+/// DeepSeek's output limits (reference: 8K non-thinking, 64K thinking including reasoning).
+const MAX_OUTPUT_NON_THINKING: u32 = 8 * 1024;
+const MAX_OUTPUT_THINKING: u32 = 64 * 1024;
+
+/// One place a model can be served from.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub provider: Arc<Provider>,
+    /// The model name the provider knows.
+    pub upstream_model: String,
+}
+
+/// An exposed model name and how to serve it.
+#[derive(Debug)]
+pub struct ModelSpec {
+    pub name: String,
+    pub thinking: bool,
+    pub thinking_only: bool,
+    pub tools: bool,
+    pub max_output_tokens: Option<u32>,
+    pub owned_by: String,
+    pub description: Option<String>,
+    pub deployments: Vec<Deployment>,
+}
+
+impl ModelSpec {
+    pub fn max_output_tokens(&self, thinking: bool) -> u32 {
+        self.max_output_tokens.unwrap_or(if thinking {
+            MAX_OUTPUT_THINKING
+        } else {
+            MAX_OUTPUT_NON_THINKING
+        })
+    }
+
+    #[cfg(test)]
+    pub fn for_tests(name: &str, thinking: bool, thinking_only: bool, tools: bool) -> Self {
+        Self {
+            name: name.to_owned(),
+            thinking,
+            thinking_only,
+            tools,
+            max_output_tokens: None,
+            owned_by: "deepseek".to_owned(),
+            description: None,
+            deployments: Vec::new(),
+        }
+    }
+}
+
+/// All exposed models, in configuration order.
+#[derive(Debug)]
+pub struct Catalog {
+    models: Vec<Arc<ModelSpec>>,
+    by_name: HashMap<String, usize>,
+}
+
+#[derive(Serialize)]
+struct ModelEntry<'a> {
+    id: &'a str,
+    object: &'static str,
+    owned_by: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ModelList<'a> {
+    object: &'static str,
+    data: Vec<ModelEntry<'a>>,
+}
+
+impl Catalog {
+    pub fn build(config: &Config, providers: &HashMap<String, Arc<Provider>>) -> Self {
+        let models: Vec<Arc<ModelSpec>> = config
+            .models
+            .iter()
+            .map(|m| {
+                Arc::new(ModelSpec {
+                    name: m.name.clone(),
+                    thinking: m.thinking,
+                    thinking_only: m.thinking_only,
+                    tools: m.tools,
+                    max_output_tokens: m.max_output_tokens,
+                    owned_by: m.owned_by.clone(),
+                    description: m.description.clone(),
+                    deployments: m
+                        .deployments
+                        .iter()
+                        .map(|d| Deployment {
+                            provider: providers[&d.provider].clone(),
+                            upstream_model: d.model.clone(),
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        let by_name = models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.clone(), i))
+            .collect();
+        Self { models, by_name }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<ModelSpec>> {
+        self.by_name.get(name).map(|&i| &self.models[i])
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.models.iter().map(|m| m.name.as_str())
+    }
+
+    /// The `/v1/models` body in DeepSeek's shape.
+    pub fn list_json(&self) -> String {
+        let list = ModelList {
+            object: "list",
+            data: self
+                .models
+                .iter()
+                .map(|m| ModelEntry {
+                    id: &m.name,
+                    object: "model",
+                    owned_by: &m.owned_by,
+                    description: m.description.as_deref(),
+                })
+                .collect(),
+        };
+        serde_json::to_string(&list).expect("model list serialises")
+    }
+}

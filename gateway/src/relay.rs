@@ -1,0 +1,136 @@
+//! Relays an upstream SSE stream to the client in DeepSeek's shape: chunks normalised as they
+//! pass, usage captured, `[DONE]` only after a clean end, and an error event (never a silent end)
+//! when the upstream breaks after the first byte.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+
+use crate::error::ApiError;
+use crate::settlement::{Outcome, Settlement};
+use crate::sse::SseParser;
+use crate::upstream::dialect::{ChunkFate, normalize_chunk};
+
+type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+pub struct Relay {
+    upstream: ByteStream,
+    parser: SseParser,
+    provider: String,
+    idle_timeout: Duration,
+    exposed_model: String,
+    client_wants_usage: bool,
+    /// `None` once the stream has ended; dropping it early records a client disconnect.
+    settlement: Option<Settlement>,
+}
+
+impl Relay {
+    pub fn new(
+        response: reqwest::Response,
+        provider: &str,
+        idle_timeout: Duration,
+        exposed_model: &str,
+        client_wants_usage: bool,
+        settlement: Settlement,
+    ) -> Self {
+        Self {
+            upstream: Box::pin(response.bytes_stream()),
+            parser: SseParser::default(),
+            provider: provider.to_owned(),
+            idle_timeout,
+            exposed_model: exposed_model.to_owned(),
+            client_wants_usage,
+            settlement: Some(settlement),
+        }
+    }
+
+    /// The client-facing body stream.
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+        futures_util::stream::unfold(self, |mut relay| async move {
+            relay.next_frame().await.map(|frame| (Ok(frame), relay))
+        })
+    }
+
+    fn end(&mut self, outcome: Outcome) {
+        if let Some(settlement) = self.settlement.take() {
+            settlement.finish(outcome);
+        }
+    }
+
+    /// Ends the stream with an error event in DeepSeek's envelope.
+    fn fail(&mut self, out: &mut BytesMut, error: &ApiError) {
+        tracing::warn!(provider = %self.provider, error = %error, "stream failed after first byte");
+        write_event(out, error.envelope_json().as_bytes());
+        self.end(Outcome::StreamFailed);
+    }
+
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        loop {
+            self.settlement.as_ref()?;
+            let mut out = BytesMut::new();
+            match tokio::time::timeout(self.idle_timeout, self.upstream.next()).await {
+                Err(_) => {
+                    let e = ApiError::upstream_timeout(&self.provider, "stream idle");
+                    self.fail(&mut out, &e);
+                }
+                Ok(None) => {
+                    let e = ApiError::bad_gateway(&self.provider, "stream ended before [DONE]");
+                    self.fail(&mut out, &e);
+                }
+                Ok(Some(Err(_))) => {
+                    let e = ApiError::bad_gateway(&self.provider, "stream interrupted");
+                    self.fail(&mut out, &e);
+                }
+                Ok(Some(Ok(bytes))) => self.translate(&bytes, &mut out),
+            }
+            if !out.is_empty() {
+                return Some(out.freeze());
+            }
+        }
+    }
+
+    fn translate(&mut self, bytes: &[u8], out: &mut BytesMut) {
+        for event in self.parser.push(bytes) {
+            if self.settlement.is_none() {
+                return;
+            }
+            if event.data == "[DONE]" {
+                write_event(out, b"[DONE]");
+                self.end(Outcome::Completed);
+                return;
+            }
+            let mut chunk: serde_json::Value = match serde_json::from_str(&event.data) {
+                Ok(v) => v,
+                Err(_) => {
+                    let e = ApiError::bad_gateway(&self.provider, "malformed stream chunk");
+                    self.fail(out, &e);
+                    return;
+                }
+            };
+            if event.name.as_deref() == Some("error") || chunk.get("error").is_some() {
+                // Pass the provider's own error envelope on, then stop.
+                write_event(out, event.data.as_bytes());
+                self.end(Outcome::StreamFailed);
+                return;
+            }
+            let (usage, fate) = normalize_chunk(&mut chunk, &self.exposed_model, self.client_wants_usage);
+            if let (Some(usage), Some(settlement)) = (usage, self.settlement.as_mut()) {
+                settlement.record_usage(usage);
+            }
+            if fate == ChunkFate::Forward {
+                out.put_slice(b"data: ");
+                serde_json::to_writer((&mut *out).writer(), &chunk).expect("a JSON value serialises");
+                out.put_slice(b"\n\n");
+            }
+        }
+    }
+}
+
+fn write_event(out: &mut BytesMut, data: &[u8]) {
+    out.put_slice(b"data: ");
+    out.put_slice(data);
+    out.put_slice(b"\n\n");
+}

@@ -1,0 +1,434 @@
+//! Parsing and validating a chat completion request into a typed view, while keeping the raw body
+//! for forwarding. Statuses follow DeepSeek: JSON syntax errors are 400, well-formed JSON with wrong
+//! types or out-of-range values is 422, a parameter the chosen mode forbids is 400.
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+
+use crate::error::ApiError;
+use crate::models::ModelSpec;
+use crate::raw_object::RawObject;
+
+/// A validated chat request: what the gateway reads, plus the untouched original fields.
+#[derive(Debug)]
+pub struct ChatRequest {
+    pub model: String,
+    pub stream: bool,
+    /// The client asked for the usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
+    /// `thinking.type` from the request, if given.
+    pub thinking: Option<bool>,
+    pub has_tools: bool,
+    pub logprobs: bool,
+    pub top_logprobs: Option<u32>,
+    pub max_tokens: Option<u32>,
+    pub message_count: usize,
+    pub raw: RawObject,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+    Developer,
+}
+
+#[derive(Debug, Deserialize)]
+struct Message {
+    role: Role,
+    #[serde(default)]
+    content: Option<Content>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(#[allow(dead_code)] String),
+    Parts(#[allow(dead_code)] Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    #[allow(dead_code)]
+    kind: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Thinking {
+    #[serde(rename = "type")]
+    kind: ThinkingType,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ThinkingType {
+    Enabled,
+    Disabled,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(#[allow(dead_code)] String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct ResponseFormat {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Tool {
+    #[serde(rename = "type")]
+    kind: String,
+    function: Function,
+}
+
+#[derive(Debug, Deserialize)]
+struct Function {
+    name: String,
+}
+
+/// Deserialises one top-level field, mapping a type error to a 422 that names it.
+fn field<T: DeserializeOwned>(raw: &RawObject, name: &str) -> Result<Option<T>, ApiError> {
+    let Some(value) = raw.get(name) else {
+        return Ok(None);
+    };
+    if value.get() == "null" {
+        return Ok(None);
+    }
+    serde_json::from_str(value.get()).map(Some).map_err(|e| {
+        ApiError::invalid_parameter(
+            name,
+            format!("Failed to deserialize the JSON body into the target type: {name}: {e}"),
+        )
+    })
+}
+
+fn range(name: &str, value: Option<f64>, lo: f64, hi: f64) -> Result<(), ApiError> {
+    match value {
+        Some(v) if !(lo..=hi).contains(&v) => Err(ApiError::invalid_parameter(
+            name,
+            format!("Invalid {name} value, the valid range of {name} is [{lo}, {hi}]"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl ChatRequest {
+    /// Parses the body. Mode-dependent checks happen in [`ChatRequest::check_against`].
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let raw: RawObject = serde_json::from_slice(body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::invalid_parameter(
+                "body",
+                format!("Failed to deserialize the JSON body into the target type: {e}"),
+            ),
+            _ => ApiError::bad_request(format!("Failed to parse the request body as JSON: {e}")),
+        })?;
+
+        let model: String = field(&raw, "model")?.ok_or_else(|| {
+            ApiError::invalid_parameter("model", "Missing required parameter: `model`")
+        })?;
+        let messages: Vec<Message> = field(&raw, "messages")?.ok_or_else(|| {
+            ApiError::invalid_parameter("messages", "Missing required parameter: `messages`")
+        })?;
+        validate_messages(&messages)?;
+
+        let stream = field::<bool>(&raw, "stream")?.unwrap_or(false);
+        let include_usage = field::<StreamOptions>(&raw, "stream_options")?
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+        let thinking = field::<Thinking>(&raw, "thinking")?.map(|t| match t.kind {
+            ThinkingType::Enabled => true,
+            ThinkingType::Disabled => false,
+        });
+
+        range("temperature", field(&raw, "temperature")?, 0.0, 2.0)?;
+        range("top_p", field(&raw, "top_p")?, 0.0, 1.0)?;
+        range("presence_penalty", field(&raw, "presence_penalty")?, -2.0, 2.0)?;
+        range("frequency_penalty", field(&raw, "frequency_penalty")?, -2.0, 2.0)?;
+
+        let max_tokens = field::<i64>(&raw, "max_tokens")?
+            .map(|n| {
+                u32::try_from(n).ok().filter(|&n| n >= 1).ok_or_else(|| {
+                    ApiError::invalid_parameter("max_tokens", "Invalid max_tokens value, it must be at least 1")
+                })
+            })
+            .transpose()?;
+
+        if let Some(Stop::Many(stops)) = field::<Stop>(&raw, "stop")?
+            && stops.len() > 16
+        {
+            return Err(ApiError::invalid_parameter(
+                "stop",
+                "Invalid stop value, at most 16 stop sequences are allowed",
+            ));
+        }
+        if let Some(format) = field::<ResponseFormat>(&raw, "response_format")?
+            && !matches!(format.kind.as_str(), "text" | "json_object")
+        {
+            return Err(ApiError::invalid_parameter(
+                "response_format",
+                format!(
+                    "Invalid response_format type `{}`, expected `text` or `json_object`",
+                    format.kind
+                ),
+            ));
+        }
+        let tools = field::<Vec<Tool>>(&raw, "tools")?.unwrap_or_default();
+        if tools.len() > 128 {
+            return Err(ApiError::invalid_parameter(
+                "tools",
+                "Invalid tools value, at most 128 tools are allowed",
+            ));
+        }
+        for (i, tool) in tools.iter().enumerate() {
+            if tool.kind != "function" || tool.function.name.is_empty() {
+                return Err(ApiError::invalid_parameter(
+                    "tools",
+                    format!("tools[{i}] must be {{\"type\":\"function\",\"function\":{{\"name\":...}}}}"),
+                ));
+            }
+        }
+        if let Some(choice) = raw.get("tool_choice") {
+            validate_tool_choice(choice)?;
+        }
+
+        let logprobs = field::<bool>(&raw, "logprobs")?.unwrap_or(false);
+        let top_logprobs = field::<i64>(&raw, "top_logprobs")?
+            .map(|n| {
+                u32::try_from(n).ok().filter(|&n| n <= 20).ok_or_else(|| {
+                    ApiError::invalid_parameter(
+                        "top_logprobs",
+                        "Invalid top_logprobs value, the valid range of top_logprobs is [0, 20]",
+                    )
+                })
+            })
+            .transpose()?;
+        if top_logprobs.is_some() && !logprobs {
+            return Err(ApiError::invalid_parameter(
+                "top_logprobs",
+                "top_logprobs requires logprobs to be true",
+            ));
+        }
+
+        Ok(Self {
+            model,
+            stream,
+            include_usage,
+            thinking,
+            has_tools: !tools.is_empty(),
+            logprobs,
+            top_logprobs,
+            max_tokens,
+            message_count: messages.len(),
+            raw,
+        })
+    }
+
+    /// Checks the request against the model it names and returns the effective mode
+    /// (true = thinking).
+    pub fn check_against(&self, model: &ModelSpec) -> Result<bool, ApiError> {
+        let thinking = match self.thinking {
+            Some(false) if model.thinking_only => {
+                return Err(ApiError::bad_request(format!(
+                    "Model `{}` only runs in thinking mode; remove `thinking: {{\"type\": \"disabled\"}}`.",
+                    model.name
+                ))
+                .with_param("thinking"));
+            }
+            Some(t) => t,
+            None => model.thinking,
+        };
+        if self.has_tools && !model.tools {
+            return Err(ApiError::bad_request(format!(
+                "Model `{}` does not support tools (function calling); remove `tools` or use another model.",
+                model.name
+            ))
+            .with_param("tools"));
+        }
+        if thinking && (self.logprobs || self.top_logprobs.is_some()) {
+            let param = if self.logprobs { "logprobs" } else { "top_logprobs" };
+            return Err(ApiError::bad_request(format!(
+                "`{param}` is not supported in thinking mode."
+            ))
+            .with_param(param));
+        }
+        if let Some(max) = self.max_tokens {
+            let limit = model.max_output_tokens(thinking);
+            if max > limit {
+                return Err(ApiError::invalid_parameter(
+                    "max_tokens",
+                    format!("Invalid max_tokens value, the valid range of max_tokens is [1, {limit}]"),
+                ));
+            }
+        }
+        Ok(thinking)
+    }
+}
+
+fn validate_messages(messages: &[Message]) -> Result<(), ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid_parameter(
+            "messages",
+            "`messages` must contain at least one message",
+        ));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        let bad = |why: &str| {
+            Err(ApiError::invalid_parameter(
+                "messages",
+                format!("messages[{i}]: {why}"),
+            ))
+        };
+        match m.role {
+            Role::Tool if m.tool_call_id.is_none() => {
+                return bad("a `tool` message needs `tool_call_id`");
+            }
+            Role::Assistant => {
+                if m.content.is_none() && m.tool_calls.is_none() && m.reasoning_content.is_none() {
+                    return bad("an `assistant` message needs `content` or `tool_calls`");
+                }
+            }
+            Role::System | Role::User | Role::Developer | Role::Tool if m.content.is_none() => {
+                return bad("`content` is required");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn validate_tool_choice(choice: &RawValue) -> Result<(), ApiError> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ToolChoice {
+        Mode(String),
+        Named {
+            #[serde(rename = "type")]
+            kind: String,
+            function: Function,
+        },
+    }
+    let ok = match serde_json::from_str::<ToolChoice>(choice.get()) {
+        Ok(ToolChoice::Mode(m)) => matches!(m.as_str(), "none" | "auto" | "required"),
+        Ok(ToolChoice::Named { kind, function }) => kind == "function" && !function.name.is_empty(),
+        Err(_) => false,
+    };
+    if ok || choice.get() == "null" {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_parameter(
+            "tool_choice",
+            "Invalid tool_choice: expected `none`, `auto`, `required` or {\"type\":\"function\",\"function\":{\"name\":...}}",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    fn parse(body: &str) -> Result<ChatRequest, ApiError> {
+        ChatRequest::parse(body.as_bytes())
+    }
+
+    const OK: &str = r#"{"model":"deepseek-chat","messages":[{"role":"user","content":"hi"}]}"#;
+
+    #[test]
+    fn parses_a_minimal_request() {
+        let r = parse(OK).unwrap();
+        assert_eq!(r.model, "deepseek-chat");
+        assert!(!r.stream && !r.include_usage);
+        assert_eq!(r.thinking, None);
+    }
+
+    #[test]
+    fn syntax_errors_are_400_and_type_errors_422() {
+        assert_eq!(parse("{").unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(parse("[]").unwrap_err().status, StatusCode::UNPROCESSABLE_ENTITY);
+        let e = parse(r#"{"model":"m","messages":"hi"}"#).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(e.body.param.as_deref(), Some("messages"));
+    }
+
+    #[test]
+    fn out_of_range_values_are_422_naming_the_parameter() {
+        for (field, value) in [
+            ("temperature", "2.5"),
+            ("top_p", "1.5"),
+            ("presence_penalty", "-3"),
+            ("max_tokens", "0"),
+            ("top_logprobs", "21"),
+        ] {
+            let body = OK.replace("}]}", &format!("}}],\"{field}\":{value},\"logprobs\":true}}"));
+            let e = parse(&body).unwrap_err();
+            assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY, "{field}");
+            assert_eq!(e.body.param.as_deref(), Some(field));
+        }
+    }
+
+    #[test]
+    fn tool_messages_need_a_call_id() {
+        let e = parse(r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#).unwrap_err();
+        assert!(e.body.message.contains("tool_call_id"));
+    }
+
+    #[test]
+    fn reads_thinking_and_stream_options() {
+        let r = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,
+                "stream_options":{"include_usage":true},"thinking":{"type":"enabled"}}"#,
+        )
+        .unwrap();
+        assert!(r.stream && r.include_usage);
+        assert_eq!(r.thinking, Some(true));
+    }
+
+    #[test]
+    fn mode_checks_follow_deepseek() {
+        let reasoner = ModelSpec::for_tests("deepseek-reasoner", true, false, true);
+        let speciale = ModelSpec::for_tests("deepseek-v3.2-speciale", true, true, false);
+        let chat = ModelSpec::for_tests("deepseek-chat", false, false, true);
+
+        let logprobs = parse(&OK.replace("}]}", "}],\"logprobs\":true}")).unwrap();
+        assert_eq!(logprobs.check_against(&reasoner).unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(logprobs.check_against(&chat), Ok(false));
+
+        let tools = parse(&OK.replace(
+            "}]}",
+            r#"}],"tools":[{"type":"function","function":{"name":"f","parameters":{}}}]}"#,
+        ))
+        .unwrap();
+        let e = tools.check_against(&speciale).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.body.message.contains("does not support tools"));
+
+        let think = parse(&OK.replace("}]}", r#"}],"thinking":{"type":"enabled"}}"#)).unwrap();
+        assert_eq!(think.check_against(&chat), Ok(true));
+
+        let big = parse(&OK.replace("}]}", r#"}],"max_tokens":9000}"#)).unwrap();
+        assert_eq!(big.check_against(&chat).unwrap_err().status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(big.check_against(&reasoner), Ok(true));
+    }
+}

@@ -1,0 +1,173 @@
+//! The HTTP front: routes, the middleware stack, and graceful shutdown with a bounded drain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use http::{HeaderValue, StatusCode, Uri, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::net::TcpListener;
+
+use crate::auth::{Principal, bearer_token};
+use crate::chat;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The whole stack, read top to bottom.
+pub fn router(state: Arc<AppState>) -> Router {
+    let public = Router::new()
+        .route("/healthz", get(|| async { json_ok(r#"{"status":"ok"}"#) }))
+        .route("/readyz", get(readyz));
+
+    // Everything below requires a virtual key.
+    let authenticated = Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/models", get(models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+
+    public
+        .merge(authenticated)
+        .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(state)
+}
+
+fn json_ok(body: &'static str) -> Response {
+    let mut response = Response::new(Body::from(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.is_draining() {
+        let mut r = json_ok(r#"{"status":"draining"}"#);
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        r
+    } else {
+        json_ok(r#"{"status":"ready"}"#)
+    }
+}
+
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    match state.keys.authenticate(presented) {
+        Some(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        None => ApiError::unauthorized().into_response(),
+    }
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Response {
+    let mut response = Response::new(Body::from(state.catalog.list_json()));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+async fn chat_completions(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let principal = parts
+        .extensions
+        .get::<Principal>()
+        .cloned()
+        .expect("the auth layer inserts a principal");
+    if state.is_draining() {
+        return ApiError::unavailable("The gateway is shutting down; retry on another replica.")
+            .into_response();
+    }
+    let body = match read_body(body, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    chat::complete(&state, principal, body).await
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::payload_too_large(limit))
+        }
+        Err(_) => Err(ApiError::bad_request("Failed to read the request body.")),
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then stops accepting, lets in-flight requests and streams
+/// finish, and exits when they are done or when `drain` has passed, whichever is first.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    drain: Duration,
+) -> std::io::Result<()> {
+    // Disable Nagle: SSE frames are small and must leave at once (a naive server stalls 40 ms on
+    // delayed ACKs between streams on one keep-alive connection).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let (signalled_tx, mut signalled_rx) = tokio::sync::watch::channel(false);
+    let app = router(state.clone());
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!(drain_secs = drain.as_secs(), "shutting down: draining in-flight requests");
+        state.start_draining();
+        let _ = signalled_tx.send(true);
+    });
+    let deadline = async move {
+        let _ = signalled_rx.wait_for(|s| *s).await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        result = server => result,
+        () = deadline => {
+            tracing::warn!("drain deadline passed with requests still open; exiting");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

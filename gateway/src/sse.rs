@@ -1,0 +1,115 @@
+//! An incremental server-sent-events parser for upstream streams. It tolerates what real providers
+//! send: `: keep-alive` comments while queued, leading blank lines, CRLF line ends, and events split
+//! across reads at any byte.
+
+use bytes::{Buf, BytesMut};
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The `event:` field, when present.
+    pub name: Option<String>,
+    /// The `data:` lines joined with `\n`.
+    pub data: String,
+}
+
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buffer: BytesMut,
+    name: Option<String>,
+    data: Option<String>,
+}
+
+impl SseParser {
+    /// Feeds bytes and returns the events they complete.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Event> {
+        self.buffer.extend_from_slice(chunk);
+        let mut events = Vec::new();
+        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+            let line = self.buffer.split_to(end + 1);
+            let mut line = &line[..end];
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            if let Some(event) = self.line(line) {
+                events.push(event);
+            }
+        }
+        events
+    }
+
+    /// True when bytes of an unfinished event are buffered (a stream ending now was cut).
+    pub fn has_partial(&self) -> bool {
+        self.data.is_some() || self.buffer.has_remaining()
+    }
+
+    fn line(&mut self, line: &[u8]) -> Option<Event> {
+        if line.is_empty() {
+            let data = self.data.take()?;
+            return Some(Event {
+                name: self.name.take(),
+                data,
+            });
+        }
+        if line[0] == b':' {
+            return None;
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => {
+                let value = &line[i + 1..];
+                (&line[..i], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &[][..]),
+        };
+        let value = String::from_utf8_lossy(value);
+        match field {
+            b"data" => match &mut self.data {
+                Some(data) => {
+                    data.push('\n');
+                    data.push_str(&value);
+                }
+                None => self.data = Some(value.into_owned()),
+            },
+            b"event" => self.name = Some(value.into_owned()),
+            _ => {}
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(events: Vec<Event>) -> Vec<String> {
+        events.into_iter().map(|e| e.data).collect()
+    }
+
+    #[test]
+    fn tolerates_comments_blank_lines_and_crlf() {
+        let mut p = SseParser::default();
+        let out = p.push(b"\n\n: keep-alive\n\ndata: {\"a\":1}\r\n\r\ndata: [DONE]\n\n");
+        assert_eq!(data(out), ["{\"a\":1}", "[DONE]"]);
+        assert!(!p.has_partial());
+    }
+
+    #[test]
+    fn events_split_at_any_byte_reassemble() {
+        let text = b"event: x\ndata: hello\ndata: world\n\ndata: {\"b\":2}\n\n";
+        for split in 0..text.len() {
+            let mut p = SseParser::default();
+            let mut out = p.push(&text[..split]);
+            out.extend(p.push(&text[split..]));
+            assert_eq!(out.len(), 2, "split at {split}");
+            assert_eq!(out[0].name.as_deref(), Some("x"));
+            assert_eq!(out[0].data, "hello\nworld");
+            assert_eq!(out[1].data, "{\"b\":2}");
+        }
+    }
+
+    #[test]
+    fn reports_a_partial_event() {
+        let mut p = SseParser::default();
+        assert!(p.push(b"data: {\"a\"").is_empty());
+        assert!(p.has_partial());
+    }
+}

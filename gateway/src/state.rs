@@ -1,0 +1,58 @@
+//! Everything a request handler reads, built once from the configuration.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::auth::{KeyError, KeyStore};
+use crate::config::Config;
+use crate::models::Catalog;
+use crate::upstream::{Provider, ProviderError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(
+        "no [[keys]] are configured, so the gateway would accept any caller; it only does that on a \
+         loopback address, and {0} is not one. Add keys (`dsgw keys new`) or listen on 127.0.0.1."
+    )]
+    OpenNonLoopback(std::net::SocketAddr),
+}
+
+#[derive(Debug)]
+pub struct AppState {
+    pub catalog: Catalog,
+    pub keys: KeyStore,
+    pub max_body_bytes: usize,
+    draining: AtomicBool,
+}
+
+impl AppState {
+    pub fn build(config: &Config) -> Result<Arc<Self>, StateError> {
+        let keys = KeyStore::from_config(&config.keys)?;
+        if keys.is_open() && !config.server.listen.ip().is_loopback() {
+            return Err(StateError::OpenNonLoopback(config.server.listen));
+        }
+        let mut providers = HashMap::new();
+        for (i, p) in config.providers.iter().enumerate() {
+            providers.insert(p.name.clone(), Arc::new(Provider::from_config(i, p)?));
+        }
+        Ok(Arc::new(Self {
+            catalog: Catalog::build(config, &providers),
+            keys,
+            max_body_bytes: config.server.max_body_bytes,
+            draining: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
