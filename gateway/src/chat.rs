@@ -75,9 +75,10 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
     let mut response = Response::new(Body::from(
         serde_json::to_vec(&value).expect("a JSON value serialises"),
     ));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 

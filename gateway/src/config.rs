@@ -266,14 +266,23 @@ impl Config {
                 ));
             }
             match &p.base_url {
-                None => return invalid(format!("{at}: `base_url` is required for kind {:?}", p.kind)),
+                None => {
+                    return invalid(format!(
+                        "{at}: `base_url` is required for kind {:?}",
+                        p.kind
+                    ));
+                }
                 Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                    return invalid(format!("{at}: `base_url` must start with http:// or https://"));
+                    return invalid(format!(
+                        "{at}: `base_url` must start with http:// or https://"
+                    ));
                 }
                 Some(_) => {}
             }
             if p.routing.is_some() && p.kind != ProviderKind::Openrouter {
-                return invalid(format!("{at}: `routing` applies to kind = \"openrouter\" only"));
+                return invalid(format!(
+                    "{at}: `routing` applies to kind = \"openrouter\" only"
+                ));
             }
             for (field, ms) in [
                 ("connect_timeout_ms", p.connect_timeout_ms),
@@ -295,10 +304,14 @@ impl Config {
                 return invalid(format!("{at}: duplicate model name"));
             }
             if m.thinking_only && !m.thinking {
-                return invalid(format!("{at}: `thinking_only = true` needs `thinking = true`"));
+                return invalid(format!(
+                    "{at}: `thinking_only = true` needs `thinking = true`"
+                ));
             }
             if m.deployments.is_empty() {
-                return invalid(format!("{at}: `deployments` must list at least one deployment"));
+                return invalid(format!(
+                    "{at}: `deployments` must list at least one deployment"
+                ));
             }
             for (j, d) in m.deployments.iter().enumerate() {
                 if !provider_names.contains(d.provider.as_str()) {
@@ -409,7 +422,11 @@ key_sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
         let names: Vec<_> = c.models.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
             names,
-            ["deepseek-chat", "deepseek-reasoner", "deepseek-v3.2-speciale"]
+            [
+                "deepseek-chat",
+                "deepseek-reasoner",
+                "deepseek-v3.2-speciale"
+            ]
         );
         assert!(c.models[2].thinking_only && !c.models[2].tools);
         assert!(c.server.listen.ip().is_loopback());

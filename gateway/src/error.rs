@@ -73,7 +73,12 @@ impl ApiError {
 
     /// Malformed request (not JSON, wrong mode for a parameter, unknown model): 400.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, INVALID_REQUEST, message, Fault::Client)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            message,
+            Fault::Client,
+        )
     }
 
     /// Well-formed JSON whose values are wrong: 422, as DeepSeek answers.
@@ -164,6 +169,19 @@ impl ApiError {
     /// the request itself is at fault.
     pub fn from_upstream(provider: &str, status: StatusCode, body: &[u8]) -> Self {
         let upstream = parse_envelope(body);
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            // The provider refused the gateway's own credentials: the caller's key was fine, so a
+            // 401 would mislead; this is the operator's to fix.
+            let mut e = Self::bad_gateway(
+                provider,
+                &format!(
+                    "it rejected the gateway's credentials (status {})",
+                    status.as_u16()
+                ),
+            );
+            e.fault = Fault::Gateway;
+            return e;
+        }
         if status.is_server_error() {
             let detail = upstream
                 .map(|b| b.message)
@@ -267,6 +285,13 @@ mod tests {
         assert_eq!(e.status, StatusCode::BAD_GATEWAY);
         assert!(e.retryable);
         assert_eq!(e.fault, Fault::Upstream);
+    }
+
+    #[test]
+    fn upstream_auth_failure_is_not_the_callers_401() {
+        let e = ApiError::from_upstream("x", StatusCode::UNAUTHORIZED, b"{}");
+        assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(e.fault, Fault::Gateway);
     }
 
     #[test]

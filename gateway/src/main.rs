@@ -84,14 +84,16 @@ fn new_key(id: &str, team: &str) -> anyhow::Result<()> {
     let key = generate_key().context("reading the operating system's random generator")?;
     println!("key: {key}");
     println!("(shown once; only its hash goes in the config)\n");
-    println!("[[keys]]\nid = {id:?}\nteam = {team:?}\nkey_sha256 = \"{}\"", hex(&sha256(key.as_bytes())));
+    println!(
+        "[[keys]]\nid = {id:?}\nteam = {team:?}\nkey_sha256 = \"{}\"",
+        hex(&sha256(key.as_bytes()))
+    );
     Ok(())
 }
 
 fn serve(path: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     init_tracing();
-    // One TLS backend, chosen deliberately: ring builds with a C compiler alone (no cmake).
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    dsgw::upstream::install_tls();
 
     let mut config = match &path {
         Some(p) => Config::load(p)?,
@@ -120,6 +122,8 @@ fn serve(path: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> anyhow:
 }
 
 fn announce(config: &Config, embedded: bool, state: &AppState, addr: std::net::SocketAddr) {
+    // Tests and scripts read this line to learn the port.
+    eprintln!("dsgw: listening on http://{addr}");
     let models: Vec<&str> = state.catalog.names().collect();
     tracing::info!(%addr, models = %models.join(","), "dsgw listening");
     if embedded && config.providers.is_empty() {
@@ -134,7 +138,7 @@ fn announce(config: &Config, embedded: bool, state: &AppState, addr: std::net::S
              add keys with `dsgw keys new --id ID --team TEAM`"
         );
     } else {
-        eprintln!("dsgw: listening on http://{addr}; send `Authorization: Bearer <virtual key>`");
+        eprintln!("dsgw: send `Authorization: Bearer <virtual key>`");
     }
 }
 

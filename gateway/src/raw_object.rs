@@ -32,7 +32,11 @@ impl RawObject {
 
     /// The object's text with the edits applied; untouched fields keep their exact bytes.
     pub fn render(&self, edits: &[Edit]) -> Vec<u8> {
-        let size: usize = self.fields.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum();
+        let size: usize = self
+            .fields
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum();
         let mut out = Vec::with_capacity(size + 64);
         out.push(b'{');
         let mut first = true;

@@ -116,13 +116,15 @@ impl Relay {
                 self.end(Outcome::StreamFailed);
                 return;
             }
-            let (usage, fate) = normalize_chunk(&mut chunk, &self.exposed_model, self.client_wants_usage);
+            let (usage, fate) =
+                normalize_chunk(&mut chunk, &self.exposed_model, self.client_wants_usage);
             if let (Some(usage), Some(settlement)) = (usage, self.settlement.as_mut()) {
                 settlement.record_usage(usage);
             }
             if fate == ChunkFate::Forward {
                 out.put_slice(b"data: ");
-                serde_json::to_writer((&mut *out).writer(), &chunk).expect("a JSON value serialises");
+                serde_json::to_writer((&mut *out).writer(), &chunk)
+                    .expect("a JSON value serialises");
                 out.put_slice(b"\n\n");
             }
         }

@@ -164,13 +164,26 @@ impl ChatRequest {
 
         range("temperature", field(&raw, "temperature")?, 0.0, 2.0)?;
         range("top_p", field(&raw, "top_p")?, 0.0, 1.0)?;
-        range("presence_penalty", field(&raw, "presence_penalty")?, -2.0, 2.0)?;
-        range("frequency_penalty", field(&raw, "frequency_penalty")?, -2.0, 2.0)?;
+        range(
+            "presence_penalty",
+            field(&raw, "presence_penalty")?,
+            -2.0,
+            2.0,
+        )?;
+        range(
+            "frequency_penalty",
+            field(&raw, "frequency_penalty")?,
+            -2.0,
+            2.0,
+        )?;
 
         let max_tokens = field::<i64>(&raw, "max_tokens")?
             .map(|n| {
                 u32::try_from(n).ok().filter(|&n| n >= 1).ok_or_else(|| {
-                    ApiError::invalid_parameter("max_tokens", "Invalid max_tokens value, it must be at least 1")
+                    ApiError::invalid_parameter(
+                        "max_tokens",
+                        "Invalid max_tokens value, it must be at least 1",
+                    )
                 })
             })
             .transpose()?;
@@ -205,7 +218,9 @@ impl ChatRequest {
             if tool.kind != "function" || tool.function.name.is_empty() {
                 return Err(ApiError::invalid_parameter(
                     "tools",
-                    format!("tools[{i}] must be {{\"type\":\"function\",\"function\":{{\"name\":...}}}}"),
+                    format!(
+                        "tools[{i}] must be {{\"type\":\"function\",\"function\":{{\"name\":...}}}}"
+                    ),
                 ));
             }
         }
@@ -267,7 +282,11 @@ impl ChatRequest {
             .with_param("tools"));
         }
         if thinking && (self.logprobs || self.top_logprobs.is_some()) {
-            let param = if self.logprobs { "logprobs" } else { "top_logprobs" };
+            let param = if self.logprobs {
+                "logprobs"
+            } else {
+                "top_logprobs"
+            };
             return Err(ApiError::bad_request(format!(
                 "`{param}` is not supported in thinking mode."
             ))
@@ -278,7 +297,9 @@ impl ChatRequest {
             if max > limit {
                 return Err(ApiError::invalid_parameter(
                     "max_tokens",
-                    format!("Invalid max_tokens value, the valid range of max_tokens is [1, {limit}]"),
+                    format!(
+                        "Invalid max_tokens value, the valid range of max_tokens is [1, {limit}]"
+                    ),
                 ));
             }
         }
@@ -366,7 +387,10 @@ mod tests {
     #[test]
     fn syntax_errors_are_400_and_type_errors_422() {
         assert_eq!(parse("{").unwrap_err().status, StatusCode::BAD_REQUEST);
-        assert_eq!(parse("[]").unwrap_err().status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            parse("[]").unwrap_err().status,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
         let e = parse(r#"{"model":"m","messages":"hi"}"#).unwrap_err();
         assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(e.body.param.as_deref(), Some("messages"));
@@ -381,7 +405,10 @@ mod tests {
             ("max_tokens", "0"),
             ("top_logprobs", "21"),
         ] {
-            let body = OK.replace("}]}", &format!("}}],\"{field}\":{value},\"logprobs\":true}}"));
+            let body = OK.replace(
+                "}]}",
+                &format!("}}],\"{field}\":{value},\"logprobs\":true}}"),
+            );
             let e = parse(&body).unwrap_err();
             assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY, "{field}");
             assert_eq!(e.body.param.as_deref(), Some(field));
@@ -412,7 +439,10 @@ mod tests {
         let chat = ModelSpec::for_tests("deepseek-chat", false, false, true);
 
         let logprobs = parse(&OK.replace("}]}", "}],\"logprobs\":true}")).unwrap();
-        assert_eq!(logprobs.check_against(&reasoner).unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            logprobs.check_against(&reasoner).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
         assert_eq!(logprobs.check_against(&chat), Ok(false));
 
         let tools = parse(&OK.replace(
@@ -428,7 +458,87 @@ mod tests {
         assert_eq!(think.check_against(&chat), Ok(true));
 
         let big = parse(&OK.replace("}]}", r#"}],"max_tokens":9000}"#)).unwrap();
-        assert_eq!(big.check_against(&chat).unwrap_err().status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            big.check_against(&chat).unwrap_err().status,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
         assert_eq!(big.check_against(&reasoner), Ok(true));
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! No input may panic the parser: arbitrary bytes, and arbitrary JSON in every field.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number)),
+            "[a-z_]{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("role".to_owned()),
+                        Just("content".to_owned()),
+                        Just("type".to_owned()),
+                        Just("function".to_owned()),
+                        Just("name".to_owned()),
+                        Just("include_usage".to_owned()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    const FIELDS: [&str; 16] = [
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "thinking",
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "max_tokens",
+        "stop",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "logprobs",
+        "top_logprobs",
+    ];
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = ChatRequest::parse(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_fields_never_panic(values in prop::collection::vec(json_value(), FIELDS.len())) {
+            let object: serde_json::Map<String, serde_json::Value> =
+                FIELDS.iter().map(|f| f.to_string()).zip(values).collect();
+            let body = serde_json::to_vec(&object).unwrap();
+            if let Ok(request) = ChatRequest::parse(&body) {
+                for (thinking, only, tools) in [(false, false, true), (true, true, false)] {
+                    let _ = request.check_against(&ModelSpec::for_tests("m", thinking, only, tools));
+                }
+                let raw = request.raw.render(&[]);
+                prop_assert!(serde_json::from_slice::<serde_json::Value>(&raw).is_ok());
+            }
+        }
     }
 }

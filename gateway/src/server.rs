@@ -42,9 +42,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 fn json_ok(body: &'static str) -> Response {
     let mut response = Response::new(Body::from(body));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -80,9 +81,10 @@ async fn authenticate(
 
 async fn models(State(state): State<Arc<AppState>>) -> Response {
     let mut response = Response::new(Body::from(state.catalog.list_json()));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -132,7 +134,10 @@ pub async fn serve(
     let app = router(state.clone());
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
-        tracing::info!(drain_secs = drain.as_secs(), "shutting down: draining in-flight requests");
+        tracing::info!(
+            drain_secs = drain.as_secs(),
+            "shutting down: draining in-flight requests"
+        );
         state.start_draining();
         let _ = signalled_tx.send(true);
     });

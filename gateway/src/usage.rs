@@ -63,7 +63,12 @@ impl Usage {
         usage.insert("prompt_tokens".into(), json!(prompt));
         usage.insert("completion_tokens".into(), json!(self.output));
         usage.insert("total_tokens".into(), json!(prompt + self.output));
-        merge_detail(usage, "prompt_tokens_details", "cached_tokens", self.cache_hit);
+        merge_detail(
+            usage,
+            "prompt_tokens_details",
+            "cached_tokens",
+            self.cache_hit,
+        );
         merge_detail(
             usage,
             "completion_tokens_details",
@@ -108,7 +113,13 @@ mod tests {
         .unwrap();
         assert_eq!(
             u,
-            Usage { cache_hit: 64, cache_miss: 36, output: 50, reasoning: 30, estimated: false }
+            Usage {
+                cache_hit: 64,
+                cache_miss: 36,
+                output: 50,
+                reasoning: 30,
+                estimated: false
+            }
         );
     }
 
@@ -119,7 +130,10 @@ mod tests {
             "prompt_tokens_details": {"cached_tokens": 128}
         }))
         .unwrap();
-        assert_eq!((u.cache_hit, u.cache_miss, u.output, u.reasoning), (128, 72, 10, 0));
+        assert_eq!(
+            (u.cache_hit, u.cache_miss, u.output, u.reasoning),
+            (128, 72, 10, 0)
+        );
     }
 
     #[test]
@@ -131,7 +145,13 @@ mod tests {
 
     #[test]
     fn wire_form_carries_both_cache_forms_and_keeps_extras() {
-        let u = Usage { cache_hit: 64, cache_miss: 6, output: 9, reasoning: 4, estimated: false };
+        let u = Usage {
+            cache_hit: 64,
+            cache_miss: 6,
+            output: 9,
+            reasoning: 4,
+            estimated: false,
+        };
         let mut map = json!({"cost": 0.001}).as_object().unwrap().clone();
         u.write_wire(&mut map);
         let v = Value::Object(map);

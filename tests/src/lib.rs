@@ -1,1 +1,5 @@
+//! Test support for the end-to-end suite: a faithful fake DeepSeek upstream and a harness that
+//! runs the real `dsgw` binary.
 
+pub mod fake;
+pub mod harness;

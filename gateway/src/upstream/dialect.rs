@@ -9,8 +9,12 @@ use crate::usage::Usage;
 
 /// Sampling fields DeepSeek accepts and ignores in thinking mode; other providers would honour
 /// them, so the gateway removes them to behave like DeepSeek everywhere.
-const IGNORED_WHEN_THINKING: [&str; 4] =
-    ["temperature", "top_p", "presence_penalty", "frequency_penalty"];
+const IGNORED_WHEN_THINKING: [&str; 4] = [
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+];
 
 /// Reads a top-level object field from the client's body (absent or not an object: empty).
 fn object_field(raw: &RawObject, key: &str) -> Map<String, Value> {
@@ -51,7 +55,10 @@ pub fn request_edits(
             // vLLM and SGLang switch DeepSeek's chat template with `chat_template_kwargs.thinking`.
             let mut kwargs = object_field(raw, "chat_template_kwargs");
             kwargs.insert("thinking".into(), Value::Bool(thinking));
-            edits.push(Edit::Set("chat_template_kwargs", json(&Value::Object(kwargs))));
+            edits.push(Edit::Set(
+                "chat_template_kwargs",
+                json(&Value::Object(kwargs)),
+            ));
             edits.push(Edit::Remove("thinking"));
         }
         ProviderKind::Openrouter => {
@@ -160,7 +167,14 @@ mod tests {
 
     fn rendered(kind: ProviderKind, text: &str, thinking: bool, stream: bool) -> Value {
         let raw = body(text);
-        let edits = request_edits(kind, &raw, "up-model", thinking, stream, Some(r#"{"only":["x"]}"#));
+        let edits = request_edits(
+            kind,
+            &raw,
+            "up-model",
+            thinking,
+            stream,
+            Some(r#"{"only":["x"]}"#),
+        );
         serde_json::from_slice(&raw.render(&edits)).unwrap()
     }
 

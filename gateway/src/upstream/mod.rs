@@ -63,6 +63,12 @@ pub struct Provider {
     routing: Option<String>,
 }
 
+/// Selects rustls' ring backend once per process: it builds with a C compiler alone (aws-lc-rs,
+/// reqwest's default, wants cmake, which a fresh machine may lack).
+pub fn install_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Provider {
     pub fn from_config(index: usize, config: &ProviderConfig) -> Result<Self, ProviderError> {
         let invalid = |message: String| ProviderError::Invalid {
@@ -82,8 +88,10 @@ impl Provider {
         };
         let auth = key
             .map(|k| {
-                let mut value = HeaderValue::from_str(&format!("Bearer {}", k.expose()))
-                    .map_err(|_| invalid("the API key contains characters not allowed in a header".into()))?;
+                let mut value =
+                    HeaderValue::from_str(&format!("Bearer {}", k.expose())).map_err(|_| {
+                        invalid("the API key contains characters not allowed in a header".into())
+                    })?;
                 value.set_sensitive(true);
                 Ok(value)
             })
@@ -92,6 +100,7 @@ impl Provider {
             .base_url
             .as_deref()
             .ok_or_else(|| invalid("`base_url` is required".into()))?;
+        install_tls();
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
             .tcp_nodelay(true)
@@ -142,14 +151,23 @@ impl Provider {
             .header(header::CONTENT_TYPE, "application/json")
             .header(
                 header::ACCEPT,
-                if stream { "text/event-stream" } else { "application/json" },
+                if stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
             )
             .body(body);
         if let Some(auth) = &self.auth {
             request = request.header(header::AUTHORIZATION, auth.clone());
         }
         let response = match tokio::time::timeout(self.first_byte_timeout, request.send()).await {
-            Err(_) => return Err(ApiError::upstream_timeout(&self.name, "no response headers")),
+            Err(_) => {
+                return Err(ApiError::upstream_timeout(
+                    &self.name,
+                    "no response headers",
+                ));
+            }
             Ok(Err(e)) => return Err(self.transport_error(&e)),
             Ok(Ok(response)) => response,
         };

@@ -1,0 +1,98 @@
+//! Shared set-up for the end-to-end tests: the fake upstream in this process, the real `dsgw`
+//! binary as a child.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use dsgw_tests::fake::FakeUpstream;
+use dsgw_tests::harness::{self, Gateway};
+use serde_json::Value;
+
+pub struct Setup {
+    pub fake: FakeUpstream,
+    pub gw: Gateway,
+    pub http: reqwest::Client,
+}
+
+pub async fn setup() -> Setup {
+    setup_with(|c| c).await
+}
+
+/// Starts the fake and a gateway whose config text `edit` may change.
+pub async fn setup_with(edit: impl FnOnce(String) -> String) -> Setup {
+    dsgw::upstream::install_tls();
+    let fake = FakeUpstream::start(Some(harness::UPSTREAM_KEY)).await;
+    let config = edit(harness::config(&fake.base_url(), ""));
+    let gw = Gateway::start(
+        Path::new(env!("CARGO_BIN_EXE_dsgw")),
+        &config,
+        &harness::env(),
+    );
+    Setup {
+        fake,
+        gw,
+        http: reqwest::Client::new(),
+    }
+}
+
+pub fn user(text: &str) -> Value {
+    serde_json::json!([{"role": "user", "content": text}])
+}
+
+impl Setup {
+    pub async fn post(&self, key: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.gw.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json_body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let bytes = r.bytes().await.unwrap();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
+        (status, value)
+    }
+
+    /// Posts a streaming request and returns every SSE `data:` payload, in order, as text.
+    pub async fn stream(&self, body: &Value) -> Vec<String> {
+        let r = self
+            .http
+            .post(self.gw.url("/chat/completions"))
+            .bearer_auth("sk-alice")
+            .json_body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        let text = r.text().await.unwrap();
+        sse_data(&text)
+    }
+}
+
+pub fn sse_data(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+pub trait JsonBody {
+    fn json_body(self, v: &Value) -> Self;
+}
+
+impl JsonBody for reqwest::RequestBuilder {
+    fn json_body(self, v: &Value) -> Self {
+        self.header("content-type", "application/json")
+            .body(serde_json::to_vec(v).unwrap())
+    }
+}
