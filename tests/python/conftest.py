@@ -1,0 +1,116 @@
+"""Starts the fake DeepSeek upstream and the real dsgw binary for the OpenAI SDK tests.
+
+The binaries come from DSGW_BIN and FAKE_DEEPSEEK_BIN (set by scripts/test), or from the
+default cargo target directory.
+"""
+
+import hashlib
+import os
+import pathlib
+import subprocess
+import tempfile
+import threading
+
+import openai
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
+UPSTREAM_KEY = "sk-upstream-secret-python"
+
+
+def _binary(env_name, default):
+    path = pathlib.Path(os.environ.get(env_name, TARGET / default))
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: build with `cargo build --workspace --bins`")
+    return str(path)
+
+
+class Process:
+    """A child process whose stderr is collected; `url` comes from its 'listening on' line."""
+
+    def __init__(self, args, env, prefix):
+        self.proc = subprocess.Popen(
+            args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        )
+        self.lines = []
+        ready = threading.Event()
+        self.url = None
+
+        def pump():
+            for line in self.proc.stderr:
+                self.lines.append(line)
+                if self.url is None and line.startswith(prefix):
+                    self.url = line[len(prefix):].strip()
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(20) or self.url is None:
+            self.proc.kill()
+            raise RuntimeError("process did not start:\n" + "".join(self.lines))
+
+    def logs(self):
+        return "".join(self.lines)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def fake():
+    env = dict(os.environ, FAKE_DEEPSEEK_KEY=UPSTREAM_KEY)
+    p = Process([_binary("FAKE_DEEPSEEK_BIN", "fake-deepseek")], env, "fake-deepseek: listening on ")
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(fake):
+    alice = hashlib.sha256(b"sk-alice").hexdigest()
+    config = f"""
+[server]
+listen = "127.0.0.1:0"
+
+[[providers]]
+name = "deepseek"
+kind = "deepseek"
+base_url = "{fake.url}"
+api_key_env = "FAKE_DEEPSEEK_KEY"
+idle_timeout_ms = 3000
+
+[[models]]
+name = "deepseek-chat"
+deployments = [{{ provider = "deepseek", model = "deepseek-chat" }}]
+
+[[models]]
+name = "deepseek-reasoner"
+thinking = true
+deployments = [{{ provider = "deepseek", model = "deepseek-reasoner" }}]
+
+[[models]]
+name = "deepseek-v3.2-speciale"
+thinking = true
+thinking_only = true
+tools = false
+deployments = [{{ provider = "deepseek", model = "deepseek-reasoner" }}]
+
+[[keys]]
+id = "alice"
+team = "research"
+key_sha256 = "{alice}"
+"""
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(config)
+    env = dict(os.environ, FAKE_DEEPSEEK_KEY=UPSTREAM_KEY, NO_COLOR="1")
+    p = Process([_binary("DSGW_BIN", "dsgw"), "serve", "--config", f.name], env, "dsgw: listening on ")
+    yield p
+    p.stop()
+    os.unlink(f.name)
+
+
+@pytest.fixture
+def client(gateway):
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-alice", max_retries=0)
