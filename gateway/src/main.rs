@@ -94,6 +94,11 @@ fn new_key(id: &str, team: &str) -> anyhow::Result<()> {
 fn serve(path: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     init_tracing();
     dsgw::upstream::install_tls();
+    // Each open stream holds two sockets; a default soft limit of 1024 would cap a replica at
+    // ~500 streams.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
 
     let mut config = match &path {
         Some(p) => Config::load(p)?,

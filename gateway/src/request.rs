@@ -325,10 +325,10 @@ fn validate_messages(messages: &[Message]) -> Result<(), ApiError> {
             Role::Tool if m.tool_call_id.is_none() => {
                 return bad("a `tool` message needs `tool_call_id`");
             }
-            Role::Assistant => {
-                if m.content.is_none() && m.tool_calls.is_none() && m.reasoning_content.is_none() {
-                    return bad("an `assistant` message needs `content` or `tool_calls`");
-                }
+            Role::Assistant
+                if m.content.is_none() && m.tool_calls.is_none() && m.reasoning_content.is_none() =>
+            {
+                return bad("an `assistant` message needs `content` or `tool_calls`");
             }
             Role::System | Role::User | Role::Developer | Role::Tool if m.content.is_none() => {
                 return bad("`content` is required");

@@ -7,8 +7,9 @@
 //! Behaviour switches, put anywhere in the last message's content:
 //! `__status_NNN__` answers NNN with an error envelope; `__cut__` breaks the stream (or body) after
 //! a few chunks; `__slow__` streams a chunk every 20 ms for 10 s (for disconnect tests);
-//! `__drip__` streams a chunk every 20 ms for about 1 s; `__hang__` never answers; `__long__`
-//! streams 200 content tokens.
+//! `__drip__` streams a chunk every 20 ms for about 1 s; `__hold__` sends the first chunk, then
+//! only a keep-alive comment every second for 20 s (open idle streams, for memory benchmarks);
+//! `__hang__` never answers; `__long__` streams 200 content tokens.
 //!
 //! Dialect by path: `/chat/completions` and `/v1/chat/completions` are DeepSeek;
 //! `/openai/v1/chat/completions` is a vLLM-like server (mode from `chat_template_kwargs.thinking`,
@@ -297,6 +298,10 @@ async fn handle(
             .map(|p| p.iter().zip(&prompt).take_while(|(a, b)| a == b).count())
             .max()
             .unwrap_or(0);
+        // Bounded, so long benchmark runs stay cheap; tests make far fewer requests.
+        if seen.len() == 256 {
+            seen.remove(0);
+        }
         seen.push(prompt.clone());
         (best / 64 * 64) as u64
     };
@@ -350,7 +355,8 @@ async fn handle(
         } else {
             0
         };
-        stream(state, dialect, plan, include_usage, ticks)
+        let hold = last_text.contains("__hold__");
+        stream(state, dialect, plan, include_usage, ticks, hold)
     } else {
         complete(dialect, &plan)
     }
@@ -430,6 +436,7 @@ fn stream(
     plan: Plan,
     include_usage: bool,
     ticks: usize,
+    hold: bool,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
@@ -478,6 +485,15 @@ fn stream(
         let tick = chunk(json!({"content": "tick "}), None);
         frames.splice(2..2, std::iter::repeat_n(tick, ticks));
         for (i, frame) in frames.into_iter().enumerate() {
+            if hold && i == 2 {
+                for _ in 0..20 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if tx.send(Ok(Bytes::from_static(b": keep-alive\n\n"))).await.is_err() {
+                        state.disconnects.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            }
             if plan.cut && i == 4 {
                 // Let what was sent leave the socket, then break the connection.
                 tokio::time::sleep(Duration::from_millis(50)).await;

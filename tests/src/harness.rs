@@ -42,40 +42,11 @@ impl Gateway {
             .arg("--config")
             .arg(&path)
             .env("DSGW_LOG", "info,dsgw=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env("NO_COLOR", "1");
         for (k, v) in env {
             command.env(k, v);
         }
-        let mut child = command.spawn().expect("spawn dsgw");
-        let stderr = child.stderr.take().unwrap();
-        let logs = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("dsgw: listening on http://")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr.trim().parse::<SocketAddr>().ok());
-                }
-                let mut logs = sink.lock().unwrap();
-                logs.push_str(&line);
-                logs.push('\n');
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Some(addr)) => addr,
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
-                panic!("dsgw did not start; its output:\n{}", logs.lock().unwrap());
-            }
-        };
+        let (child, addr, logs) = spawn_announcing(command, "dsgw: listening on http://");
         Self {
             addr,
             child,
@@ -124,6 +95,40 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Spawns `command` with stderr piped, waits (up to 20 s) for a line `<prefix><addr>`, and keeps
+/// collecting its stderr. Panics with the output so far if the line never comes.
+pub fn spawn_announcing(mut command: Command, prefix: &'static str) -> (Child, SocketAddr, Arc<Mutex<String>>) {
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn child process");
+    let stderr = child.stderr.take().unwrap();
+    let logs = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix(prefix)
+                && let Some(tx) = tx.take()
+            {
+                let addr = addr.trim().trim_start_matches("http://");
+                let _ = tx.send(addr.parse::<SocketAddr>().ok());
+            }
+            let mut logs = sink.lock().unwrap();
+            logs.push_str(&line);
+            logs.push('\n');
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Some(addr)) => (child, addr, logs),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!("process did not start; its output:\n{}", logs.lock().unwrap());
+        }
     }
 }
 

@@ -1,1 +1,243 @@
-fn main() {}
+//! `dsgw-bench`: what dsgw adds over calling the upstream directly, measured side by side in one
+//! run on this machine.
+//!
+//! - added latency, open-loop at fixed request rates, non-streaming and streaming;
+//! - back-to-back streams over one keep-alive connection (a delayed-ACK stall shows as ~40 ms);
+//! - resident memory of the gateway holding N concurrent open streams.
+//!
+//! The fake upstream and the gateway run as separate processes; this process is the load
+//! generator (one thread). Build with `cargo build --release --workspace --bins` first.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use dsgw_tests::harness::{self, Gateway};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+#[derive(Parser)]
+struct Args {
+    /// The dsgw binary to measure.
+    #[arg(long, default_value = "target/release/dsgw")]
+    dsgw: PathBuf,
+    /// The fake upstream binary.
+    #[arg(long, default_value = "target/release/fake-deepseek")]
+    fake: PathBuf,
+    /// Request rates for the open-loop runs, per second.
+    #[arg(long, value_delimiter = ',', default_value = "500,1000,2000")]
+    rates: Vec<u32>,
+    /// Seconds per open-loop run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Concurrent open streams for the memory measurement.
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
+    /// Back-to-back streams on one connection.
+    #[arg(long, default_value_t = 300)]
+    sequential: usize,
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+struct Target {
+    name: &'static str,
+    url: String,
+    key: &'static str,
+}
+
+fn client(max_idle: usize) -> HttpClient {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(max_idle)
+        .build(connector)
+}
+
+/// One request, body read to the end. Returns its latency, or None on a failure.
+async fn once(client: &HttpClient, target: &Target, body: &Bytes) -> Option<Duration> {
+    let started = Instant::now();
+    let request = http::Request::post(&target.url)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {}", target.key))
+        .body(Full::new(body.clone()))
+        .ok()?;
+    let response = client.request(request).await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.into_body().collect().await.ok()?;
+    Some(started.elapsed())
+}
+
+struct Run {
+    latencies: Vec<Duration>,
+    failures: usize,
+}
+
+/// Open loop: requests start on a fixed schedule whatever the responses do.
+async fn open_loop(client: &HttpClient, target: &Target, body: &Bytes, rate: u32, seconds: u32) -> Run {
+    let total = (rate * seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let start = tokio::time::Instant::now() + Duration::from_millis(20);
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        tokio::time::sleep_until(start + interval * i as u32).await;
+        let (client, body) = (client.clone(), body.clone());
+        let target = Target { name: target.name, url: target.url.clone(), key: target.key };
+        tasks.push(tokio::spawn(async move { once(&client, &target, &body).await }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    let mut failures = 0;
+    for t in tasks {
+        match t.await.ok().flatten() {
+            Some(d) => latencies.push(d),
+            None => failures += 1,
+        }
+    }
+    latencies.sort();
+    Run { latencies, failures }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn chat_body(model: &str, content: &str, stream: bool) -> Bytes {
+    Bytes::from(
+        serde_json::json!({
+            "model": model,
+            "messages": [{"role": "user", "content": content}],
+            "stream": stream,
+        })
+        .to_string(),
+    )
+}
+
+fn main() {
+    let args = Args::parse();
+    let mut fake_cmd = Command::new(&args.fake);
+    fake_cmd.env("FAKE_DEEPSEEK_KEY", harness::UPSTREAM_KEY);
+    let (mut fake, fake_addr, _) = harness::spawn_announcing(fake_cmd, "fake-deepseek: listening on ");
+    let base = format!("http://{fake_addr}");
+    let mut env = harness::env();
+    env.push(("DSGW_LOG", "info"));
+    let gw = Gateway::start(&args.dsgw, &harness::config(&base, ""), &env);
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let direct = Target { name: "direct", url: format!("{base}/chat/completions"), key: harness::UPSTREAM_KEY };
+        let via = Target { name: "dsgw", url: gw.url("/v1/chat/completions"), key: "sk-alice" };
+        let pool = client(64);
+
+        println!("## Added latency, open loop ({} s per run)\n", args.seconds);
+        println!("| mode | rate (req/s) | direct p50 | dsgw p50 | added p50 | direct p99 | dsgw p99 | added p99 | failures |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for stream in [false, true] {
+            let body = chat_body("deepseek-chat", "Hello", stream);
+            for target in [&direct, &via] {
+                for _ in 0..200 {
+                    once(&pool, target, &body).await;
+                }
+            }
+            for &rate in &args.rates {
+                let d = open_loop(&pool, &direct, &body, rate, args.seconds).await;
+                let g = open_loop(&pool, &via, &body, rate, args.seconds).await;
+                let (d50, g50) = (pct(&d.latencies, 0.5), pct(&g.latencies, 0.5));
+                let (d99, g99) = (pct(&d.latencies, 0.99), pct(&g.latencies, 0.99));
+                println!(
+                    "| {} | {rate} | {d50:.3} ms | {g50:.3} ms | {:.3} ms | {d99:.3} ms | {g99:.3} ms | {:.3} ms | {} / {} |",
+                    if stream { "stream" } else { "non-stream" },
+                    g50 - d50,
+                    g99 - d99,
+                    d.failures,
+                    g.failures,
+                );
+            }
+        }
+
+        println!("\n## Back-to-back streams on one keep-alive connection ({} each)\n", args.sequential);
+        println!("| target | p50 | p99 | max | over 30 ms |");
+        println!("|---|---|---|---|---|");
+        let body = chat_body("deepseek-chat", "Hello", true);
+        for target in [&direct, &via] {
+            let single = client(1);
+            let mut lat = Vec::with_capacity(args.sequential);
+            for _ in 0..args.sequential {
+                if let Some(d) = once(&single, target, &body).await {
+                    lat.push(d);
+                }
+            }
+            lat.sort();
+            let slow = lat.iter().filter(|d| **d > Duration::from_millis(30)).count();
+            println!(
+                "| {} | {:.3} ms | {:.3} ms | {:.3} ms | {slow} |",
+                target.name,
+                pct(&lat, 0.5),
+                pct(&lat, 0.99),
+                lat.last().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+            );
+        }
+
+        println!("\n## Resident memory with {} open streams\n", args.streams);
+        let idle = rss_kib(gw.pid());
+        let body = chat_body("deepseek-chat", "__hold__", true);
+        let mut open = Vec::with_capacity(args.streams);
+        let started = Instant::now();
+        for _ in 0..args.streams {
+            let c = client(0);
+            let request = http::Request::post(&via.url)
+                .header("content-type", "application/json")
+                .header("authorization", "Bearer sk-alice")
+                .body(Full::new(body.clone()))
+                .unwrap();
+            open.push(tokio::spawn(async move {
+                let response = c.request(request).await.ok()?;
+                let mut body = response.into_body();
+                // Wait for the first data frame: the stream is open end to end.
+                let frame = body.frame().await?.ok()?;
+                frame.data_ref()?;
+                Some(body)
+            }));
+        }
+        let mut bodies = Vec::with_capacity(args.streams);
+        for t in open {
+            if let Ok(Some(b)) = t.await {
+                bodies.push(b);
+            }
+        }
+        let opened = started.elapsed();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let held = rss_kib(gw.pid());
+        println!("| open streams | gateway RSS idle | gateway RSS with streams open | per stream | time to open all |");
+        println!("|---|---|---|---|---|");
+        println!(
+            "| {} | {:.1} MB | {:.1} MB | {:.1} KiB | {:.2} s |",
+            bodies.len(),
+            idle as f64 / 1024.0,
+            held as f64 / 1024.0,
+            (held.saturating_sub(idle)) as f64 / bodies.len().max(1) as f64,
+            opened.as_secs_f64(),
+        );
+        drop(bodies);
+    });
+    let _ = fake.kill();
+    let _ = fake.wait();
+}
