@@ -70,6 +70,11 @@ impl FakeUpstream {
             ..FakeState::default()
         });
         let app = router(state.clone());
+        // DeepSeek's servers flush every SSE frame at once; so must the fake, or its own Nagle
+        // delays would hide (or add) 40 ms stalls that are not the gateway's.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });

@@ -54,7 +54,8 @@ pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
     pub region: Option<String>,
-    chat_url: String,
+    /// Parsed once: parsing (and IDNA-normalising) a URL string per request shows in profiles.
+    chat_url: reqwest::Url,
     auth: Option<HeaderValue>,
     client: reqwest::Client,
     first_byte_timeout: Duration,
@@ -101,6 +102,8 @@ impl Provider {
             .as_deref()
             .ok_or_else(|| invalid("`base_url` is required".into()))?;
         install_tls();
+        let chat_url = reqwest::Url::parse(&format!("{}/chat/completions", base.trim_end_matches('/')))
+            .map_err(|e| invalid(format!("`base_url` is not a valid URL: {e}")))?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
             .tcp_nodelay(true)
@@ -116,7 +119,7 @@ impl Provider {
             name: config.name.clone(),
             kind: config.kind,
             region: config.region.clone(),
-            chat_url: format!("{}/chat/completions", base.trim_end_matches('/')),
+            chat_url,
             auth,
             client,
             first_byte_timeout: Duration::from_millis(config.first_byte_timeout_ms),
@@ -147,7 +150,7 @@ impl Provider {
     pub async fn send(&self, body: Vec<u8>, stream: bool) -> Result<reqwest::Response, ApiError> {
         let mut request = self
             .client
-            .post(&self.chat_url)
+            .post(self.chat_url.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(
                 header::ACCEPT,

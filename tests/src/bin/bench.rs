@@ -36,6 +36,9 @@ struct Args {
     /// Concurrent open streams for the memory measurement.
     #[arg(long, default_value_t = 1000)]
     streams: usize,
+    /// The gateway's log filter (DSGW_LOG); `info` writes one completion line per request.
+    #[arg(long, default_value = "info")]
+    log: String,
     /// Back-to-back streams on one connection.
     #[arg(long, default_value_t = 300)]
     sequential: usize,
@@ -138,7 +141,7 @@ fn main() {
     let (mut fake, fake_addr, _) = harness::spawn_announcing(fake_cmd, "fake-deepseek: listening on ");
     let base = format!("http://{fake_addr}");
     let mut env = harness::env();
-    env.push(("DSGW_LOG", "info"));
+    env.push(("DSGW_LOG", args.log.as_str()));
     let gw = Gateway::start(&args.dsgw, &harness::config(&base, ""), &env);
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
