@@ -9,6 +9,7 @@ use http::{HeaderValue, header};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::models::{Deployment, ModelSpec};
+use crate::raw_object::RawObject;
 use crate::relay::Relay;
 use crate::request::ChatRequest;
 use crate::settlement::{Outcome, Settlement};
@@ -37,7 +38,7 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
             response,
             &provider.name,
             provider.idle_timeout(),
-            &model.name,
+            &model.name_json,
             request.include_usage,
             settlement,
         );
@@ -60,21 +61,20 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
         }
     };
     // DeepSeek sends blank lines while a request is queued; serde_json skips leading whitespace.
-    let mut value: serde_json::Value = match serde_json::from_slice(&body) {
+    let raw: RawObject = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(_) => {
-            let e = ApiError::bad_gateway(&provider.name, "response is not valid JSON");
+            let e = ApiError::bad_gateway(&provider.name, "response is not a JSON object");
             settlement.finish(Outcome::Failed(e.status.as_u16()));
             return e.into_response();
         }
     };
-    if let Some(usage) = normalize_completion(&mut value, &model.name) {
+    let normalized = normalize_completion(&raw, &model.name_json);
+    if let Some(usage) = normalized.usage {
         settlement.record_usage(usage);
     }
     settlement.finish(Outcome::Completed);
-    let mut response = Response::new(Body::from(
-        serde_json::to_vec(&value).expect("a JSON value serialises"),
-    ));
+    let mut response = Response::new(Body::from(normalized.body.unwrap_or_default()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -24,6 +24,8 @@ pub struct Deployment {
 #[derive(Debug)]
 pub struct ModelSpec {
     pub name: String,
+    /// `name` as a JSON string, written into every response and chunk.
+    pub name_json: String,
     pub thinking: bool,
     pub thinking_only: bool,
     pub tools: bool,
@@ -46,6 +48,7 @@ impl ModelSpec {
     pub fn for_tests(name: &str, thinking: bool, thinking_only: bool, tools: bool) -> Self {
         Self {
             name: name.to_owned(),
+            name_json: serde_json::to_string(name).unwrap(),
             thinking,
             thinking_only,
             tools,
@@ -87,6 +90,7 @@ impl Catalog {
             .map(|m| {
                 Arc::new(ModelSpec {
                     name: m.name.clone(),
+                    name_json: serde_json::to_string(&m.name).expect("a string serialises"),
                     thinking: m.thinking,
                     thinking_only: m.thinking_only,
                     tools: m.tools,

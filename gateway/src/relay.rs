@@ -10,9 +10,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
 use crate::error::ApiError;
+use crate::raw_object::RawObject;
 use crate::settlement::{Outcome, Settlement};
 use crate::sse::SseParser;
-use crate::upstream::dialect::{ChunkFate, normalize_chunk};
+use crate::upstream::dialect::normalize_chunk;
 
 type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
@@ -21,7 +22,8 @@ pub struct Relay {
     parser: SseParser,
     provider: String,
     idle_timeout: Duration,
-    exposed_model: String,
+    /// The model name the client used, as a JSON string.
+    exposed_model_json: String,
     client_wants_usage: bool,
     /// `None` once the stream has ended; dropping it early records a client disconnect.
     settlement: Option<Settlement>,
@@ -32,7 +34,7 @@ impl Relay {
         response: reqwest::Response,
         provider: &str,
         idle_timeout: Duration,
-        exposed_model: &str,
+        exposed_model_json: &str,
         client_wants_usage: bool,
         settlement: Settlement,
     ) -> Self {
@@ -41,7 +43,7 @@ impl Relay {
             parser: SseParser::default(),
             provider: provider.to_owned(),
             idle_timeout,
-            exposed_model: exposed_model.to_owned(),
+            exposed_model_json: exposed_model_json.to_owned(),
             client_wants_usage,
             settlement: Some(settlement),
         }
@@ -102,7 +104,7 @@ impl Relay {
                 self.end(Outcome::Completed);
                 return;
             }
-            let mut chunk: serde_json::Value = match serde_json::from_str(&event.data) {
+            let chunk: RawObject = match serde_json::from_str(&event.data) {
                 Ok(v) => v,
                 Err(_) => {
                     let e = ApiError::bad_gateway(&self.provider, "malformed stream chunk");
@@ -116,16 +118,13 @@ impl Relay {
                 self.end(Outcome::StreamFailed);
                 return;
             }
-            let (usage, fate) =
-                normalize_chunk(&mut chunk, &self.exposed_model, self.client_wants_usage);
-            if let (Some(usage), Some(settlement)) = (usage, self.settlement.as_mut()) {
+            let normalized =
+                normalize_chunk(&chunk, &self.exposed_model_json, self.client_wants_usage);
+            if let (Some(usage), Some(settlement)) = (normalized.usage, self.settlement.as_mut()) {
                 settlement.record_usage(usage);
             }
-            if fate == ChunkFate::Forward {
-                out.put_slice(b"data: ");
-                serde_json::to_writer((&mut *out).writer(), &chunk)
-                    .expect("a JSON value serialises");
-                out.put_slice(b"\n\n");
+            if let Some(body) = normalized.body {
+                write_event(out, &body);
             }
         }
     }

@@ -326,7 +326,9 @@ fn validate_messages(messages: &[Message]) -> Result<(), ApiError> {
                 return bad("a `tool` message needs `tool_call_id`");
             }
             Role::Assistant
-                if m.content.is_none() && m.tool_calls.is_none() && m.reasoning_content.is_none() =>
+                if m.content.is_none()
+                    && m.tool_calls.is_none()
+                    && m.reasoning_content.is_none() =>
             {
                 return bad("an `assistant` message needs `content` or `tool_calls`");
             }

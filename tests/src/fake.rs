@@ -493,7 +493,11 @@ fn stream(
             if hold && i == 2 {
                 for _ in 0..20 {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    if tx.send(Ok(Bytes::from_static(b": keep-alive\n\n"))).await.is_err() {
+                    if tx
+                        .send(Ok(Bytes::from_static(b": keep-alive\n\n")))
+                        .await
+                        .is_err()
+                    {
                         state.disconnects.fetch_add(1, Ordering::SeqCst);
                         return;
                     }

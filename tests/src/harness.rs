@@ -100,8 +100,14 @@ impl Drop for Gateway {
 
 /// Spawns `command` with stderr piped, waits (up to 20 s) for a line `<prefix><addr>`, and keeps
 /// collecting its stderr. Panics with the output so far if the line never comes.
-pub fn spawn_announcing(mut command: Command, prefix: &'static str) -> (Child, SocketAddr, Arc<Mutex<String>>) {
-    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+pub fn spawn_announcing(
+    mut command: Command,
+    prefix: &'static str,
+) -> (Child, SocketAddr, Arc<Mutex<String>>) {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = command.spawn().expect("spawn child process");
     let stderr = child.stderr.take().unwrap();
     let logs = Arc::new(Mutex::new(String::new()));
@@ -127,7 +133,10 @@ pub fn spawn_announcing(mut command: Command, prefix: &'static str) -> (Child, S
             let _ = child.kill();
             let _ = child.wait();
             std::thread::sleep(Duration::from_millis(100));
-            panic!("process did not start; its output:\n{}", logs.lock().unwrap());
+            panic!(
+                "process did not start; its output:\n{}",
+                logs.lock().unwrap()
+            );
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What differs between providers that speak the OpenAI chat API: how the thinking mode is asked
 //! for, where reasoning comes back, and extra routing fields. Everything else passes untouched.
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::config::ProviderKind;
@@ -86,74 +87,99 @@ fn rename_reasoning(message: &mut Value) {
     }
 }
 
-fn choices_mut(body: &mut Value) -> impl Iterator<Item = &mut Value> {
-    body.get_mut("choices")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-}
-
-/// Normalises a non-streaming completion in place and returns its usage.
-pub fn normalize_completion(body: &mut Value, exposed_model: &str) -> Option<Usage> {
-    if let Some(obj) = body.as_object_mut() {
-        obj.insert("model".into(), Value::from(exposed_model));
+/// The `choices` array with `reasoning` renamed inside each `message` / `delta`, or `None` when
+/// there is nothing to rename (the common case, decided without building a JSON tree).
+fn renamed_choices(choices: &RawValue, inner: &str) -> Option<String> {
+    if !choices.get().contains("\"reasoning\"") {
+        return None;
     }
-    for choice in choices_mut(body) {
-        if let Some(message) = choice.get_mut("message") {
+    let mut choices: Value = serde_json::from_str(choices.get()).ok()?;
+    for choice in choices.as_array_mut()? {
+        if let Some(message) = choice.get_mut(inner) {
             rename_reasoning(message);
         }
     }
-    normalize_usage(body)
+    Some(choices.to_string())
 }
 
-fn normalize_usage(body: &mut Value) -> Option<Usage> {
-    let slot = body.get_mut("usage")?;
-    let usage = Usage::from_wire(slot)?;
-    if let Value::Object(map) = slot {
-        usage.write_wire(map);
+/// The provider's usage in DeepSeek's complete form, with the record it was read into.
+fn normalized_usage(usage: &RawValue) -> Option<(Usage, String)> {
+    let mut value: Value = serde_json::from_str(usage.get()).ok()?;
+    let record = Usage::from_wire(&value)?;
+    if let Value::Object(map) = &mut value {
+        record.write_wire(map);
     }
-    Some(usage)
+    Some((record, value.to_string()))
 }
 
-/// What to do with one stream chunk after normalisation.
-#[derive(Debug, PartialEq)]
-pub enum ChunkFate {
-    Forward,
-    /// A usage-only chunk the client did not ask for.
-    Drop,
+/// A response body or chunk after normalisation. Only the fields that change are re-encoded;
+/// everything else keeps the provider's bytes.
+#[derive(Debug)]
+pub struct Normalized {
+    /// `None` for a usage-only chunk the client did not ask to see.
+    pub body: Option<Vec<u8>>,
+    pub usage: Option<Usage>,
 }
 
-/// Normalises one stream chunk in place; returns its usage (if it carried any) and its fate.
+/// Normalises a non-streaming completion: `model` as the client named it, `reasoning_content`,
+/// and usage in DeepSeek's complete form.
+pub fn normalize_completion(body: &RawObject, exposed_model_json: &str) -> Normalized {
+    let mut edits = vec![Edit::Set("model", exposed_model_json.to_owned())];
+    if let Some(choices) = body
+        .get("choices")
+        .and_then(|c| renamed_choices(c, "message"))
+    {
+        edits.push(Edit::Set("choices", choices));
+    }
+    let usage = body
+        .get("usage")
+        .and_then(normalized_usage)
+        .map(|(record, text)| {
+            edits.push(Edit::Set("usage", text));
+            record
+        });
+    Normalized {
+        body: Some(body.render(&edits)),
+        usage,
+    }
+}
+
+/// Normalises one stream chunk. The gateway always asks upstream for usage; when the client did
+/// not, `usage` fields are removed and the usage-only chunk is dropped.
 pub fn normalize_chunk(
-    chunk: &mut Value,
-    exposed_model: &str,
+    chunk: &RawObject,
+    exposed_model_json: &str,
     client_wants_usage: bool,
-) -> (Option<Usage>, ChunkFate) {
-    if let Some(obj) = chunk.as_object_mut() {
-        obj.insert("model".into(), Value::from(exposed_model));
+) -> Normalized {
+    let mut edits = vec![Edit::Set("model", exposed_model_json.to_owned())];
+    if let Some(choices) = chunk
+        .get("choices")
+        .and_then(|c| renamed_choices(c, "delta"))
+    {
+        edits.push(Edit::Set("choices", choices));
     }
-    for choice in choices_mut(chunk) {
-        if let Some(delta) = choice.get_mut("delta") {
-            rename_reasoning(delta);
+    let usage = match chunk.get("usage").and_then(normalized_usage) {
+        Some((record, text)) => {
+            if client_wants_usage {
+                edits.push(Edit::Set("usage", text));
+            }
+            Some(record)
+        }
+        None => None,
+    };
+    if !client_wants_usage {
+        edits.push(Edit::Remove("usage"));
+        let no_choices = chunk.get("choices").is_none_or(|c| {
+            serde_json::from_str::<Vec<serde::de::IgnoredAny>>(c.get()).is_ok_and(|c| c.is_empty())
+        });
+        if usage.is_some() && no_choices {
+            return Normalized { body: None, usage };
         }
     }
-    let usage = normalize_usage(chunk);
-    if client_wants_usage {
-        return (usage, ChunkFate::Forward);
+    Normalized {
+        body: Some(chunk.render(&edits)),
+        usage,
     }
-    let no_choices = chunk
-        .get("choices")
-        .and_then(Value::as_array)
-        .is_none_or(|c| c.is_empty());
-    if let Some(obj) = chunk.as_object_mut() {
-        obj.remove("usage");
-    }
-    let fate = if usage.is_some() && no_choices {
-        ChunkFate::Drop
-    } else {
-        ChunkFate::Forward
-    };
-    (usage, fate)
 }
 
 #[cfg(test)]
@@ -212,39 +238,50 @@ mod tests {
         assert_eq!(v["provider"], json!({"only":["x"]}));
     }
 
+    fn normalized(n: &Normalized) -> Value {
+        serde_json::from_slice(n.body.as_ref().expect("kept")).unwrap()
+    }
+
     #[test]
     fn completion_reasoning_is_renamed_and_usage_completed() {
-        let mut v = json!({
-            "model": "deepseek/deepseek-v3.2",
-            "choices": [{"index":0,"message":{"role":"assistant","content":"hi","reasoning":"think"}}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 64}}
-        });
-        let usage = normalize_completion(&mut v, "deepseek-reasoner").unwrap();
+        let raw = body(
+            r#"{"model":"deepseek/deepseek-v3.2","choices":[{"index":0,"message":{"role":"assistant","content":"hi","reasoning":"think"}}],
+               "usage":{"prompt_tokens":100,"completion_tokens":10,"prompt_tokens_details":{"cached_tokens":64}},"extra":[1,  2]}"#,
+        );
+        let n = normalize_completion(&raw, r#""deepseek-reasoner""#);
+        let v = normalized(&n);
         assert_eq!(v["model"], "deepseek-reasoner");
         assert_eq!(v["choices"][0]["message"]["reasoning_content"], "think");
         assert!(v["choices"][0]["message"].get("reasoning").is_none());
         assert_eq!(v["usage"]["prompt_cache_hit_tokens"], 64);
         assert_eq!(v["usage"]["prompt_cache_miss_tokens"], 36);
-        assert_eq!(usage.cache_hit, 64);
+        assert_eq!(n.usage.unwrap().cache_hit, 64);
+        assert!(
+            String::from_utf8(n.body.unwrap())
+                .unwrap()
+                .contains(r#""extra":[1,  2]"#)
+        );
     }
 
     #[test]
     fn usage_chunk_is_dropped_unless_asked() {
-        let chunk = json!({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}});
-        let mut c = chunk.clone();
-        let (u, fate) = normalize_chunk(&mut c, "m", false);
-        assert_eq!(u.unwrap().cache_miss, 5);
-        assert_eq!(fate, ChunkFate::Drop);
-        let mut c = chunk;
-        let (_, fate) = normalize_chunk(&mut c, "m", true);
-        assert_eq!(fate, ChunkFate::Forward);
-        assert_eq!(c["usage"]["prompt_cache_miss_tokens"], 5);
+        let usage_chunk =
+            body(r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}"#);
+        let n = normalize_chunk(&usage_chunk, r#""m""#, false);
+        assert_eq!(n.usage.unwrap().cache_miss, 5);
+        assert!(n.body.is_none());
+        let n = normalize_chunk(&usage_chunk, r#""m""#, true);
+        assert_eq!(normalized(&n)["usage"]["prompt_cache_miss_tokens"], 5);
 
-        let mut content = json!({"choices":[{"delta":{"reasoning":"r"}}],"usage":null});
-        let (u, fate) = normalize_chunk(&mut content, "m", false);
-        assert!(u.is_none());
-        assert_eq!(fate, ChunkFate::Forward);
-        assert!(content.get("usage").is_none());
-        assert_eq!(content["choices"][0]["delta"]["reasoning_content"], "r");
+        let content = body(r#"{"choices":[{"delta":{"reasoning":"r"}}],"usage":null}"#);
+        let n = normalize_chunk(&content, r#""m""#, false);
+        assert!(n.usage.is_none());
+        let v = normalized(&n);
+        assert!(v.get("usage").is_none());
+        assert_eq!(v["choices"][0]["delta"]["reasoning_content"], "r");
+        assert_eq!(v["model"], "m");
+
+        let n = normalize_chunk(&content, r#""m""#, true);
+        assert!(normalized(&n)["usage"].is_null());
     }
 }

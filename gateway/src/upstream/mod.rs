@@ -102,8 +102,9 @@ impl Provider {
             .as_deref()
             .ok_or_else(|| invalid("`base_url` is required".into()))?;
         install_tls();
-        let chat_url = reqwest::Url::parse(&format!("{}/chat/completions", base.trim_end_matches('/')))
-            .map_err(|e| invalid(format!("`base_url` is not a valid URL: {e}")))?;
+        let chat_url =
+            reqwest::Url::parse(&format!("{}/chat/completions", base.trim_end_matches('/')))
+                .map_err(|e| invalid(format!("`base_url` is not a valid URL: {e}")))?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
             .tcp_nodelay(true)

@@ -82,7 +82,13 @@ struct Run {
 }
 
 /// Open loop: requests start on a fixed schedule whatever the responses do.
-async fn open_loop(client: &HttpClient, target: &Target, body: &Bytes, rate: u32, seconds: u32) -> Run {
+async fn open_loop(
+    client: &HttpClient,
+    target: &Target,
+    body: &Bytes,
+    rate: u32,
+    seconds: u32,
+) -> Run {
     let total = (rate * seconds) as usize;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let start = tokio::time::Instant::now() + Duration::from_millis(20);
@@ -90,8 +96,14 @@ async fn open_loop(client: &HttpClient, target: &Target, body: &Bytes, rate: u32
     for i in 0..total {
         tokio::time::sleep_until(start + interval * i as u32).await;
         let (client, body) = (client.clone(), body.clone());
-        let target = Target { name: target.name, url: target.url.clone(), key: target.key };
-        tasks.push(tokio::spawn(async move { once(&client, &target, &body).await }));
+        let target = Target {
+            name: target.name,
+            url: target.url.clone(),
+            key: target.key,
+        };
+        tasks.push(tokio::spawn(
+            async move { once(&client, &target, &body).await },
+        ));
     }
     let mut latencies = Vec::with_capacity(total);
     let mut failures = 0;
@@ -102,7 +114,10 @@ async fn open_loop(client: &HttpClient, target: &Target, body: &Bytes, rate: u32
         }
     }
     latencies.sort();
-    Run { latencies, failures }
+    Run {
+        latencies,
+        failures,
+    }
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -138,24 +153,39 @@ fn main() {
     let args = Args::parse();
     let mut fake_cmd = Command::new(&args.fake);
     fake_cmd.env("FAKE_DEEPSEEK_KEY", harness::UPSTREAM_KEY);
-    let (mut fake, fake_addr, _) = harness::spawn_announcing(fake_cmd, "fake-deepseek: listening on ");
+    let (mut fake, fake_addr, _) =
+        harness::spawn_announcing(fake_cmd, "fake-deepseek: listening on ");
     let base = format!("http://{fake_addr}");
     let mut env = harness::env();
     env.push(("DSGW_LOG", args.log.as_str()));
     let gw = Gateway::start(&args.dsgw, &harness::config(&base, ""), &env);
+    let mut floor_cmd = Command::new(&args.fake);
+    floor_cmd.arg("--proxy-to").arg(&base);
+    let (mut floor, floor_addr, _) =
+        harness::spawn_announcing(floor_cmd, "fake-deepseek: listening on ");
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let direct = Target { name: "direct", url: format!("{base}/chat/completions"), key: harness::UPSTREAM_KEY };
         let via = Target { name: "dsgw", url: gw.url("/v1/chat/completions"), key: "sk-alice" };
+        let hop = Target {
+            name: "bare proxy",
+            url: format!("http://{floor_addr}/chat/completions"),
+            key: harness::UPSTREAM_KEY,
+        };
         let pool = client(64);
 
         println!("## Added latency, open loop ({} s per run)\n", args.seconds);
-        println!("| mode | rate (req/s) | direct p50 | dsgw p50 | added p50 | direct p99 | dsgw p99 | added p99 | failures |");
+        println!("Added = latency through the hop minus latency calling the fake directly, same run.");
+        println!("`bare proxy` is a pass-through hyper proxy with no parsing: the floor any extra hop pays here.\n");
+        println!("| mode | rate (req/s) | direct p50 | dsgw added p50 | bare proxy added p50 | direct p99 | dsgw added p99 | bare proxy added p99 | failures (direct / dsgw / proxy) |");
         println!("|---|---|---|---|---|---|---|---|---|");
         for stream in [false, true] {
             let body = chat_body("deepseek-chat", "Hello", stream);
-            for target in [&direct, &via] {
+            for target in [&direct, &via, &hop] {
                 for _ in 0..200 {
                     once(&pool, target, &body).await;
                 }
@@ -163,15 +193,21 @@ fn main() {
             for &rate in &args.rates {
                 let d = open_loop(&pool, &direct, &body, rate, args.seconds).await;
                 let g = open_loop(&pool, &via, &body, rate, args.seconds).await;
-                let (d50, g50) = (pct(&d.latencies, 0.5), pct(&g.latencies, 0.5));
-                let (d99, g99) = (pct(&d.latencies, 0.99), pct(&g.latencies, 0.99));
+                let h = open_loop(&pool, &hop, &body, rate, args.seconds).await;
+                let p50 = |r: &Run| pct(&r.latencies, 0.5);
+                let p99 = |r: &Run| pct(&r.latencies, 0.99);
                 println!(
-                    "| {} | {rate} | {d50:.3} ms | {g50:.3} ms | {:.3} ms | {d99:.3} ms | {g99:.3} ms | {:.3} ms | {} / {} |",
+                    "| {} | {rate} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {} / {} / {} |",
                     if stream { "stream" } else { "non-stream" },
-                    g50 - d50,
-                    g99 - d99,
+                    p50(&d),
+                    p50(&g) - p50(&d),
+                    p50(&h) - p50(&d),
+                    p99(&d),
+                    p99(&g) - p99(&d),
+                    p99(&h) - p99(&d),
                     d.failures,
                     g.failures,
+                    h.failures,
                 );
             }
         }
@@ -241,6 +277,8 @@ fn main() {
         );
         drop(bodies);
     });
-    let _ = fake.kill();
-    let _ = fake.wait();
+    for child in [&mut fake, &mut floor] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
