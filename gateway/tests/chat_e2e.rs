@@ -5,6 +5,7 @@ mod common;
 use common::{JsonBody, setup, setup_with, sse_data, user};
 use dsgw_tests::harness::UPSTREAM_KEY;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 fn assert_full_usage(usage: &Value) {
     for field in [
@@ -186,7 +187,7 @@ async fn thinking_stream_with_usage_has_deepseek_order_and_one_usage_chunk() {
         reasoning.trim(),
         "The user greets me. I should answer politely."
     );
-    assert!(s.gw.logs().contains("outcome=\"completed\""));
+    assert!(s.gw.wait_for_log("outcome=\"completed\"", Duration::from_secs(5)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,9 +444,8 @@ async fn client_disconnect_mid_stream_cancels_upstream_and_is_recorded() {
         1,
         "the gateway kept the upstream stream open"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert!(
-        s.gw.logs().contains("outcome=\"client_disconnected\""),
+        s.gw.wait_for_log("outcome=\"client_disconnected\"", Duration::from_secs(5)),
         "{}",
         s.gw.logs()
     );
@@ -467,7 +467,7 @@ async fn upstream_cut_mid_stream_ends_with_an_error_event_not_done() {
             .unwrap()
             .contains("deepseek")
     );
-    assert!(s.gw.logs().contains("outcome=\"stream_failed\""));
+    assert!(s.gw.wait_for_log("outcome=\"stream_failed\"", Duration::from_secs(5)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

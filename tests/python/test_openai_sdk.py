@@ -1,6 +1,7 @@
 """The real openai SDK pointed at dsgw, exactly as DeepSeek's documentation tells users to do."""
 
 import json
+import time
 
 import openai
 import pytest
@@ -158,6 +159,9 @@ def test_stream_cut_raises_instead_of_ending_cleanly(client):
 
 def test_no_secret_in_logs(client, gateway):
     client.chat.completions.create(model="deepseek-chat", messages=[{"role": "user", "content": "hi"}])
+    deadline = time.time() + 5
+    while "dsgw::completion" not in gateway.logs() and time.time() < deadline:
+        time.sleep(0.01)
     logs = gateway.logs()
-    assert "completion" in logs
+    assert "dsgw::completion" in logs
     assert UPSTREAM_KEY not in logs and "sk-alice" not in logs

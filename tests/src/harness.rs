@@ -64,6 +64,21 @@ impl Gateway {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Waits up to `limit` for `needle` to appear in the logs (they arrive through a pipe, a
+    /// moment after the gateway wrote them).
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if self.logs.lock().unwrap().contains(needle) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let status = Command::new("kill")
