@@ -1,0 +1,59 @@
+//! The KV cache of one sequence: per layer, the 512-d MLA latent and the 64-d rope key of every
+//! token (the absorbed form never expands per-head keys or values), plus the indexer's key.
+
+use crate::backend::Backend;
+use crate::config::ModelConfig;
+
+pub struct LayerCache<B: Backend> {
+    /// `(len, kv_lora_rank)`
+    pub latent: B::Buf,
+    /// `(len, qk_rope_head_dim)`
+    pub k_pe: B::Buf,
+    /// `(len, index_head_dim)`, for DeepSeek Sparse Attention.
+    pub index_k: Option<B::Buf>,
+}
+
+pub struct KvCache<B: Backend> {
+    pub layers: Vec<LayerCache<B>>,
+    len: usize,
+}
+
+impl<B: Backend> std::fmt::Debug for KvCache<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvCache").field("len", &self.len).finish()
+    }
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(backend: &B, config: &ModelConfig) -> Self {
+        let layers = (0..config.num_layers)
+            .map(|_| LayerCache {
+                latent: backend.upload(&[]),
+                k_pe: backend.upload(&[]),
+                index_k: config.indexer.as_ref().map(|_| backend.upload(&[])),
+            })
+            .collect();
+        Self { layers, len: 0 }
+    }
+
+    /// Tokens cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.len += n;
+    }
+
+    /// Bytes held per cached token across all layers (f32).
+    pub fn bytes_per_token(config: &ModelConfig) -> usize {
+        let per_layer = config.kv_lora_rank
+            + config.qk_rope_head_dim
+            + config.indexer.as_ref().map_or(0, |i| i.head_dim);
+        per_layer * config.num_layers * std::mem::size_of::<f32>()
+    }
+}

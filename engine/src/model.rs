@@ -1,0 +1,474 @@
+//! The DeepSeek-V3.2 network: embeddings, MLA with the lightning indexer (DeepSeek Sparse
+//! Attention), the sigmoid group-limited MoE, dense layers, and the LM head, written once against
+//! the [`Backend`] trait.
+//!
+//! MLA runs in its absorbed form for prefill and decode alike: `W_UK` is folded into the query,
+//! attention runs over the cached 512-d latent plus the 64-d rope key (multi-query style), and
+//! `W_UV` is applied to the attended latent. One code path keeps prefill and decode identical.
+
+use crate::backend::{Backend, RopeStyle, Selection};
+use crate::cache::{KvCache, LayerCache};
+use crate::checkpoint::{Checkpoint, CheckpointError, HostTensor};
+use crate::config::{IndexerConfig, ModelConfig, MoeConfig};
+use crate::rope::RopeTables;
+
+/// Which positions get logits from a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    All,
+    /// Only the last position (generation needs nothing else).
+    Last,
+}
+
+enum QProj<B: Backend> {
+    /// `q_a_proj (q_lora, hidden)`, `q_a_layernorm (q_lora)`, `q_b_proj (heads * qk_head, q_lora)`.
+    LowRank { a: B::Buf, norm: B::Buf, b: B::Buf, rank: usize },
+    /// `q_proj (heads * qk_head, hidden)`.
+    Full(B::Buf),
+}
+
+struct Indexer<B: Backend> {
+    /// `(n_heads * head_dim, q_lora)`
+    wq_b: B::Buf,
+    /// `(head_dim, hidden)`
+    wk: B::Buf,
+    k_norm_weight: B::Buf,
+    k_norm_bias: B::Buf,
+    /// `(n_heads, hidden)`
+    weights_proj: B::Buf,
+}
+
+struct Attention<B: Backend> {
+    q: QProj<B>,
+    /// `(kv_lora + rope, hidden)`
+    kv_a: B::Buf,
+    kv_norm: B::Buf,
+    /// `W_UK` per head: `(heads, nope, kv_lora)`.
+    w_uk: B::Buf,
+    /// `W_UV` per head, transposed: `(heads, kv_lora, v)`.
+    w_uv: B::Buf,
+    /// `(hidden, heads * v)`
+    o: B::Buf,
+    indexer: Option<Indexer<B>>,
+}
+
+struct Mlp<B: Backend> {
+    gate: B::Buf,
+    up: B::Buf,
+    down: B::Buf,
+    intermediate: usize,
+}
+
+struct Moe<B: Backend> {
+    /// `(experts, hidden)`, on the backend; routing itself runs on the host.
+    gate: B::Buf,
+    correction_bias: Vec<f32>,
+    experts: Vec<Mlp<B>>,
+    shared: Option<Mlp<B>>,
+}
+
+enum Ffn<B: Backend> {
+    Dense(Mlp<B>),
+    Moe(Moe<B>),
+}
+
+struct Layer<B: Backend> {
+    input_norm: B::Buf,
+    attn: Attention<B>,
+    post_norm: B::Buf,
+    ffn: Ffn<B>,
+}
+
+pub struct Model<B: Backend> {
+    pub config: ModelConfig,
+    backend: B,
+    embed: B::Buf,
+    layers: Vec<Layer<B>>,
+    norm: B::Buf,
+    lm_head: B::Buf,
+    rope_cos: B::Buf,
+    rope_sin: B::Buf,
+    max_positions: usize,
+}
+
+impl<B: Backend> std::fmt::Debug for Model<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("backend", &self.backend.name())
+            .field("layers", &self.layers.len())
+            .finish()
+    }
+}
+
+/// Per-forward-pass inputs shared by every layer.
+struct Step<'a> {
+    positions: &'a [usize],
+}
+
+/// Routing of one batch through the experts: for each expert, its rows and weights.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Routing {
+    pub rows: Vec<Vec<usize>>,
+    pub weights: Vec<Vec<f32>>,
+}
+
+/// DeepSeek-V3's gate for one token: sigmoid scores, correction bias for selection only,
+/// group-limited top-k, weights from the unbiased scores, normalised and scaled.
+pub fn route_token(logits: &[f32], bias: &[f32], moe: &MoeConfig) -> Vec<(usize, f32)> {
+    let scores: Vec<f32> = logits.iter().map(|l| 1.0 / (1.0 + (-l).exp())).collect();
+    let biased: Vec<f32> = scores.iter().zip(bias).map(|(s, b)| s + b).collect();
+    let per_group = moe.n_routed_experts / moe.n_group;
+    let mut group_scores: Vec<(f32, usize)> = biased
+        .chunks_exact(per_group)
+        .enumerate()
+        .map(|(g, chunk)| {
+            let mut top = chunk.to_vec();
+            top.sort_unstable_by(|a, b| b.total_cmp(a));
+            (top.iter().take(2).sum(), g)
+        })
+        .collect();
+    group_scores.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let kept: Vec<usize> = group_scores.iter().take(moe.topk_group).map(|(_, g)| *g).collect();
+    let mut candidates: Vec<(f32, usize)> = kept
+        .iter()
+        .flat_map(|g| (g * per_group..(g + 1) * per_group).map(|e| (biased[e], e)))
+        .collect();
+    candidates.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let chosen: Vec<usize> = candidates
+        .iter()
+        .take(moe.experts_per_token)
+        .map(|(_, e)| *e)
+        .collect();
+    let mut weights: Vec<f32> = chosen.iter().map(|&e| scores[e]).collect();
+    if moe.norm_topk_prob {
+        let sum: f32 = weights.iter().sum::<f32>() + 1e-20;
+        for w in &mut weights {
+            *w /= sum;
+        }
+    }
+    chosen
+        .into_iter()
+        .zip(weights)
+        .map(|(e, w)| (e, w * moe.routed_scaling_factor))
+        .collect()
+}
+
+struct Loader<'a, B: Backend> {
+    ckpt: &'a Checkpoint,
+    backend: &'a B,
+}
+
+impl<B: Backend> Loader<'_, B> {
+    fn host(&self, name: &str, shape: &[usize]) -> Result<HostTensor, CheckpointError> {
+        self.ckpt.load(name, shape)
+    }
+
+    fn load(&self, name: &str, shape: &[usize]) -> Result<B::Buf, CheckpointError> {
+        Ok(self.backend.upload(&self.host(name, shape)?.data))
+    }
+
+    fn mlp(&self, prefix: &str, hidden: usize, intermediate: usize) -> Result<Mlp<B>, CheckpointError> {
+        Ok(Mlp {
+            gate: self.load(&format!("{prefix}.gate_proj.weight"), &[intermediate, hidden])?,
+            up: self.load(&format!("{prefix}.up_proj.weight"), &[intermediate, hidden])?,
+            down: self.load(&format!("{prefix}.down_proj.weight"), &[hidden, intermediate])?,
+            intermediate,
+        })
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Loads every weight of `ckpt` onto `backend`, checking names and shapes.
+    pub fn load(ckpt: &Checkpoint, backend: B) -> Result<Self, CheckpointError> {
+        let c = ckpt.config.clone();
+        let l = Loader {
+            ckpt,
+            backend: &backend,
+        };
+        let (hidden, heads) = (c.hidden_size, c.num_heads);
+        let (nope, rope, v, r) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank);
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let q = match c.q_lora_rank {
+                Some(rank) => QProj::LowRank {
+                    a: l.load(&format!("{p}.self_attn.q_a_proj.weight"), &[rank, hidden])?,
+                    norm: l.load(&format!("{p}.self_attn.q_a_layernorm.weight"), &[rank])?,
+                    b: l.load(&format!("{p}.self_attn.q_b_proj.weight"), &[heads * (nope + rope), rank])?,
+                    rank,
+                },
+                None => QProj::Full(l.load(&format!("{p}.self_attn.q_proj.weight"), &[heads * (nope + rope), hidden])?),
+            };
+            let kv_b = l.host(&format!("{p}.self_attn.kv_b_proj.weight"), &[heads * (nope + v), r])?;
+            let mut w_uk = Vec::with_capacity(heads * nope * r);
+            let mut w_uv = vec![0f32; heads * r * v];
+            for h in 0..heads {
+                let block = &kv_b.data[h * (nope + v) * r..][..(nope + v) * r];
+                w_uk.extend_from_slice(&block[..nope * r]);
+                for j in 0..v {
+                    for k in 0..r {
+                        w_uv[h * r * v + k * v + j] = block[(nope + j) * r + k];
+                    }
+                }
+            }
+            let indexer = match &c.indexer {
+                None => None,
+                Some(ix) => {
+                    let rank = c.q_lora_rank.ok_or_else(|| CheckpointError::Missing(
+                        "q_lora_rank (the indexer reads the query latent)".into(),
+                    ))?;
+                    let ip = format!("{p}.self_attn.indexer");
+                    Some(Indexer {
+                        wq_b: l.load(&format!("{ip}.wq_b.weight"), &[ix.n_heads * ix.head_dim, rank])?,
+                        wk: l.load(&format!("{ip}.wk.weight"), &[ix.head_dim, hidden])?,
+                        k_norm_weight: l.load(&format!("{ip}.k_norm.weight"), &[ix.head_dim])?,
+                        k_norm_bias: l.load(&format!("{ip}.k_norm.bias"), &[ix.head_dim])?,
+                        weights_proj: l.load(&format!("{ip}.weights_proj.weight"), &[ix.n_heads, hidden])?,
+                    })
+                }
+            };
+            let attn = Attention {
+                q,
+                kv_a: l.load(&format!("{p}.self_attn.kv_a_proj_with_mqa.weight"), &[r + rope, hidden])?,
+                kv_norm: l.load(&format!("{p}.self_attn.kv_a_layernorm.weight"), &[r])?,
+                w_uk: backend.upload(&w_uk),
+                w_uv: backend.upload(&w_uv),
+                o: l.load(&format!("{p}.self_attn.o_proj.weight"), &[hidden, heads * v])?,
+                indexer,
+            };
+            let ffn = match (&c.moe, c.is_moe_layer(i)) {
+                (Some(moe), true) => Ffn::Moe(Moe {
+                    gate: l.load(&format!("{p}.mlp.gate.weight"), &[moe.n_routed_experts, hidden])?,
+                    correction_bias: if ckpt.contains(&format!("{p}.mlp.gate.e_score_correction_bias")) {
+                        l.host(&format!("{p}.mlp.gate.e_score_correction_bias"), &[moe.n_routed_experts])?.data
+                    } else {
+                        vec![0.0; moe.n_routed_experts]
+                    },
+                    experts: (0..moe.n_routed_experts)
+                        .map(|e| l.mlp(&format!("{p}.mlp.experts.{e}"), hidden, moe.intermediate_size))
+                        .collect::<Result<_, _>>()?,
+                    shared: (moe.n_shared_experts > 0)
+                        .then(|| l.mlp(&format!("{p}.mlp.shared_experts"), hidden, moe.intermediate_size * moe.n_shared_experts))
+                        .transpose()?,
+                }),
+                _ => Ffn::Dense(l.mlp(&format!("{p}.mlp"), hidden, c.intermediate_size)?),
+            };
+            layers.push(Layer {
+                input_norm: l.load(&format!("{p}.input_layernorm.weight"), &[hidden])?,
+                attn,
+                post_norm: l.load(&format!("{p}.post_attention_layernorm.weight"), &[hidden])?,
+                ffn,
+            });
+        }
+        let embed = l.load("model.embed_tokens.weight", &[c.vocab_size, hidden])?;
+        let lm_head = if c.tie_word_embeddings && !ckpt.contains("lm_head.weight") {
+            l.load("model.embed_tokens.weight", &[c.vocab_size, hidden])?
+        } else {
+            l.load("lm_head.weight", &[c.vocab_size, hidden])?
+        };
+        let max_positions = c.max_position_embeddings;
+        let tables = RopeTables::new(&c, max_positions);
+        Ok(Self {
+            norm: l.load("model.norm.weight", &[hidden])?,
+            embed,
+            lm_head,
+            layers,
+            rope_cos: backend.upload(&tables.cos),
+            rope_sin: backend.upload(&tables.sin),
+            max_positions,
+            config: c,
+            backend,
+        })
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(&self.backend, &self.config)
+    }
+
+    /// Runs `tokens` after what `cache` holds, appends them to it, and returns logits
+    /// `(rows, vocab)` on the host, for every position or only the last.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache<B>, which: Logits) -> Vec<f32> {
+        let (out, _) = self.forward_traced(tokens, cache, which);
+        out
+    }
+
+    /// As [`Model::forward`], and also the positions the indexer selected in each layer (for
+    /// each query), when DeepSeek Sparse Attention ran.
+    pub fn forward_traced(&self, tokens: &[u32], cache: &mut KvCache<B>, which: Logits) -> (Vec<f32>, Vec<Option<Vec<Vec<u32>>>>) {
+        let b = &self.backend;
+        let c = &self.config;
+        let n = tokens.len();
+        let start = cache.len();
+        assert!(start + n <= self.max_positions, "sequence longer than max_position_embeddings");
+        let positions: Vec<usize> = (start..start + n).collect();
+        let step = Step { positions: &positions };
+        let mut h = b.embed(&self.embed, tokens, c.hidden_size);
+        let mut traces = Vec::with_capacity(self.layers.len());
+        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let x = b.rms_norm(&h, &layer.input_norm, c.hidden_size, c.rms_norm_eps);
+            let (attn, trace) = self.attention(&layer.attn, &x, lc, &step);
+            traces.push(trace);
+            b.add_assign(&mut h, &attn);
+            let x = b.rms_norm(&h, &layer.post_norm, c.hidden_size, c.rms_norm_eps);
+            let ffn = match &layer.ffn {
+                Ffn::Dense(mlp) => self.mlp(mlp, &x, n),
+                Ffn::Moe(moe) => self.moe(moe, &x, n),
+            };
+            b.add_assign(&mut h, &ffn);
+        }
+        cache.advance(n);
+        let (h, rows) = match which {
+            Logits::All => (h, n),
+            Logits::Last => (b.gather_rows(&h, &[n - 1], c.hidden_size), 1),
+        };
+        let h = b.rms_norm(&h, &self.norm, c.hidden_size, c.rms_norm_eps);
+        let logits = b.matmul(&h, &self.lm_head, rows, c.hidden_size, c.vocab_size);
+        (b.download(&logits), traces)
+    }
+
+    fn attention(&self, a: &Attention<B>, x: &B::Buf, cache: &mut LayerCache<B>, step: &Step<'_>) -> (B::Buf, Option<Vec<Vec<u32>>>) {
+        let b = &self.backend;
+        let c = &self.config;
+        let n = step.positions.len();
+        let (heads, nope, rope, v, r) = (c.num_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank);
+        let qk = nope + rope;
+        let (q, q_latent) = match &a.q {
+            QProj::LowRank { a: qa, norm, b: qb, rank } => {
+                let qr = b.rms_norm(&b.matmul(x, qa, n, c.hidden_size, *rank), norm, *rank, c.rms_norm_eps);
+                (b.matmul(&qr, qb, n, *rank, heads * qk), Some((qr, *rank)))
+            }
+            QProj::Full(w) => (b.matmul(x, w, n, c.hidden_size, heads * qk), None),
+        };
+        let q_nope = b.slice_cols(&q, heads * qk, heads, 0, nope);
+        let mut q_pe = b.slice_cols(&q, heads * qk, heads, nope, rope);
+        b.rope(&mut q_pe, heads, rope, rope, step.positions, &self.rope_cos, &self.rope_sin, RopeStyle::Interleaved);
+
+        let kv = b.matmul(x, &a.kv_a, n, c.hidden_size, r + rope);
+        let latent = b.rms_norm(&b.slice_cols(&kv, r + rope, 1, 0, r), &a.kv_norm, r, c.rms_norm_eps);
+        let mut k_pe = b.slice_cols(&kv, r + rope, 1, r, rope);
+        b.rope(&mut k_pe, 1, rope, rope, step.positions, &self.rope_cos, &self.rope_sin, RopeStyle::Interleaved);
+        b.append_rows(&mut cache.latent, &latent);
+        b.append_rows(&mut cache.k_pe, &k_pe);
+
+        let selected = match (&a.indexer, &c.indexer, q_latent) {
+            (Some(ix), Some(ixc), Some((qr, rank))) => {
+                let index_k = cache.index_k.as_mut().expect("the cache has an indexer key per layer");
+                Some(self.index(ix, ixc, x, &qr, rank, index_k, step))
+            }
+            _ => None,
+        };
+        let selection = match &selected {
+            Some(sel) => Selection::Sparse(sel),
+            None => Selection::Causal,
+        };
+        let q_lat = b.head_matmul(&q_nope, &a.w_uk, n, heads, nope, r);
+        let o_lat = b.mla_attention(&q_lat, &q_pe, &cache.latent, &cache.k_pe, heads, r, rope, step.positions, selection, c.attention_scale());
+        let o = b.head_matmul(&o_lat, &a.w_uv, n, heads, r, v);
+        (b.matmul(&o, &a.o, n, heads * v, c.hidden_size), selected)
+    }
+
+    /// The lightning indexer: scores every cached position for each query and keeps the top k.
+    #[allow(clippy::too_many_arguments)]
+    fn index(&self, ix: &Indexer<B>, cfg: &IndexerConfig, x: &B::Buf, qr: &B::Buf, rank: usize, index_k: &mut B::Buf, step: &Step<'_>) -> Vec<Vec<u32>> {
+        let b = &self.backend;
+        let c = &self.config;
+        let n = step.positions.len();
+        let (heads, d, rope) = (cfg.n_heads, cfg.head_dim, c.qk_rope_head_dim);
+        let mut q = b.matmul(qr, &ix.wq_b, n, rank, heads * d);
+        b.rope(&mut q, heads, d, rope, step.positions, &self.rope_cos, &self.rope_sin, RopeStyle::HalfSplit);
+        let k = b.matmul(x, &ix.wk, n, c.hidden_size, d);
+        let mut k = b.layer_norm(&k, &ix.k_norm_weight, &ix.k_norm_bias, d, 1e-6);
+        b.rope(&mut k, 1, d, rope, step.positions, &self.rope_cos, &self.rope_sin, RopeStyle::HalfSplit);
+        b.append_rows(index_k, &k);
+        let w = b.matmul(x, &ix.weights_proj, n, c.hidden_size, heads);
+        let scale = (d as f32).powf(-0.5) * (heads as f32).powf(-0.5);
+        let scores = b.indexer_scores(&q, &w, index_k, heads, d, step.positions, scale);
+        let len = b.len(index_k) / d;
+        b.topk(&scores, len, cfg.topk)
+    }
+
+    fn mlp(&self, mlp: &Mlp<B>, x: &B::Buf, n: usize) -> B::Buf {
+        let b = &self.backend;
+        let hidden = self.config.hidden_size;
+        let gate = b.matmul(x, &mlp.gate, n, hidden, mlp.intermediate);
+        let up = b.matmul(x, &mlp.up, n, hidden, mlp.intermediate);
+        b.matmul(&b.silu_mul(&gate, &up), &mlp.down, n, mlp.intermediate, hidden)
+    }
+
+    fn moe(&self, moe: &Moe<B>, x: &B::Buf, n: usize) -> B::Buf {
+        let b = &self.backend;
+        let c = &self.config;
+        let cfg = c.moe.as_ref().expect("a MoE layer has a MoE config");
+        let logits = b.download(&b.matmul(x, &moe.gate, n, c.hidden_size, cfg.n_routed_experts));
+        let mut routing = Routing {
+            rows: vec![Vec::new(); cfg.n_routed_experts],
+            weights: vec![Vec::new(); cfg.n_routed_experts],
+        };
+        for (t, row) in logits.chunks_exact(cfg.n_routed_experts).enumerate() {
+            for (e, w) in route_token(row, &moe.correction_bias, cfg) {
+                routing.rows[e].push(t);
+                routing.weights[e].push(w);
+            }
+        }
+        let mut out = match &moe.shared {
+            Some(shared) => self.mlp(shared, x, n),
+            None => b.upload(&vec![0.0; n * c.hidden_size]),
+        };
+        for (e, expert) in moe.experts.iter().enumerate() {
+            let rows = &routing.rows[e];
+            if rows.is_empty() {
+                continue;
+            }
+            let xe = b.gather_rows(x, rows, c.hidden_size);
+            let ye = self.mlp(expert, &xe, rows.len());
+            b.scatter_add_rows(&mut out, &ye, rows, &routing.weights[e], c.hidden_size);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn moe(n_group: usize, topk_group: usize, k: usize) -> MoeConfig {
+        MoeConfig {
+            n_routed_experts: 8,
+            n_shared_experts: 1,
+            experts_per_token: k,
+            n_group,
+            topk_group,
+            routed_scaling_factor: 2.5,
+            norm_topk_prob: true,
+            intermediate_size: 4,
+        }
+    }
+
+    #[test]
+    fn gate_selects_with_bias_but_weighs_without_it() {
+        let logits = [0.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0];
+        let mut bias = [0.0; 8];
+        bias[2] = 10.0; // expert 2 wins selection on bias alone
+        let picked = route_token(&logits, &bias, &moe(1, 1, 2));
+        let experts: Vec<usize> = picked.iter().map(|p| p.0).collect();
+        assert_eq!(experts, vec![2, 1]);
+        let s = |l: f32| 1.0 / (1.0 + (-l).exp());
+        let total = s(0.0) + s(3.0);
+        assert!((picked[0].1 - 2.5 * s(0.0) / total).abs() < 1e-6);
+        assert!((picked[0].1 + picked[1].1 - 2.5).abs() < 1e-5);
+    }
+
+    #[test]
+    fn gate_limits_experts_to_the_best_groups() {
+        // Four groups of two; group scores are sums of both members.
+        let logits = [5.0, -5.0, 1.0, 1.0, 0.0, 0.0, 4.0, -4.0];
+        let picked = route_token(&logits, &[0.0; 8], &moe(4, 1, 2));
+        let experts: Vec<usize> = picked.iter().map(|p| p.0).collect();
+        // Group 1 (1.0 + 1.0 -> sigmoid sum largest) holds both picks, not expert 0 or 6.
+        assert_eq!(experts, vec![2, 3]);
+    }
+}
