@@ -127,7 +127,9 @@ impl Checkpoint {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        tensors.tensor(name).map_err(|_| CheckpointError::Missing(name.to_owned()))
+        tensors
+            .tensor(name)
+            .map_err(|_| CheckpointError::Missing(name.to_owned()))
     }
 
     /// Loads a tensor as f32 and checks its shape. FP8 weights are dequantised with their
@@ -169,7 +171,12 @@ impl Checkpoint {
         })
     }
 
-    fn dequantize_fp8(&self, name: &str, bytes: &[u8], shape: &[usize]) -> Result<Vec<f32>, CheckpointError> {
+    fn dequantize_fp8(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        shape: &[usize],
+    ) -> Result<Vec<f32>, CheckpointError> {
         let [rows, cols] = shape else {
             return Err(CheckpointError::Dtype {
                 name: name.to_owned(),

@@ -264,14 +264,25 @@ impl ModelConfig {
                     }
                 }
             }
-            Some(q) => return Err(unsupported("quantization_config.quant_method", &q.quant_method)),
+            Some(q) => {
+                return Err(unsupported(
+                    "quantization_config.quant_method",
+                    &q.quant_method,
+                ));
+            }
         };
         if raw.qk_rope_head_dim % 2 != 0 {
             return Err(ConfigError::Invalid("qk_rope_head_dim must be even".into()));
         }
         let eos_token_ids = match &raw.eos_token_id {
-            Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-            Some(serde_json::Value::Array(ids)) => ids.iter().filter_map(|v| v.as_u64()).map(|n| n as u32).collect(),
+            Some(serde_json::Value::Number(n)) => {
+                n.as_u64().map(|n| vec![n as u32]).unwrap_or_default()
+            }
+            Some(serde_json::Value::Array(ids)) => ids
+                .iter()
+                .filter_map(|v| v.as_u64())
+                .map(|n| n as u32)
+                .collect(),
             _ => Vec::new(),
         };
         Ok(Self {

@@ -10,3 +10,4 @@ pub mod checkpoint;
 pub mod config;
 pub mod model;
 pub mod rope;
+pub mod tiny;

@@ -22,7 +22,12 @@ pub enum Logits {
 
 enum QProj<B: Backend> {
     /// `q_a_proj (q_lora, hidden)`, `q_a_layernorm (q_lora)`, `q_b_proj (heads * qk_head, q_lora)`.
-    LowRank { a: B::Buf, norm: B::Buf, b: B::Buf, rank: usize },
+    LowRank {
+        a: B::Buf,
+        norm: B::Buf,
+        b: B::Buf,
+        rank: usize,
+    },
     /// `q_proj (heads * qk_head, hidden)`.
     Full(B::Buf),
 }
@@ -128,7 +133,11 @@ pub fn route_token(logits: &[f32], bias: &[f32], moe: &MoeConfig) -> Vec<(usize,
         })
         .collect();
     group_scores.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    let kept: Vec<usize> = group_scores.iter().take(moe.topk_group).map(|(_, g)| *g).collect();
+    let kept: Vec<usize> = group_scores
+        .iter()
+        .take(moe.topk_group)
+        .map(|(_, g)| *g)
+        .collect();
     let mut candidates: Vec<(f32, usize)> = kept
         .iter()
         .flat_map(|g| (g * per_group..(g + 1) * per_group).map(|e| (biased[e], e)))
@@ -167,11 +176,22 @@ impl<B: Backend> Loader<'_, B> {
         Ok(self.backend.upload(&self.host(name, shape)?.data))
     }
 
-    fn mlp(&self, prefix: &str, hidden: usize, intermediate: usize) -> Result<Mlp<B>, CheckpointError> {
+    fn mlp(
+        &self,
+        prefix: &str,
+        hidden: usize,
+        intermediate: usize,
+    ) -> Result<Mlp<B>, CheckpointError> {
         Ok(Mlp {
-            gate: self.load(&format!("{prefix}.gate_proj.weight"), &[intermediate, hidden])?,
+            gate: self.load(
+                &format!("{prefix}.gate_proj.weight"),
+                &[intermediate, hidden],
+            )?,
             up: self.load(&format!("{prefix}.up_proj.weight"), &[intermediate, hidden])?,
-            down: self.load(&format!("{prefix}.down_proj.weight"), &[hidden, intermediate])?,
+            down: self.load(
+                &format!("{prefix}.down_proj.weight"),
+                &[hidden, intermediate],
+            )?,
             intermediate,
         })
     }
@@ -186,7 +206,12 @@ impl<B: Backend> Model<B> {
             backend: &backend,
         };
         let (hidden, heads) = (c.hidden_size, c.num_heads);
-        let (nope, rope, v, r) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank);
+        let (nope, rope, v, r) = (
+            c.qk_nope_head_dim,
+            c.qk_rope_head_dim,
+            c.v_head_dim,
+            c.kv_lora_rank,
+        );
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
@@ -194,12 +219,21 @@ impl<B: Backend> Model<B> {
                 Some(rank) => QProj::LowRank {
                     a: l.load(&format!("{p}.self_attn.q_a_proj.weight"), &[rank, hidden])?,
                     norm: l.load(&format!("{p}.self_attn.q_a_layernorm.weight"), &[rank])?,
-                    b: l.load(&format!("{p}.self_attn.q_b_proj.weight"), &[heads * (nope + rope), rank])?,
+                    b: l.load(
+                        &format!("{p}.self_attn.q_b_proj.weight"),
+                        &[heads * (nope + rope), rank],
+                    )?,
                     rank,
                 },
-                None => QProj::Full(l.load(&format!("{p}.self_attn.q_proj.weight"), &[heads * (nope + rope), hidden])?),
+                None => QProj::Full(l.load(
+                    &format!("{p}.self_attn.q_proj.weight"),
+                    &[heads * (nope + rope), hidden],
+                )?),
             };
-            let kv_b = l.host(&format!("{p}.self_attn.kv_b_proj.weight"), &[heads * (nope + v), r])?;
+            let kv_b = l.host(
+                &format!("{p}.self_attn.kv_b_proj.weight"),
+                &[heads * (nope + v), r],
+            )?;
             let mut w_uk = Vec::with_capacity(heads * nope * r);
             let mut w_uv = vec![0f32; heads * r * v];
             for h in 0..heads {
@@ -214,41 +248,74 @@ impl<B: Backend> Model<B> {
             let indexer = match &c.indexer {
                 None => None,
                 Some(ix) => {
-                    let rank = c.q_lora_rank.ok_or_else(|| CheckpointError::Missing(
-                        "q_lora_rank (the indexer reads the query latent)".into(),
-                    ))?;
+                    let rank = c.q_lora_rank.ok_or_else(|| {
+                        CheckpointError::Missing(
+                            "q_lora_rank (the indexer reads the query latent)".into(),
+                        )
+                    })?;
                     let ip = format!("{p}.self_attn.indexer");
                     Some(Indexer {
-                        wq_b: l.load(&format!("{ip}.wq_b.weight"), &[ix.n_heads * ix.head_dim, rank])?,
+                        wq_b: l.load(
+                            &format!("{ip}.wq_b.weight"),
+                            &[ix.n_heads * ix.head_dim, rank],
+                        )?,
                         wk: l.load(&format!("{ip}.wk.weight"), &[ix.head_dim, hidden])?,
                         k_norm_weight: l.load(&format!("{ip}.k_norm.weight"), &[ix.head_dim])?,
                         k_norm_bias: l.load(&format!("{ip}.k_norm.bias"), &[ix.head_dim])?,
-                        weights_proj: l.load(&format!("{ip}.weights_proj.weight"), &[ix.n_heads, hidden])?,
+                        weights_proj: l
+                            .load(&format!("{ip}.weights_proj.weight"), &[ix.n_heads, hidden])?,
                     })
                 }
             };
             let attn = Attention {
                 q,
-                kv_a: l.load(&format!("{p}.self_attn.kv_a_proj_with_mqa.weight"), &[r + rope, hidden])?,
+                kv_a: l.load(
+                    &format!("{p}.self_attn.kv_a_proj_with_mqa.weight"),
+                    &[r + rope, hidden],
+                )?,
                 kv_norm: l.load(&format!("{p}.self_attn.kv_a_layernorm.weight"), &[r])?,
                 w_uk: backend.upload(&w_uk),
                 w_uv: backend.upload(&w_uv),
-                o: l.load(&format!("{p}.self_attn.o_proj.weight"), &[hidden, heads * v])?,
+                o: l.load(
+                    &format!("{p}.self_attn.o_proj.weight"),
+                    &[hidden, heads * v],
+                )?,
                 indexer,
             };
             let ffn = match (&c.moe, c.is_moe_layer(i)) {
                 (Some(moe), true) => Ffn::Moe(Moe {
-                    gate: l.load(&format!("{p}.mlp.gate.weight"), &[moe.n_routed_experts, hidden])?,
-                    correction_bias: if ckpt.contains(&format!("{p}.mlp.gate.e_score_correction_bias")) {
-                        l.host(&format!("{p}.mlp.gate.e_score_correction_bias"), &[moe.n_routed_experts])?.data
+                    gate: l.load(
+                        &format!("{p}.mlp.gate.weight"),
+                        &[moe.n_routed_experts, hidden],
+                    )?,
+                    correction_bias: if ckpt
+                        .contains(&format!("{p}.mlp.gate.e_score_correction_bias"))
+                    {
+                        l.host(
+                            &format!("{p}.mlp.gate.e_score_correction_bias"),
+                            &[moe.n_routed_experts],
+                        )?
+                        .data
                     } else {
                         vec![0.0; moe.n_routed_experts]
                     },
                     experts: (0..moe.n_routed_experts)
-                        .map(|e| l.mlp(&format!("{p}.mlp.experts.{e}"), hidden, moe.intermediate_size))
+                        .map(|e| {
+                            l.mlp(
+                                &format!("{p}.mlp.experts.{e}"),
+                                hidden,
+                                moe.intermediate_size,
+                            )
+                        })
                         .collect::<Result<_, _>>()?,
                     shared: (moe.n_shared_experts > 0)
-                        .then(|| l.mlp(&format!("{p}.mlp.shared_experts"), hidden, moe.intermediate_size * moe.n_shared_experts))
+                        .then(|| {
+                            l.mlp(
+                                &format!("{p}.mlp.shared_experts"),
+                                hidden,
+                                moe.intermediate_size * moe.n_shared_experts,
+                            )
+                        })
                         .transpose()?,
                 }),
                 _ => Ffn::Dense(l.mlp(&format!("{p}.mlp"), hidden, c.intermediate_size)?),
@@ -298,14 +365,24 @@ impl<B: Backend> Model<B> {
 
     /// As [`Model::forward`], and also the positions the indexer selected in each layer (for
     /// each query), when DeepSeek Sparse Attention ran.
-    pub fn forward_traced(&self, tokens: &[u32], cache: &mut KvCache<B>, which: Logits) -> (Vec<f32>, Vec<Option<Vec<Vec<u32>>>>) {
+    pub fn forward_traced(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache<B>,
+        which: Logits,
+    ) -> (Vec<f32>, Vec<Option<Vec<Vec<u32>>>>) {
         let b = &self.backend;
         let c = &self.config;
         let n = tokens.len();
         let start = cache.len();
-        assert!(start + n <= self.max_positions, "sequence longer than max_position_embeddings");
+        assert!(
+            start + n <= self.max_positions,
+            "sequence longer than max_position_embeddings"
+        );
         let positions: Vec<usize> = (start..start + n).collect();
-        let step = Step { positions: &positions };
+        let step = Step {
+            positions: &positions,
+        };
         let mut h = b.embed(&self.embed, tokens, c.hidden_size);
         let mut traces = Vec::with_capacity(self.layers.len());
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -330,33 +407,81 @@ impl<B: Backend> Model<B> {
         (b.download(&logits), traces)
     }
 
-    fn attention(&self, a: &Attention<B>, x: &B::Buf, cache: &mut LayerCache<B>, step: &Step<'_>) -> (B::Buf, Option<Vec<Vec<u32>>>) {
+    fn attention(
+        &self,
+        a: &Attention<B>,
+        x: &B::Buf,
+        cache: &mut LayerCache<B>,
+        step: &Step<'_>,
+    ) -> (B::Buf, Option<Vec<Vec<u32>>>) {
         let b = &self.backend;
         let c = &self.config;
         let n = step.positions.len();
-        let (heads, nope, rope, v, r) = (c.num_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank);
+        let (heads, nope, rope, v, r) = (
+            c.num_heads,
+            c.qk_nope_head_dim,
+            c.qk_rope_head_dim,
+            c.v_head_dim,
+            c.kv_lora_rank,
+        );
         let qk = nope + rope;
         let (q, q_latent) = match &a.q {
-            QProj::LowRank { a: qa, norm, b: qb, rank } => {
-                let qr = b.rms_norm(&b.matmul(x, qa, n, c.hidden_size, *rank), norm, *rank, c.rms_norm_eps);
+            QProj::LowRank {
+                a: qa,
+                norm,
+                b: qb,
+                rank,
+            } => {
+                let qr = b.rms_norm(
+                    &b.matmul(x, qa, n, c.hidden_size, *rank),
+                    norm,
+                    *rank,
+                    c.rms_norm_eps,
+                );
                 (b.matmul(&qr, qb, n, *rank, heads * qk), Some((qr, *rank)))
             }
             QProj::Full(w) => (b.matmul(x, w, n, c.hidden_size, heads * qk), None),
         };
         let q_nope = b.slice_cols(&q, heads * qk, heads, 0, nope);
         let mut q_pe = b.slice_cols(&q, heads * qk, heads, nope, rope);
-        b.rope(&mut q_pe, heads, rope, rope, step.positions, &self.rope_cos, &self.rope_sin, RopeStyle::Interleaved);
+        b.rope(
+            &mut q_pe,
+            heads,
+            rope,
+            rope,
+            step.positions,
+            &self.rope_cos,
+            &self.rope_sin,
+            RopeStyle::Interleaved,
+        );
 
         let kv = b.matmul(x, &a.kv_a, n, c.hidden_size, r + rope);
-        let latent = b.rms_norm(&b.slice_cols(&kv, r + rope, 1, 0, r), &a.kv_norm, r, c.rms_norm_eps);
+        let latent = b.rms_norm(
+            &b.slice_cols(&kv, r + rope, 1, 0, r),
+            &a.kv_norm,
+            r,
+            c.rms_norm_eps,
+        );
         let mut k_pe = b.slice_cols(&kv, r + rope, 1, r, rope);
-        b.rope(&mut k_pe, 1, rope, rope, step.positions, &self.rope_cos, &self.rope_sin, RopeStyle::Interleaved);
+        b.rope(
+            &mut k_pe,
+            1,
+            rope,
+            rope,
+            step.positions,
+            &self.rope_cos,
+            &self.rope_sin,
+            RopeStyle::Interleaved,
+        );
         b.append_rows(&mut cache.latent, &latent);
         b.append_rows(&mut cache.k_pe, &k_pe);
 
         let selected = match (&a.indexer, &c.indexer, q_latent) {
             (Some(ix), Some(ixc), Some((qr, rank))) => {
-                let index_k = cache.index_k.as_mut().expect("the cache has an indexer key per layer");
+                let index_k = cache
+                    .index_k
+                    .as_mut()
+                    .expect("the cache has an indexer key per layer");
                 Some(self.index(ix, ixc, x, &qr, rank, index_k, step))
             }
             _ => None,
@@ -366,23 +491,61 @@ impl<B: Backend> Model<B> {
             None => Selection::Causal,
         };
         let q_lat = b.head_matmul(&q_nope, &a.w_uk, n, heads, nope, r);
-        let o_lat = b.mla_attention(&q_lat, &q_pe, &cache.latent, &cache.k_pe, heads, r, rope, step.positions, selection, c.attention_scale());
+        let o_lat = b.mla_attention(
+            &q_lat,
+            &q_pe,
+            &cache.latent,
+            &cache.k_pe,
+            heads,
+            r,
+            rope,
+            step.positions,
+            selection,
+            c.attention_scale(),
+        );
         let o = b.head_matmul(&o_lat, &a.w_uv, n, heads, r, v);
         (b.matmul(&o, &a.o, n, heads * v, c.hidden_size), selected)
     }
 
     /// The lightning indexer: scores every cached position for each query and keeps the top k.
     #[allow(clippy::too_many_arguments)]
-    fn index(&self, ix: &Indexer<B>, cfg: &IndexerConfig, x: &B::Buf, qr: &B::Buf, rank: usize, index_k: &mut B::Buf, step: &Step<'_>) -> Vec<Vec<u32>> {
+    fn index(
+        &self,
+        ix: &Indexer<B>,
+        cfg: &IndexerConfig,
+        x: &B::Buf,
+        qr: &B::Buf,
+        rank: usize,
+        index_k: &mut B::Buf,
+        step: &Step<'_>,
+    ) -> Vec<Vec<u32>> {
         let b = &self.backend;
         let c = &self.config;
         let n = step.positions.len();
         let (heads, d, rope) = (cfg.n_heads, cfg.head_dim, c.qk_rope_head_dim);
         let mut q = b.matmul(qr, &ix.wq_b, n, rank, heads * d);
-        b.rope(&mut q, heads, d, rope, step.positions, &self.rope_cos, &self.rope_sin, RopeStyle::HalfSplit);
+        b.rope(
+            &mut q,
+            heads,
+            d,
+            rope,
+            step.positions,
+            &self.rope_cos,
+            &self.rope_sin,
+            RopeStyle::HalfSplit,
+        );
         let k = b.matmul(x, &ix.wk, n, c.hidden_size, d);
         let mut k = b.layer_norm(&k, &ix.k_norm_weight, &ix.k_norm_bias, d, 1e-6);
-        b.rope(&mut k, 1, d, rope, step.positions, &self.rope_cos, &self.rope_sin, RopeStyle::HalfSplit);
+        b.rope(
+            &mut k,
+            1,
+            d,
+            rope,
+            step.positions,
+            &self.rope_cos,
+            &self.rope_sin,
+            RopeStyle::HalfSplit,
+        );
         b.append_rows(index_k, &k);
         let w = b.matmul(x, &ix.weights_proj, n, c.hidden_size, heads);
         let scale = (d as f32).powf(-0.5) * (heads as f32).powf(-0.5);
@@ -396,7 +559,13 @@ impl<B: Backend> Model<B> {
         let hidden = self.config.hidden_size;
         let gate = b.matmul(x, &mlp.gate, n, hidden, mlp.intermediate);
         let up = b.matmul(x, &mlp.up, n, hidden, mlp.intermediate);
-        b.matmul(&b.silu_mul(&gate, &up), &mlp.down, n, mlp.intermediate, hidden)
+        b.matmul(
+            &b.silu_mul(&gate, &up),
+            &mlp.down,
+            n,
+            mlp.intermediate,
+            hidden,
+        )
     }
 
     fn moe(&self, moe: &Moe<B>, x: &B::Buf, n: usize) -> B::Buf {

@@ -10,7 +10,8 @@ pub struct RopeTables {
 }
 
 fn correction_dim(rotations: f64, dim: usize, base: f64, max_pos: usize) -> f64 {
-    dim as f64 * (max_pos as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
+    dim as f64 * (max_pos as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln()
+        / (2.0 * base.ln())
 }
 
 /// Inverse frequencies, one per rotated pair.
@@ -24,7 +25,9 @@ pub fn inv_freq(config: &ModelConfig) -> Vec<f64> {
         return extra;
     };
     let orig = yarn.original_max_position_embeddings;
-    let low = correction_dim(yarn.beta_fast, dim, base, orig).floor().max(0.0);
+    let low = correction_dim(yarn.beta_fast, dim, base, orig)
+        .floor()
+        .max(0.0);
     let high = correction_dim(yarn.beta_slow, dim, base, orig)
         .ceil()
         .min(dim as f64 - 1.0);

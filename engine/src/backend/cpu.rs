@@ -108,7 +108,15 @@ impl Backend for Cpu {
         y
     }
 
-    fn head_matmul(&self, x: &Vec<f32>, w: &Vec<f32>, n: usize, heads: usize, k: usize, m: usize) -> Vec<f32> {
+    fn head_matmul(
+        &self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        n: usize,
+        heads: usize,
+        k: usize,
+        m: usize,
+    ) -> Vec<f32> {
         debug_assert_eq!(x.len(), n * heads * k);
         debug_assert_eq!(w.len(), heads * k * m);
         let mut y = vec![0f32; n * heads * m];
@@ -135,7 +143,14 @@ impl Backend for Cpu {
         out
     }
 
-    fn layer_norm(&self, x: &Vec<f32>, weight: &Vec<f32>, bias: &Vec<f32>, dim: usize, eps: f32) -> Vec<f32> {
+    fn layer_norm(
+        &self,
+        x: &Vec<f32>,
+        weight: &Vec<f32>,
+        bias: &Vec<f32>,
+        dim: usize,
+        eps: f32,
+    ) -> Vec<f32> {
         let mut out = x.clone();
         out.par_chunks_mut(dim).for_each(|row| {
             let mean = row.iter().sum::<f32>() / dim as f32;
@@ -148,7 +163,14 @@ impl Backend for Cpu {
         out
     }
 
-    fn slice_cols(&self, x: &Vec<f32>, cols: usize, groups: usize, start: usize, len: usize) -> Vec<f32> {
+    fn slice_cols(
+        &self,
+        x: &Vec<f32>,
+        cols: usize,
+        groups: usize,
+        start: usize,
+        len: usize,
+    ) -> Vec<f32> {
         let width = cols / groups;
         let mut out = Vec::with_capacity(x.len() / cols * groups * len);
         for row in x.chunks_exact(cols) {
@@ -209,7 +231,14 @@ impl Backend for Cpu {
         }
     }
 
-    fn scatter_add_rows(&self, out: &mut Vec<f32>, y: &Vec<f32>, rows: &[usize], scale: &[f32], dim: usize) {
+    fn scatter_add_rows(
+        &self,
+        out: &mut Vec<f32>,
+        y: &Vec<f32>,
+        rows: &[usize],
+        scale: &[f32],
+        dim: usize,
+    ) {
         for ((yr, &r), &s) in y.chunks_exact(dim).zip(rows).zip(scale) {
             axpy(&mut out[r * dim..][..dim], s, yr);
         }
@@ -242,67 +271,73 @@ impl Backend for Cpu {
     ) -> Vec<f32> {
         let n = positions.len();
         let mut out = vec![0f32; n * heads * r];
-        out.par_chunks_mut(heads * r).enumerate().for_each(|(t, out)| {
-            let q_lat = &q_lat[t * heads * r..][..heads * r];
-            let q_pe = &q_pe[t * heads * p..][..heads * p];
-            let allowed: Vec<u32> = match selection {
-                Selection::Causal => (0..=positions[t] as u32).collect(),
-                Selection::Sparse(sel) => sel[t].clone(),
-            };
-            // Blocks of positions in parallel, each with its own running softmax, merged after
-            // (this keeps both cores busy when one query attends to a long context).
-            let partials: Vec<Partial> = allowed
-                .par_chunks(POS_BLOCK)
-                .map(|block| {
-                    let mut scores = vec![0f32; heads * block.len()];
-                    for (j, &s) in block.iter().enumerate() {
-                        let cs = &c[s as usize * r..][..r];
-                        let ps = &k_pe[s as usize * p..][..p];
+        out.par_chunks_mut(heads * r)
+            .enumerate()
+            .for_each(|(t, out)| {
+                let q_lat = &q_lat[t * heads * r..][..heads * r];
+                let q_pe = &q_pe[t * heads * p..][..heads * p];
+                let allowed: Vec<u32> = match selection {
+                    Selection::Causal => (0..=positions[t] as u32).collect(),
+                    Selection::Sparse(sel) => sel[t].clone(),
+                };
+                // Blocks of positions in parallel, each with its own running softmax, merged after
+                // (this keeps both cores busy when one query attends to a long context).
+                let partials: Vec<Partial> = allowed
+                    .par_chunks(POS_BLOCK)
+                    .map(|block| {
+                        let mut scores = vec![0f32; heads * block.len()];
+                        for (j, &s) in block.iter().enumerate() {
+                            let cs = &c[s as usize * r..][..r];
+                            let ps = &k_pe[s as usize * p..][..p];
+                            for h in 0..heads {
+                                scores[h * block.len() + j] = (dot(&q_lat[h * r..][..r], cs)
+                                    + dot(&q_pe[h * p..][..p], ps))
+                                    * scale;
+                            }
+                        }
+                        let mut part = Partial {
+                            max: vec![f32::NEG_INFINITY; heads],
+                            sum: vec![0.0; heads],
+                            acc: vec![0.0; heads * r],
+                        };
                         for h in 0..heads {
-                            scores[h * block.len() + j] =
-                                (dot(&q_lat[h * r..][..r], cs) + dot(&q_pe[h * p..][..p], ps)) * scale;
+                            let row = &mut scores[h * block.len()..][..block.len()];
+                            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                            let mut sum = 0.0;
+                            for v in row.iter_mut() {
+                                *v = (*v - max).exp();
+                                sum += *v;
+                            }
+                            part.max[h] = max;
+                            part.sum[h] = sum;
                         }
-                    }
-                    let mut part = Partial {
-                        max: vec![f32::NEG_INFINITY; heads],
-                        sum: vec![0.0; heads],
-                        acc: vec![0.0; heads * r],
-                    };
-                    for h in 0..heads {
-                        let row = &mut scores[h * block.len()..][..block.len()];
-                        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        let mut sum = 0.0;
-                        for v in row.iter_mut() {
-                            *v = (*v - max).exp();
-                            sum += *v;
+                        for (j, &s) in block.iter().enumerate() {
+                            let cs = &c[s as usize * r..][..r];
+                            for h in 0..heads {
+                                axpy(&mut part.acc[h * r..][..r], scores[h * block.len() + j], cs);
+                            }
                         }
-                        part.max[h] = max;
-                        part.sum[h] = sum;
+                        part
+                    })
+                    .collect();
+                for h in 0..heads {
+                    let max = partials
+                        .iter()
+                        .map(|b| b.max[h])
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    let mut total = 0.0;
+                    let o = &mut out[h * r..][..r];
+                    for b in &partials {
+                        let w = (b.max[h] - max).exp();
+                        total += w * b.sum[h];
+                        axpy(o, w, &b.acc[h * r..][..r]);
                     }
-                    for (j, &s) in block.iter().enumerate() {
-                        let cs = &c[s as usize * r..][..r];
-                        for h in 0..heads {
-                            axpy(&mut part.acc[h * r..][..r], scores[h * block.len() + j], cs);
-                        }
+                    let inv = 1.0 / total;
+                    for v in o.iter_mut() {
+                        *v *= inv;
                     }
-                    part
-                })
-                .collect();
-            for h in 0..heads {
-                let max = partials.iter().map(|b| b.max[h]).fold(f32::NEG_INFINITY, f32::max);
-                let mut total = 0.0;
-                let o = &mut out[h * r..][..r];
-                for b in &partials {
-                    let w = (b.max[h] - max).exp();
-                    total += w * b.sum[h];
-                    axpy(o, w, &b.acc[h * r..][..r]);
                 }
-                let inv = 1.0 / total;
-                for v in o.iter_mut() {
-                    *v *= inv;
-                }
-            }
-        });
+            });
         out
     }
 
@@ -350,7 +385,9 @@ impl Backend for Cpu {
                     .map(|(i, v)| (*v, i as u32))
                     .collect();
                 if candidates.len() > k {
-                    candidates.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                    candidates.select_nth_unstable_by(k - 1, |a, b| {
+                        b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+                    });
                     candidates.truncate(k);
                 }
                 let mut picked: Vec<u32> = candidates.into_iter().map(|(_, i)| i).collect();
@@ -368,9 +405,13 @@ mod tests {
     #[test]
     fn matmul_matches_naive_for_one_and_many_rows() {
         let (k, m) = (19, 37);
-        let w: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+        let w: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+            .collect();
         for n in [1, 3] {
-            let x: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
+            let x: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
+                .collect();
             let y = Cpu.matmul(&x, &w, n, k, m);
             for i in 0..n {
                 for j in 0..m {
@@ -385,13 +426,28 @@ mod tests {
     fn attention_blocks_merge_to_the_plain_softmax() {
         // One head, r = 2, p = 2, 1300 positions: three blocks merged.
         let len = 1300;
-        let c: Vec<f32> = (0..len * 2).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
+        let c: Vec<f32> = (0..len * 2)
+            .map(|i| ((i % 17) as f32 - 8.0) / 8.0)
+            .collect();
         let k_pe: Vec<f32> = (0..len * 2).map(|i| ((i % 5) as f32 - 2.0) / 4.0).collect();
         let q_lat = vec![0.3, -0.2];
         let q_pe = vec![0.1, 0.4];
-        let out = Cpu.mla_attention(&q_lat, &q_pe, &c, &k_pe, 1, 2, 2, &[len - 1], Selection::Causal, 0.7);
+        let out = Cpu.mla_attention(
+            &q_lat,
+            &q_pe,
+            &c,
+            &k_pe,
+            1,
+            2,
+            2,
+            &[len - 1],
+            Selection::Causal,
+            0.7,
+        );
         let scores: Vec<f32> = (0..len)
-            .map(|s| (dot(&q_lat, &c[s * 2..s * 2 + 2]) + dot(&q_pe, &k_pe[s * 2..s * 2 + 2])) * 0.7)
+            .map(|s| {
+                (dot(&q_lat, &c[s * 2..s * 2 + 2]) + dot(&q_pe, &k_pe[s * 2..s * 2 + 2])) * 0.7
+            })
             .collect();
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();

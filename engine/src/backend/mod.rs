@@ -38,15 +38,37 @@ pub trait Backend: Send + Sync + 'static {
     /// `x (n, k) · w (m, k)ᵀ -> (n, m)`.
     fn matmul(&self, x: &Self::Buf, w: &Self::Buf, n: usize, k: usize, m: usize) -> Self::Buf;
     /// Per head: `x (n, heads, k) · w[h] (k, m) -> (n, heads, m)`, with `w (heads, k, m)`.
-    fn head_matmul(&self, x: &Self::Buf, w: &Self::Buf, n: usize, heads: usize, k: usize, m: usize) -> Self::Buf;
+    fn head_matmul(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        n: usize,
+        heads: usize,
+        k: usize,
+        m: usize,
+    ) -> Self::Buf;
     /// Row-wise RMSNorm of `x (rows, dim)`.
     fn rms_norm(&self, x: &Self::Buf, weight: &Self::Buf, dim: usize, eps: f32) -> Self::Buf;
     /// Row-wise LayerNorm (with bias) of `x (rows, dim)`.
-    fn layer_norm(&self, x: &Self::Buf, weight: &Self::Buf, bias: &Self::Buf, dim: usize, eps: f32) -> Self::Buf;
+    fn layer_norm(
+        &self,
+        x: &Self::Buf,
+        weight: &Self::Buf,
+        bias: &Self::Buf,
+        dim: usize,
+        eps: f32,
+    ) -> Self::Buf;
     /// Columns `[start, start + len)` of `x (rows, cols)`, with a row stride of `cols`: `(rows, len)`.
     /// With `groups > 1`, the row is `groups` blocks of `cols / groups` and the columns are taken
     /// from each block (per-head slices): `(rows, groups * len)`.
-    fn slice_cols(&self, x: &Self::Buf, cols: usize, groups: usize, start: usize, len: usize) -> Self::Buf;
+    fn slice_cols(
+        &self,
+        x: &Self::Buf,
+        cols: usize,
+        groups: usize,
+        start: usize,
+        len: usize,
+    ) -> Self::Buf;
     /// Concatenates per row: `a (rows, ca)` and `b (rows, cb)` -> `(rows, ca + cb)`.
     fn concat_cols(&self, a: &Self::Buf, ca: usize, b: &Self::Buf, cb: usize) -> Self::Buf;
     /// Rotates `x (rows, heads * head_dim)` in place: in each head, the first `rope_dim` values.
@@ -68,7 +90,14 @@ pub trait Backend: Send + Sync + 'static {
     /// `x += y`, element-wise.
     fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf);
     /// `out[rows[i]] += scale[i] * y[i]` for each row `i` of `y (rows.len(), dim)`.
-    fn scatter_add_rows(&self, out: &mut Self::Buf, y: &Self::Buf, rows: &[usize], scale: &[f32], dim: usize);
+    fn scatter_add_rows(
+        &self,
+        out: &mut Self::Buf,
+        y: &Self::Buf,
+        rows: &[usize],
+        scale: &[f32],
+        dim: usize,
+    );
     /// Rows `rows` of `x (_, dim)`.
     fn gather_rows(&self, x: &Self::Buf, rows: &[usize], dim: usize) -> Self::Buf;
     /// Appends `rows (n, dim)` to a cache of `dim`-wide rows.

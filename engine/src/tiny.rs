@@ -1,0 +1,335 @@
+//! Small random models of the full architecture, written in Hugging Face layout: every mechanism
+//! active (several MoE groups, a non-zero correction bias, an indexer top-k below typical prompt
+//! lengths, YaRN), sized by a [`TinySpec`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+use serde_json::json;
+
+/// Sizes of a generated model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TinySpec {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub moe_intermediate_size: usize,
+    pub num_layers: usize,
+    pub first_k_dense: usize,
+    pub num_heads: usize,
+    pub q_lora_rank: usize,
+    pub kv_lora_rank: usize,
+    pub qk_nope_head_dim: usize,
+    pub qk_rope_head_dim: usize,
+    pub v_head_dim: usize,
+    pub n_routed_experts: usize,
+    pub experts_per_token: usize,
+    pub n_group: usize,
+    pub topk_group: usize,
+    pub index_n_heads: usize,
+    pub index_head_dim: usize,
+    pub index_topk: usize,
+    pub max_position_embeddings: usize,
+}
+
+impl TinySpec {
+    /// A model that runs in milliseconds; the vocabulary covers the V3.2 tokenizer's ids.
+    pub fn tiny(vocab_size: usize) -> Self {
+        Self {
+            vocab_size,
+            hidden_size: 64,
+            intermediate_size: 128,
+            moe_intermediate_size: 32,
+            num_layers: 3,
+            first_k_dense: 1,
+            num_heads: 4,
+            q_lora_rank: 32,
+            kv_lora_rank: 32,
+            qk_nope_head_dim: 16,
+            qk_rope_head_dim: 8,
+            v_head_dim: 16,
+            n_routed_experts: 8,
+            experts_per_token: 2,
+            n_group: 4,
+            topk_group: 2,
+            index_n_heads: 4,
+            index_head_dim: 32,
+            index_topk: 16,
+            max_position_embeddings: 8192,
+        }
+    }
+
+    pub fn config_json(&self) -> serde_json::Value {
+        json!({
+            "architectures": ["DeepseekV32ForCausalLM"],
+            "model_type": "deepseek_v32",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "moe_intermediate_size": self.moe_intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "first_k_dense_replace": self.first_k_dense,
+            "moe_layer_freq": 1,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_heads,
+            "q_lora_rank": self.q_lora_rank,
+            "kv_lora_rank": self.kv_lora_rank,
+            "qk_nope_head_dim": self.qk_nope_head_dim,
+            "qk_rope_head_dim": self.qk_rope_head_dim,
+            "v_head_dim": self.v_head_dim,
+            "n_routed_experts": self.n_routed_experts,
+            "n_shared_experts": 1,
+            "num_experts_per_tok": self.experts_per_token,
+            "n_group": self.n_group,
+            "topk_group": self.topk_group,
+            "routed_scaling_factor": 2.5,
+            "scoring_func": "sigmoid",
+            "topk_method": "noaux_tc",
+            "norm_topk_prob": true,
+            "index_n_heads": self.index_n_heads,
+            "index_head_dim": self.index_head_dim,
+            "index_topk": self.index_topk,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 10000.0,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rope_scaling": {
+                "type": "yarn", "factor": 4.0, "original_max_position_embeddings": self.max_position_embeddings / 4,
+                "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0
+            },
+            "tie_word_embeddings": false,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "torch_dtype": "float32",
+        })
+    }
+
+    /// Every tensor name and shape of the checkpoint, in Hugging Face layout.
+    pub fn tensors(&self) -> Vec<(String, Vec<usize>, Init)> {
+        let (h, heads) = (self.hidden_size, self.num_heads);
+        let qk = self.qk_nope_head_dim + self.qk_rope_head_dim;
+        let mut t = vec![
+            (
+                "model.embed_tokens.weight".to_owned(),
+                vec![self.vocab_size, h],
+                Init::Normal(1.0),
+            ),
+            ("model.norm.weight".to_owned(), vec![h], Init::Norm),
+            (
+                "lm_head.weight".to_owned(),
+                vec![self.vocab_size, h],
+                Init::Linear,
+            ),
+        ];
+        let mut add = |name: String, shape: Vec<usize>, init: Init| t.push((name, shape, init));
+        let mlp = |add: &mut dyn FnMut(String, Vec<usize>, Init), p: &str, inter: usize| {
+            add(
+                format!("{p}.gate_proj.weight"),
+                vec![inter, h],
+                Init::Linear,
+            );
+            add(format!("{p}.up_proj.weight"), vec![inter, h], Init::Linear);
+            add(
+                format!("{p}.down_proj.weight"),
+                vec![h, inter],
+                Init::Linear,
+            );
+        };
+        for i in 0..self.num_layers {
+            let p = format!("model.layers.{i}");
+            let a = format!("{p}.self_attn");
+            add(format!("{p}.input_layernorm.weight"), vec![h], Init::Norm);
+            add(
+                format!("{p}.post_attention_layernorm.weight"),
+                vec![h],
+                Init::Norm,
+            );
+            add(
+                format!("{a}.q_a_proj.weight"),
+                vec![self.q_lora_rank, h],
+                Init::Linear,
+            );
+            add(
+                format!("{a}.q_a_layernorm.weight"),
+                vec![self.q_lora_rank],
+                Init::Norm,
+            );
+            add(
+                format!("{a}.q_b_proj.weight"),
+                vec![heads * qk, self.q_lora_rank],
+                Init::Linear,
+            );
+            add(
+                format!("{a}.kv_a_proj_with_mqa.weight"),
+                vec![self.kv_lora_rank + self.qk_rope_head_dim, h],
+                Init::Linear,
+            );
+            add(
+                format!("{a}.kv_a_layernorm.weight"),
+                vec![self.kv_lora_rank],
+                Init::Norm,
+            );
+            add(
+                format!("{a}.kv_b_proj.weight"),
+                vec![
+                    heads * (self.qk_nope_head_dim + self.v_head_dim),
+                    self.kv_lora_rank,
+                ],
+                Init::Linear,
+            );
+            add(
+                format!("{a}.o_proj.weight"),
+                vec![h, heads * self.v_head_dim],
+                Init::Linear,
+            );
+            add(
+                format!("{a}.indexer.wq_b.weight"),
+                vec![self.index_n_heads * self.index_head_dim, self.q_lora_rank],
+                Init::Linear,
+            );
+            add(
+                format!("{a}.indexer.wk.weight"),
+                vec![self.index_head_dim, h],
+                Init::Linear,
+            );
+            add(
+                format!("{a}.indexer.k_norm.weight"),
+                vec![self.index_head_dim],
+                Init::Norm,
+            );
+            add(
+                format!("{a}.indexer.k_norm.bias"),
+                vec![self.index_head_dim],
+                Init::Normal(0.1),
+            );
+            add(
+                format!("{a}.indexer.weights_proj.weight"),
+                vec![self.index_n_heads, h],
+                Init::Linear,
+            );
+            if i < self.first_k_dense {
+                mlp(&mut add, &format!("{p}.mlp"), self.intermediate_size);
+            } else {
+                add(
+                    format!("{p}.mlp.gate.weight"),
+                    vec![self.n_routed_experts, h],
+                    Init::Linear,
+                );
+                add(
+                    format!("{p}.mlp.gate.e_score_correction_bias"),
+                    vec![self.n_routed_experts],
+                    Init::Normal(0.5),
+                );
+                for e in 0..self.n_routed_experts {
+                    mlp(
+                        &mut add,
+                        &format!("{p}.mlp.experts.{e}"),
+                        self.moe_intermediate_size,
+                    );
+                }
+                mlp(
+                    &mut add,
+                    &format!("{p}.mlp.shared_experts"),
+                    self.moe_intermediate_size,
+                );
+            }
+        }
+        t
+    }
+}
+
+/// How a generated tensor is filled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// Normal with this standard deviation.
+    Normal(f32),
+    /// Normal scaled by `1/sqrt(fan_in)`, so activations stay O(1).
+    Linear,
+    /// Around 1 (norm weights).
+    Norm,
+}
+
+/// SplitMix64: a tiny deterministic generator, so `--seed` reproduces a model anywhere.
+#[derive(Debug, Clone)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+    }
+}
+
+fn fill(shape: &[usize], init: Init, rng: &mut SplitMix) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    match init {
+        Init::Normal(std) => (0..n).map(|_| rng.normal() * std).collect(),
+        Init::Linear => {
+            let scale = 1.0 / (*shape.last().unwrap_or(&1) as f32).sqrt();
+            (0..n).map(|_| rng.normal() * scale).collect()
+        }
+        Init::Norm => (0..n).map(|_| 1.0 + 0.1 * rng.normal()).collect(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TinyError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("writing safetensors: {0}")]
+    Safetensors(#[from] safetensors::SafeTensorError),
+}
+
+/// Writes `config.json` and `model.safetensors` (f32) for `spec` into `dir`.
+pub fn write_model(dir: &Path, spec: &TinySpec, seed: u64) -> Result<(), TinyError> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&spec.config_json()).expect("JSON"),
+    )?;
+    let mut rng = SplitMix::new(seed);
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = spec
+        .tensors()
+        .into_iter()
+        .map(|(name, shape, init)| {
+            let bytes = fill(&shape, init, &mut rng)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            (name, shape, bytes)
+        })
+        .collect();
+    let views: BTreeMap<String, TensorView<'_>> = data
+        .iter()
+        .map(|(name, shape, bytes)| {
+            let view =
+                TensorView::new(Dtype::F32, shape.clone(), bytes).expect("shape matches data");
+            (name.clone(), view)
+        })
+        .collect();
+    let metadata = Some(std::collections::HashMap::from([(
+        "format".to_owned(),
+        "pt".to_owned(),
+    )]));
+    safetensors::serialize_to_file(views, metadata, &dir.join("model.safetensors"))?;
+    Ok(())
+}
