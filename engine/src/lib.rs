@@ -6,8 +6,10 @@
 
 pub mod backend;
 pub mod cache;
+pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod model;
 pub mod rope;
 pub mod tiny;
+pub mod tokenizer;
