@@ -7,7 +7,7 @@
 //! `W_UV` is applied to the attended latent. One code path keeps prefill and decode identical.
 
 use crate::backend::{Backend, RopeStyle, Selection};
-use crate::cache::{KvCache, LayerCache};
+use crate::cache::KvCache;
 use crate::checkpoint::{Checkpoint, CheckpointError, HostTensor};
 use crate::config::{IndexerConfig, ModelConfig, MoeConfig};
 use crate::rope::RopeTables;
@@ -105,9 +105,16 @@ impl<B: Backend> std::fmt::Debug for Model<B> {
     }
 }
 
-/// Per-forward-pass inputs shared by every layer.
-struct Step<'a> {
-    positions: &'a [usize],
+/// One sequence's share of a forward pass: its new tokens and the cache they extend.
+pub struct Segment<'a, B: Backend> {
+    pub cache: &'a mut KvCache<B>,
+    pub tokens: &'a [u32],
+}
+
+struct IndexerInputs<B: Backend> {
+    q: B::Buf,
+    k: B::Buf,
+    w: B::Buf,
 }
 
 /// Routing of one batch through the experts: for each expert, its rows and weights.
@@ -359,8 +366,7 @@ impl<B: Backend> Model<B> {
     /// Runs `tokens` after what `cache` holds, appends them to it, and returns logits
     /// `(rows, vocab)` on the host, for every position or only the last.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache<B>, which: Logits) -> Vec<f32> {
-        let (out, _) = self.forward_traced(tokens, cache, which);
-        out
+        self.forward_traced(tokens, cache, which).0
     }
 
     /// As [`Model::forward`], and also the positions the indexer selected in each layer (for
@@ -371,24 +377,54 @@ impl<B: Backend> Model<B> {
         cache: &mut KvCache<B>,
         which: Logits,
     ) -> (Vec<f32>, Vec<Option<Vec<Vec<u32>>>>) {
+        let mut segments = [Segment { cache, tokens }];
+        let (logits, mut traces) = self.run(&mut segments, which);
+        (logits, traces.pop().unwrap_or_default())
+    }
+
+    /// One forward pass over several sequences at once (continuous batching): the projections,
+    /// experts and LM head see every row together, so each weight is read once per step; only
+    /// attention runs per sequence, against its own cache. With [`Logits::Last`], one row of
+    /// logits per segment.
+    pub fn forward_batch(&self, segments: &mut [Segment<'_, B>], which: Logits) -> Vec<f32> {
+        self.run(segments, which).0
+    }
+
+    fn run(
+        &self,
+        segments: &mut [Segment<'_, B>],
+        which: Logits,
+    ) -> (Vec<f32>, Vec<Vec<Option<Vec<Vec<u32>>>>>) {
         let b = &self.backend;
         let c = &self.config;
+        let mut tokens = Vec::new();
+        let mut positions = Vec::new();
+        let mut ranges = Vec::with_capacity(segments.len());
+        for seg in segments.iter() {
+            let start = seg.cache.len();
+            assert!(
+                start + seg.tokens.len() <= self.max_positions,
+                "sequence longer than max_position_embeddings"
+            );
+            ranges.push(tokens.len()..tokens.len() + seg.tokens.len());
+            tokens.extend_from_slice(seg.tokens);
+            positions.extend(start..start + seg.tokens.len());
+        }
         let n = tokens.len();
-        let start = cache.len();
-        assert!(
-            start + n <= self.max_positions,
-            "sequence longer than max_position_embeddings"
-        );
-        let positions: Vec<usize> = (start..start + n).collect();
-        let step = Step {
-            positions: &positions,
-        };
-        let mut h = b.embed(&self.embed, tokens, c.hidden_size);
-        let mut traces = Vec::with_capacity(self.layers.len());
-        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        let mut h = b.embed(&self.embed, &tokens, c.hidden_size);
+        let mut traces: Vec<Vec<Option<Vec<Vec<u32>>>>> =
+            vec![Vec::with_capacity(self.layers.len()); segments.len()];
+        for (li, layer) in self.layers.iter().enumerate() {
             let x = b.rms_norm(&h, &layer.input_norm, c.hidden_size, c.rms_norm_eps);
-            let (attn, trace) = self.attention(&layer.attn, &x, lc, &step);
-            traces.push(trace);
+            let attn = self.attention(
+                &layer.attn,
+                li,
+                &x,
+                segments,
+                &ranges,
+                &positions,
+                &mut traces,
+            );
             b.add_assign(&mut h, &attn);
             let x = b.rms_norm(&h, &layer.post_norm, c.hidden_size, c.rms_norm_eps);
             let ffn = match &layer.ffn {
@@ -397,26 +433,35 @@ impl<B: Backend> Model<B> {
             };
             b.add_assign(&mut h, &ffn);
         }
-        cache.advance(n);
+        for (seg, range) in segments.iter_mut().zip(&ranges) {
+            seg.cache.advance(range.len());
+        }
         let (h, rows) = match which {
             Logits::All => (h, n),
-            Logits::Last => (b.gather_rows(&h, &[n - 1], c.hidden_size), 1),
+            Logits::Last => {
+                let last: Vec<usize> = ranges.iter().map(|r| r.end - 1).collect();
+                (b.gather_rows(&h, &last, c.hidden_size), last.len())
+            }
         };
         let h = b.rms_norm(&h, &self.norm, c.hidden_size, c.rms_norm_eps);
         let logits = b.matmul(&h, &self.lm_head, rows, c.hidden_size, c.vocab_size);
         (b.download(&logits), traces)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         a: &Attention<B>,
+        layer: usize,
         x: &B::Buf,
-        cache: &mut LayerCache<B>,
-        step: &Step<'_>,
-    ) -> (B::Buf, Option<Vec<Vec<u32>>>) {
+        segments: &mut [Segment<'_, B>],
+        ranges: &[std::ops::Range<usize>],
+        positions: &[usize],
+        traces: &mut [Vec<Option<Vec<Vec<u32>>>>],
+    ) -> B::Buf {
         let b = &self.backend;
         let c = &self.config;
-        let n = step.positions.len();
+        let n = positions.len();
         let (heads, nope, rope, v, r) = (
             c.num_heads,
             c.qk_nope_head_dim,
@@ -425,6 +470,7 @@ impl<B: Backend> Model<B> {
             c.kv_lora_rank,
         );
         let qk = nope + rope;
+        // Projections for every row of every sequence at once.
         let (q, q_latent) = match &a.q {
             QProj::LowRank {
                 a: qa,
@@ -449,12 +495,11 @@ impl<B: Backend> Model<B> {
             heads,
             rope,
             rope,
-            step.positions,
+            positions,
             &self.rope_cos,
             &self.rope_sin,
             RopeStyle::Interleaved,
         );
-
         let kv = b.matmul(x, &a.kv_a, n, c.hidden_size, r + rope);
         let latent = b.rms_norm(
             &b.slice_cols(&kv, r + rope, 1, 0, r),
@@ -468,60 +513,110 @@ impl<B: Backend> Model<B> {
             1,
             rope,
             rope,
-            step.positions,
+            positions,
             &self.rope_cos,
             &self.rope_sin,
             RopeStyle::Interleaved,
         );
-        b.append_rows(&mut cache.latent, &latent);
-        b.append_rows(&mut cache.k_pe, &k_pe);
-
-        let selected = match (&a.indexer, &c.indexer, q_latent) {
-            (Some(ix), Some(ixc), Some((qr, rank))) => {
-                let index_k = cache
-                    .index_k
-                    .as_mut()
-                    .expect("the cache has an indexer key per layer");
-                Some(self.index(ix, ixc, x, &qr, rank, index_k, step))
+        let q_lat = b.head_matmul(&q_nope, &a.w_uk, n, heads, nope, r);
+        let indexer_inputs = match (&a.indexer, &c.indexer, &q_latent) {
+            (Some(ix), Some(cfg), Some((qr, rank))) => {
+                Some(self.indexer_inputs(ix, cfg, x, qr, *rank, positions))
             }
             _ => None,
         };
-        let selection = match &selected {
-            Some(sel) => Selection::Sparse(sel),
-            None => Selection::Causal,
+
+        // Attention proper, per sequence against its own cache.
+        let single = segments.len() == 1;
+        let mut parts = Vec::with_capacity(segments.len());
+        for (si, (seg, range)) in segments.iter_mut().zip(ranges).enumerate() {
+            let rows: Vec<usize> = range.clone().collect();
+            let pick = |buf: &B::Buf, width: usize| {
+                if single {
+                    None
+                } else {
+                    Some(b.gather_rows(buf, &rows, width))
+                }
+            };
+            let lc = &mut seg.cache.layers[layer];
+            let own_latent = pick(&latent, r);
+            let own_k_pe = pick(&k_pe, rope);
+            b.append_rows(&mut lc.latent, own_latent.as_ref().unwrap_or(&latent));
+            b.append_rows(&mut lc.k_pe, own_k_pe.as_ref().unwrap_or(&k_pe));
+            let seg_positions = &positions[range.clone()];
+            let selected = match (&indexer_inputs, &c.indexer) {
+                (Some(inputs), Some(cfg)) => {
+                    let (iq, ik, iw) = if single {
+                        (None, None, None)
+                    } else {
+                        (
+                            Some(b.gather_rows(&inputs.q, &rows, cfg.n_heads * cfg.head_dim)),
+                            Some(b.gather_rows(&inputs.k, &rows, cfg.head_dim)),
+                            Some(b.gather_rows(&inputs.w, &rows, cfg.n_heads)),
+                        )
+                    };
+                    let index_k = lc
+                        .index_k
+                        .as_mut()
+                        .expect("the cache has an indexer key per layer");
+                    b.append_rows(index_k, ik.as_ref().unwrap_or(&inputs.k));
+                    let scale = (cfg.head_dim as f32).powf(-0.5) * (cfg.n_heads as f32).powf(-0.5);
+                    let scores = b.indexer_scores(
+                        iq.as_ref().unwrap_or(&inputs.q),
+                        iw.as_ref().unwrap_or(&inputs.w),
+                        index_k,
+                        cfg.n_heads,
+                        cfg.head_dim,
+                        seg_positions,
+                        scale,
+                    );
+                    Some(b.topk(&scores, b.len(index_k) / cfg.head_dim, cfg.topk))
+                }
+                _ => None,
+            };
+            let selection = match &selected {
+                Some(sel) => Selection::Sparse(sel),
+                None => Selection::Causal,
+            };
+            let own_q_lat = pick(&q_lat, heads * r);
+            let own_q_pe = pick(&q_pe, heads * rope);
+            parts.push(b.mla_attention(
+                own_q_lat.as_ref().unwrap_or(&q_lat),
+                own_q_pe.as_ref().unwrap_or(&q_pe),
+                &lc.latent,
+                &lc.k_pe,
+                heads,
+                r,
+                rope,
+                seg_positions,
+                selection,
+                c.attention_scale(),
+            ));
+            traces[si].push(selected);
+        }
+        let o_lat = if single {
+            parts.pop().expect("one part")
+        } else {
+            b.concat_rows(&parts)
         };
-        let q_lat = b.head_matmul(&q_nope, &a.w_uk, n, heads, nope, r);
-        let o_lat = b.mla_attention(
-            &q_lat,
-            &q_pe,
-            &cache.latent,
-            &cache.k_pe,
-            heads,
-            r,
-            rope,
-            step.positions,
-            selection,
-            c.attention_scale(),
-        );
         let o = b.head_matmul(&o_lat, &a.w_uv, n, heads, r, v);
-        (b.matmul(&o, &a.o, n, heads * v, c.hidden_size), selected)
+        b.matmul(&o, &a.o, n, heads * v, c.hidden_size)
     }
 
-    /// The lightning indexer: scores every cached position for each query and keeps the top k.
-    #[allow(clippy::too_many_arguments)]
-    fn index(
+    /// The lightning indexer's per-row inputs: rotated queries `(n, heads, d)`, normalised and
+    /// rotated keys `(n, d)`, and head weights `(n, heads)`.
+    fn indexer_inputs(
         &self,
         ix: &Indexer<B>,
         cfg: &IndexerConfig,
         x: &B::Buf,
         qr: &B::Buf,
         rank: usize,
-        index_k: &mut B::Buf,
-        step: &Step<'_>,
-    ) -> Vec<Vec<u32>> {
+        positions: &[usize],
+    ) -> IndexerInputs<B> {
         let b = &self.backend;
         let c = &self.config;
-        let n = step.positions.len();
+        let n = positions.len();
         let (heads, d, rope) = (cfg.n_heads, cfg.head_dim, c.qk_rope_head_dim);
         let mut q = b.matmul(qr, &ix.wq_b, n, rank, heads * d);
         b.rope(
@@ -529,7 +624,7 @@ impl<B: Backend> Model<B> {
             heads,
             d,
             rope,
-            step.positions,
+            positions,
             &self.rope_cos,
             &self.rope_sin,
             RopeStyle::HalfSplit,
@@ -541,17 +636,13 @@ impl<B: Backend> Model<B> {
             1,
             d,
             rope,
-            step.positions,
+            positions,
             &self.rope_cos,
             &self.rope_sin,
             RopeStyle::HalfSplit,
         );
-        b.append_rows(index_k, &k);
         let w = b.matmul(x, &ix.weights_proj, n, c.hidden_size, heads);
-        let scale = (d as f32).powf(-0.5) * (heads as f32).powf(-0.5);
-        let scores = b.indexer_scores(&q, &w, index_k, heads, d, step.positions, scale);
-        let len = b.len(index_k) / d;
-        b.topk(&scores, len, cfg.topk)
+        IndexerInputs { q, k, w }
     }
 
     fn mlp(&self, mlp: &Mlp<B>, x: &B::Buf, n: usize) -> B::Buf {

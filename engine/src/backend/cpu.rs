@@ -252,6 +252,14 @@ impl Backend for Cpu {
         out
     }
 
+    fn concat_rows(&self, parts: &[Vec<f32>]) -> Vec<f32> {
+        parts.concat()
+    }
+
+    fn prefix(&self, buf: &Vec<f32>, len: usize) -> Vec<f32> {
+        buf[..len].to_vec()
+    }
+
     fn append_rows(&self, cache: &mut Vec<f32>, rows: &Vec<f32>) {
         cache.extend_from_slice(rows);
     }

@@ -100,6 +100,10 @@ pub trait Backend: Send + Sync + 'static {
     );
     /// Rows `rows` of `x (_, dim)`.
     fn gather_rows(&self, x: &Self::Buf, rows: &[usize], dim: usize) -> Self::Buf;
+    /// Stacks row blocks of equal width.
+    fn concat_rows(&self, parts: &[Self::Buf]) -> Self::Buf;
+    /// The first `len` values of `buf` (a cache cut back to a prefix).
+    fn prefix(&self, buf: &Self::Buf, len: usize) -> Self::Buf;
     /// Appends `rows (n, dim)` to a cache of `dim`-wide rows.
     fn append_rows(&self, cache: &mut Self::Buf, rows: &Self::Buf);
     /// Multi-query attention over the MLA latent cache (the absorbed form).
