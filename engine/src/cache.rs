@@ -16,6 +16,8 @@ pub struct LayerCache<B: Backend> {
 pub struct KvCache<B: Backend> {
     pub layers: Vec<LayerCache<B>>,
     len: usize,
+    /// Row widths: latent, rope key, indexer key.
+    widths: (usize, usize, Option<usize>),
 }
 
 impl<B: Backend> std::fmt::Debug for KvCache<B> {
@@ -33,7 +35,38 @@ impl<B: Backend> KvCache<B> {
                 index_k: config.indexer.as_ref().map(|_| backend.upload(&[])),
             })
             .collect();
-        Self { layers, len: 0 }
+        Self {
+            layers,
+            len: 0,
+            widths: (
+                config.kv_lora_rank,
+                config.qk_rope_head_dim,
+                config.indexer.as_ref().map(|i| i.head_dim),
+            ),
+        }
+    }
+
+    /// A copy of the first `len` tokens (for the prefix cache).
+    pub fn prefix(&self, backend: &B, len: usize) -> Self {
+        assert!(len <= self.len, "prefix longer than the cache");
+        let (r, p, ix) = self.widths;
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| LayerCache {
+                latent: backend.prefix(&l.latent, len * r),
+                k_pe: backend.prefix(&l.k_pe, len * p),
+                index_k: l
+                    .index_k
+                    .as_ref()
+                    .map(|k| backend.prefix(k, len * ix.expect("indexer width"))),
+            })
+            .collect();
+        Self {
+            layers,
+            len,
+            widths: self.widths,
+        }
     }
 
     /// Tokens cached so far.

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
+pub mod generate;
 pub mod model;
 pub mod rope;
 pub mod tiny;

@@ -1,0 +1,13 @@
+//! The generation service: submit a prompt, receive a stream of text; several requests decode
+//! together in one batch (continuous batching), and prompts that share a prefix with an earlier
+//! one reuse its KV cache in 64-token blocks, as DeepSeek bills cache hits.
+
+mod prefix_cache;
+mod sampling;
+mod service;
+
+pub use prefix_cache::{BLOCK, PrefixCache};
+pub use sampling::{Sampler, SamplingParams};
+pub use service::{
+    Engine, EngineError, EngineOptions, Event, FinishReason, GenerationRequest, GenerationUsage,
+};

@@ -1,0 +1,349 @@
+//! The scheduler: one thread owns the model and every sequence's cache. Each step it admits new
+//! requests (prefill, with prefix-cache reuse), then decodes one token for every running sequence
+//! in a single batched forward pass. Clients receive events through channels; a client that goes
+//! away cancels its sequence at the next step.
+
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use super::prefix_cache::PrefixCache;
+use super::sampling::{Sampler, SamplingParams};
+use crate::backend::Backend;
+use crate::cache::KvCache;
+use crate::model::{Logits, Model, Segment};
+use crate::tokenizer::{Detokenizer, Tokenizer};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRequest {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End of sentence or a stop string.
+    Stop,
+    /// `max_tokens` or the context window.
+    Length,
+}
+
+/// Token counts of one request, as DeepSeek reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenerationUsage {
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV came from the prefix cache (whole 64-token blocks).
+    pub cached_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The next piece of text (never a partial UTF-8 character or a partial stop string).
+    Text(String),
+    Finished {
+        reason: FinishReason,
+        usage: GenerationUsage,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error(
+        "This model's maximum context length is {limit} tokens. However, you requested {total} tokens ({prompt} in the messages, {completion} in the completion). Please reduce the length of the messages or completion."
+    )]
+    TooLong {
+        limit: usize,
+        total: usize,
+        prompt: usize,
+        completion: usize,
+    },
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Most sequences decoded together.
+    pub max_batch: usize,
+    /// Prompt snapshots kept for prefix reuse.
+    pub prefix_cache_entries: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 16,
+            prefix_cache_entries: 32,
+        }
+    }
+}
+
+struct Job {
+    request: GenerationRequest,
+    events: UnboundedSender<Event>,
+}
+
+/// A handle to the engine thread; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    jobs: Sender<Job>,
+    max_context: usize,
+}
+
+impl Engine {
+    pub fn start<B: Backend>(
+        model: Model<B>,
+        tokenizer: Tokenizer,
+        options: EngineOptions,
+    ) -> Self {
+        let (jobs, queue) = mpsc::channel();
+        let max_context = model.config.max_position_embeddings;
+        std::thread::Builder::new()
+            .name("dsgw-engine".into())
+            .spawn(move || Scheduler::new(model, tokenizer, options).run(queue))
+            .expect("spawn the engine thread");
+        Self { jobs, max_context }
+    }
+
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    /// Queues a request; its events arrive on the returned channel. Dropping the receiver cancels.
+    pub fn submit(
+        &self,
+        request: GenerationRequest,
+    ) -> Result<UnboundedReceiver<Event>, EngineError> {
+        if request.prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let total = request.prompt.len() + request.params.max_tokens;
+        if total > self.max_context {
+            return Err(EngineError::TooLong {
+                limit: self.max_context,
+                total,
+                prompt: request.prompt.len(),
+                completion: request.params.max_tokens,
+            });
+        }
+        let (events, receiver) = unbounded_channel();
+        self.jobs
+            .send(Job { request, events })
+            .map_err(|_| EngineError::Stopped)?;
+        Ok(receiver)
+    }
+}
+
+struct Sequence<B: Backend> {
+    cache: KvCache<B>,
+    events: UnboundedSender<Event>,
+    sampler: Sampler,
+    params: SamplingParams,
+    detokenizer: Detokenizer,
+    /// Decoded text not yet sent (held back while it may be the start of a stop string).
+    held: String,
+    usage: GenerationUsage,
+    next: u32,
+}
+
+struct Scheduler<B: Backend> {
+    model: Model<B>,
+    tokenizer: Tokenizer,
+    options: EngineOptions,
+    prefix: PrefixCache<B>,
+    stop_ids: Vec<u32>,
+    running: Vec<Sequence<B>>,
+}
+
+enum Step {
+    Continue,
+    Finished(FinishReason),
+}
+
+impl<B: Backend> Scheduler<B> {
+    fn new(model: Model<B>, tokenizer: Tokenizer, options: EngineOptions) -> Self {
+        let mut stop_ids = model.config.eos_token_ids.clone();
+        stop_ids.push(tokenizer.eos());
+        Self {
+            prefix: PrefixCache::new(options.prefix_cache_entries),
+            model,
+            tokenizer,
+            options,
+            stop_ids,
+            running: Vec::new(),
+        }
+    }
+
+    fn run(mut self, queue: Receiver<Job>) {
+        loop {
+            if self.running.is_empty() {
+                match queue.recv() {
+                    Ok(job) => self.admit(job),
+                    Err(_) => return,
+                }
+            }
+            while self.running.len() < self.options.max_batch {
+                match queue.try_recv() {
+                    Ok(job) => self.admit(job),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) if self.running.is_empty() => return,
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            }
+            self.running.retain(|s| !s.events.is_closed());
+            if !self.running.is_empty() {
+                self.decode_step();
+            }
+        }
+    }
+
+    /// Prefill: reuse the longest cached prefix, compute the rest, sample the first token.
+    fn admit(&mut self, job: Job) {
+        let backend = self.model.backend();
+        let prompt = &job.request.prompt;
+        let mut cache = self
+            .prefix
+            .lookup(backend, prompt)
+            .unwrap_or_else(|| self.model.new_cache());
+        let cached = cache.len();
+        let logits = self
+            .model
+            .forward(&prompt[cached..], &mut cache, Logits::Last);
+        self.prefix.insert(backend, prompt, &cache);
+        let mut sampler = Sampler::new(&job.request.params);
+        let next = sampler.sample(&logits);
+        let mut seq = Sequence {
+            cache,
+            events: job.events,
+            sampler,
+            params: job.request.params,
+            detokenizer: Detokenizer::default(),
+            held: String::new(),
+            usage: GenerationUsage {
+                prompt_tokens: prompt.len(),
+                cached_tokens: cached,
+                completion_tokens: 0,
+            },
+            next,
+        };
+        match self.accept(&mut seq) {
+            Step::Continue => self.running.push(seq),
+            Step::Finished(reason) => finish(&mut seq, reason),
+        }
+    }
+
+    /// One token for every running sequence, in one batched forward pass.
+    fn decode_step(&mut self) {
+        let tokens: Vec<[u32; 1]> = self.running.iter().map(|s| [s.next]).collect();
+        let mut segments: Vec<Segment<'_, B>> = self
+            .running
+            .iter_mut()
+            .zip(&tokens)
+            .map(|(s, t)| Segment {
+                cache: &mut s.cache,
+                tokens: t,
+            })
+            .collect();
+        let logits = self.model.forward_batch(&mut segments, Logits::Last);
+        let vocab = self.model.config.vocab_size;
+        let mut finished = Vec::new();
+        for (i, row) in logits.chunks_exact(vocab).enumerate() {
+            let seq = &mut self.running[i];
+            seq.next = seq.sampler.sample(row);
+            if let Step::Finished(reason) = self.accept_at(i) {
+                finished.push((i, reason));
+            }
+        }
+        for (i, reason) in finished.into_iter().rev() {
+            let mut seq = self.running.swap_remove(i);
+            finish(&mut seq, reason);
+        }
+    }
+
+    fn accept_at(&mut self, i: usize) -> Step {
+        let limits = Limits {
+            tokenizer: &self.tokenizer,
+            stop_ids: &self.stop_ids,
+            max_positions: self.model.config.max_position_embeddings,
+        };
+        limits.accept(&mut self.running[i])
+    }
+
+    fn accept(&self, seq: &mut Sequence<B>) -> Step {
+        Limits {
+            tokenizer: &self.tokenizer,
+            stop_ids: &self.stop_ids,
+            max_positions: self.model.config.max_position_embeddings,
+        }
+        .accept(seq)
+    }
+}
+
+/// What decides, token by token, whether a sequence goes on.
+struct Limits<'a> {
+    tokenizer: &'a Tokenizer,
+    stop_ids: &'a [u32],
+    max_positions: usize,
+}
+
+impl Limits<'_> {
+    /// Takes the sampled `seq.next`: ends the sequence or emits its text.
+    fn accept<B: Backend>(&self, seq: &mut Sequence<B>) -> Step {
+        if self.stop_ids.contains(&seq.next) {
+            return Step::Finished(FinishReason::Stop);
+        }
+        seq.usage.completion_tokens += 1;
+        if let Ok(piece) = seq.detokenizer.push(&self.tokenizer, seq.next) {
+            seq.held.push_str(&piece);
+        }
+        if let Some(at) = seq
+            .params
+            .stop
+            .iter()
+            .filter_map(|s| seq.held.find(s.as_str()))
+            .min()
+        {
+            seq.held.truncate(at);
+            return Step::Finished(FinishReason::Stop);
+        }
+        let keep = seq
+            .params
+            .stop
+            .iter()
+            .map(|s| partial_suffix(&seq.held, s))
+            .max()
+            .unwrap_or(0);
+        if seq.held.len() > keep {
+            let ready: String = seq.held.drain(..seq.held.len() - keep).collect();
+            let _ = seq.events.send(Event::Text(ready));
+        }
+        let at_limit = seq.usage.completion_tokens >= seq.params.max_tokens
+            || seq.cache.len() + 1 >= self.max_positions;
+        if at_limit {
+            Step::Finished(FinishReason::Length)
+        } else {
+            Step::Continue
+        }
+    }
+}
+
+fn finish<B: Backend>(seq: &mut Sequence<B>, reason: FinishReason) {
+    if !seq.held.is_empty() {
+        let _ = seq.events.send(Event::Text(std::mem::take(&mut seq.held)));
+    }
+    let _ = seq.events.send(Event::Finished {
+        reason,
+        usage: seq.usage,
+    });
+}
+
+/// The longest suffix of `text` that is a proper prefix of `stop`.
+fn partial_suffix(text: &str, stop: &str) -> usize {
+    (1..stop.len().min(text.len() + 1))
+        .rev()
+        .find(|&n| stop.is_char_boundary(n) && text.ends_with(&stop[..n]))
+        .unwrap_or(0)
+}
