@@ -105,6 +105,9 @@ impl<B: Backend> std::fmt::Debug for Model<B> {
     }
 }
 
+/// Per layer, the positions the indexer selected for each query (`None` without an indexer).
+pub type LayerSelections = Vec<Option<Vec<Vec<u32>>>>;
+
 /// One sequence's share of a forward pass: its new tokens and the cache they extend.
 pub struct Segment<'a, B: Backend> {
     pub cache: &'a mut KvCache<B>,
@@ -376,7 +379,7 @@ impl<B: Backend> Model<B> {
         tokens: &[u32],
         cache: &mut KvCache<B>,
         which: Logits,
-    ) -> (Vec<f32>, Vec<Option<Vec<Vec<u32>>>>) {
+    ) -> (Vec<f32>, LayerSelections) {
         let mut segments = [Segment { cache, tokens }];
         let (logits, mut traces) = self.run(&mut segments, which);
         (logits, traces.pop().unwrap_or_default())
@@ -394,7 +397,7 @@ impl<B: Backend> Model<B> {
         &self,
         segments: &mut [Segment<'_, B>],
         which: Logits,
-    ) -> (Vec<f32>, Vec<Vec<Option<Vec<Vec<u32>>>>>) {
+    ) -> (Vec<f32>, Vec<LayerSelections>) {
         let b = &self.backend;
         let c = &self.config;
         let mut tokens = Vec::new();
@@ -412,7 +415,7 @@ impl<B: Backend> Model<B> {
         }
         let n = tokens.len();
         let mut h = b.embed(&self.embed, &tokens, c.hidden_size);
-        let mut traces: Vec<Vec<Option<Vec<Vec<u32>>>>> =
+        let mut traces: Vec<LayerSelections> =
             vec![Vec::with_capacity(self.layers.len()); segments.len()];
         for (li, layer) in self.layers.iter().enumerate() {
             let x = b.rms_norm(&h, &layer.input_norm, c.hidden_size, c.rms_norm_eps);
@@ -457,7 +460,7 @@ impl<B: Backend> Model<B> {
         segments: &mut [Segment<'_, B>],
         ranges: &[std::ops::Range<usize>],
         positions: &[usize],
-        traces: &mut [Vec<Option<Vec<Vec<u32>>>>],
+        traces: &mut [LayerSelections],
     ) -> B::Buf {
         let b = &self.backend;
         let c = &self.config;

@@ -26,7 +26,7 @@ fn engine() -> &'static Engine {
         std::fs::remove_dir_all(&dir).unwrap();
         Engine::start(
             model,
-            Tokenizer::deepseek_v32().unwrap(),
+            std::sync::Arc::new(Tokenizer::deepseek_v32().unwrap()),
             EngineOptions::default(),
         )
     })

@@ -15,6 +15,14 @@ use crate::request::ChatRequest;
 use crate::settlement::{Outcome, Settlement};
 use crate::state::AppState;
 use crate::upstream::dialect::normalize_completion;
+use crate::upstream::local::LocalRun;
+use crate::upstream::{HttpProvider, Transport};
+
+/// A deployment that accepted the request.
+enum Answer<'a> {
+    Remote(&'a HttpProvider, reqwest::Response),
+    Local(LocalRun),
+}
 
 pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Response {
     let request = match ChatRequest::parse(&body) {
@@ -22,37 +30,70 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
         Err(e) => return e.into_response(),
     };
     let mut settlement = Settlement::new(principal, &request.model);
-    let result = route(state, &request).await;
-    let (model, deployment, response) = match result {
+    let (model, deployment, answer) = match route(state, &request).await {
         Ok(ok) => ok,
         Err(e) => {
             settlement.finish(Outcome::Failed(e.status.as_u16()));
             return e.into_response();
         }
     };
-    let provider = &deployment.provider;
-    settlement.routed(&provider.name, &deployment.upstream_model);
-
-    if request.stream {
-        let relay = Relay::new(
-            response,
-            &provider.name,
-            provider.idle_timeout(),
-            &model.name_json,
+    settlement.routed(&deployment.provider.name, &deployment.upstream_model);
+    match (answer, request.stream) {
+        (Answer::Remote(provider, response), true) => {
+            let relay = Relay::new(
+                response,
+                &provider.name,
+                provider.idle_timeout(),
+                &model.name_json,
+                request.include_usage,
+                settlement,
+            );
+            sse_response(Body::from_stream(relay.into_stream()))
+        }
+        (Answer::Remote(provider, response), false) => {
+            remote_json(provider, response, model, settlement).await
+        }
+        (Answer::Local(run), true) => sse_response(Body::from_stream(run.into_sse(
+            &model.name,
             request.include_usage,
             settlement,
-        );
-        let mut response = Response::new(Body::from_stream(relay.into_stream()));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream; charset=utf-8"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        return response;
+        ))),
+        (Answer::Local(run), false) => {
+            let (body, usage) = run.complete(&model.name).await;
+            settlement.record_usage(usage);
+            settlement.finish(Outcome::Completed);
+            json_response(body)
+        }
     }
+}
 
+fn sse_response(body: Body) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+fn json_response(body: Vec<u8>) -> Response {
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+async fn remote_json(
+    provider: &HttpProvider,
+    response: reqwest::Response,
+    model: &ModelSpec,
+    mut settlement: Settlement,
+) -> Response {
     let body = match provider.read_body(response).await {
         Ok(b) => b,
         Err(e) => {
@@ -74,20 +115,15 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
         settlement.record_usage(usage);
     }
     settlement.finish(Outcome::Completed);
-    let mut response = Response::new(Body::from(normalized.body.unwrap_or_default()));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    json_response(normalized.body.unwrap_or_default())
 }
 
-/// Resolves the model and tries its deployments in order until one answers with a success status.
-/// Only failures that happen before any byte reaches the client fall through to the next one.
+/// Resolves the model and tries its deployments in order until one accepts the request. Only
+/// failures that happen before any byte reaches the client fall through to the next one.
 async fn route<'a>(
     state: &'a AppState,
     request: &ChatRequest,
-) -> Result<(&'a ModelSpec, &'a Deployment, reqwest::Response), ApiError> {
+) -> Result<(&'a ModelSpec, &'a Deployment, Answer<'a>), ApiError> {
     let model = state.catalog.get(&request.model).ok_or_else(|| {
         let served: Vec<&str> = state.catalog.names().collect();
         ApiError::bad_request(format!(
@@ -100,16 +136,25 @@ async fn route<'a>(
     let thinking = request.check_against(model)?;
     if model.deployments.is_empty() {
         return Err(ApiError::unavailable(format!(
-            "Model `{}` has no deployment: set DEEPSEEK_API_KEY or configure a provider (see README).",
+            "Model `{}` has no deployment: configure a provider (see README).",
             model.name
         )));
     }
     let mut last_error = None;
     for deployment in &model.deployments {
         let provider = &deployment.provider;
-        let body = provider.render(request, &deployment.upstream_model, thinking);
-        match provider.send(body, request.stream).await {
-            Ok(response) => return Ok((model, deployment, response)),
+        let attempt = match &provider.transport {
+            Transport::Remote(remote) => {
+                let body = remote.render(request, &deployment.upstream_model, thinking);
+                remote
+                    .send(body, request.stream)
+                    .await
+                    .map(|r| Answer::Remote(remote, r))
+            }
+            Transport::Local(local) => local.start(request, thinking).map(Answer::Local),
+        };
+        match attempt {
+            Ok(answer) => return Ok((model, deployment, answer)),
             Err(e) if e.retryable => {
                 tracing::warn!(provider = %provider.name, status = e.status.as_u16(), "deployment failed, trying the next");
                 last_error = Some(e);

@@ -69,7 +69,7 @@ pub enum ProviderKind {
     Openai,
     /// OpenRouter: `reasoning` fields, `provider` routing object.
     Openrouter,
-    /// The in-process engine (not available in this build yet).
+    /// The in-process DeepSeek-V3.2 engine.
     Local,
 }
 
@@ -97,6 +97,17 @@ pub struct ProviderConfig {
     /// Longest silence allowed between two body chunks (keep-alive comments count as traffic).
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// Local only: a Hugging Face checkpoint directory (`config.json`, `*.safetensors`, and
+    /// optionally `tokenizer.json`). Without it, a tiny built-in model with random weights, to
+    /// exercise the whole path offline.
+    #[serde(default)]
+    pub model_dir: Option<String>,
+    /// Local only: most sequences decoded together.
+    #[serde(default)]
+    pub max_batch: Option<usize>,
+    /// Local only: prompt snapshots kept for prefix-cache reuse.
+    #[serde(default)]
+    pub prefix_cache_entries: Option<usize>,
     /// OpenRouter only: the `provider` routing object sent with every request
     /// (`order`, `only`, `ignore`, `allow_fallbacks`, `data_collection`, `zdr`, ...).
     #[serde(default)]
@@ -198,34 +209,57 @@ impl Config {
     }
 
     /// The configuration used when no file is given: the three DeepSeek names on 127.0.0.1:8080,
-    /// routed to DeepSeek's API when `DEEPSEEK_API_KEY` is set. DeepSeek retired the V3.2 names in
-    /// 2026, so the stable names map onto its V4 models with the mode set explicitly.
+    /// routed to DeepSeek's API when `DEEPSEEK_API_KEY` is set, and always to the in-process
+    /// engine's tiny built-in model as the last fallback, so the whole path works offline.
+    /// DeepSeek retired the V3.2 names in 2026, so the stable names map onto its V4 models with
+    /// the mode set explicitly.
     pub fn embedded_default(deepseek_key_present: bool) -> Self {
-        let providers = if deepseek_key_present {
-            vec![ProviderConfig {
-                name: "deepseek".to_owned(),
-                kind: ProviderKind::Deepseek,
+        let provider = |name: &str, kind: ProviderKind| ProviderConfig {
+            name: name.to_owned(),
+            kind,
+            base_url: None,
+            api_key_env: None,
+            region: None,
+            connect_timeout_ms: default_connect_timeout_ms(),
+            first_byte_timeout_ms: default_first_byte_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            model_dir: None,
+            max_batch: None,
+            prefix_cache_entries: None,
+            routing: None,
+        };
+        let mut providers = Vec::new();
+        if deepseek_key_present {
+            providers.push(ProviderConfig {
                 base_url: Some("https://api.deepseek.com".to_owned()),
                 api_key_env: Some("DEEPSEEK_API_KEY".to_owned()),
                 region: Some("cn".to_owned()),
-                connect_timeout_ms: default_connect_timeout_ms(),
-                first_byte_timeout_ms: default_first_byte_timeout_ms(),
-                idle_timeout_ms: default_idle_timeout_ms(),
-                routing: None,
-            }]
-        } else {
-            Vec::new()
-        };
+                ..provider("deepseek", ProviderKind::Deepseek)
+            });
+        }
+        providers.push(ProviderConfig {
+            region: Some("local".to_owned()),
+            ..provider("local", ProviderKind::Local)
+        });
         let deploy = |model: &str| {
+            let mut d = Vec::new();
             if deepseek_key_present {
-                vec![DeploymentConfig {
+                d.push(DeploymentConfig {
                     provider: "deepseek".to_owned(),
                     model: model.to_owned(),
-                }]
-            } else {
-                Vec::new()
+                });
             }
+            d.push(DeploymentConfig {
+                provider: "local".to_owned(),
+                model: "builtin-tiny".to_owned(),
+            });
+            d
         };
+        let description = (!deepseek_key_present).then(|| {
+            "served by the tiny built-in model (random weights: it tests the path, it does not \
+             answer); set DEEPSEEK_API_KEY or configure a provider for real answers"
+                .to_owned()
+        });
         let model = |name: &str, thinking: bool, thinking_only: bool, upstream: &str| ModelConfig {
             name: name.to_owned(),
             thinking,
@@ -233,7 +267,7 @@ impl Config {
             tools: !thinking_only,
             max_output_tokens: None,
             owned_by: default_owner(),
-            description: None,
+            description: description.clone(),
             deployments: deploy(upstream),
         };
         Self {
@@ -261,23 +295,34 @@ impl Config {
                 return invalid(format!("{at}: duplicate provider name"));
             }
             if p.kind == ProviderKind::Local {
-                return invalid(format!(
-                    "{at}: kind = \"local\" needs the in-process engine, which this build does not include yet"
-                ));
-            }
-            match &p.base_url {
-                None => {
+                if p.base_url.is_some() || p.api_key_env.is_some() {
                     return invalid(format!(
-                        "{at}: `base_url` is required for kind {:?}",
-                        p.kind
+                        "{at}: kind = \"local\" takes `model_dir`, not `base_url` or `api_key_env`"
                     ));
                 }
-                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+            } else {
+                if p.model_dir.is_some()
+                    || p.max_batch.is_some()
+                    || p.prefix_cache_entries.is_some()
+                {
                     return invalid(format!(
-                        "{at}: `base_url` must start with http:// or https://"
+                        "{at}: `model_dir`, `max_batch` and `prefix_cache_entries` apply to kind = \"local\" only"
                     ));
                 }
-                Some(_) => {}
+                match &p.base_url {
+                    None => {
+                        return invalid(format!(
+                            "{at}: `base_url` is required for kind {:?}",
+                            p.kind
+                        ));
+                    }
+                    Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                        return invalid(format!(
+                            "{at}: `base_url` must start with http:// or https://"
+                        ));
+                    }
+                    Some(_) => {}
+                }
             }
             if p.routing.is_some() && p.kind != ProviderKind::Openrouter {
                 return invalid(format!(
@@ -417,8 +462,14 @@ key_sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
 
     #[test]
     fn embedded_default_serves_three_models() {
+        Config::embedded_default(false).validate().unwrap();
         let c = Config::embedded_default(true);
         c.validate().unwrap();
+        assert_eq!(
+            c.models[0].deployments.len(),
+            2,
+            "DeepSeek first, the local engine last"
+        );
         let names: Vec<_> = c.models.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
             names,

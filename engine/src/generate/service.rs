@@ -3,6 +3,7 @@
 //! in a single batched forward pass. Clients receive events through channels; a client that goes
 //! away cancels its sequence at the next step.
 
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -96,7 +97,7 @@ pub struct Engine {
 impl Engine {
     pub fn start<B: Backend>(
         model: Model<B>,
-        tokenizer: Tokenizer,
+        tokenizer: Arc<Tokenizer>,
         options: EngineOptions,
     ) -> Self {
         let (jobs, queue) = mpsc::channel();
@@ -151,7 +152,7 @@ struct Sequence<B: Backend> {
 
 struct Scheduler<B: Backend> {
     model: Model<B>,
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
     options: EngineOptions,
     prefix: PrefixCache<B>,
     stop_ids: Vec<u32>,
@@ -164,7 +165,7 @@ enum Step {
 }
 
 impl<B: Backend> Scheduler<B> {
-    fn new(model: Model<B>, tokenizer: Tokenizer, options: EngineOptions) -> Self {
+    fn new(model: Model<B>, tokenizer: Arc<Tokenizer>, options: EngineOptions) -> Self {
         let mut stop_ids = model.config.eos_token_ids.clone();
         stop_ids.push(tokenizer.eos());
         Self {
@@ -296,7 +297,7 @@ impl Limits<'_> {
             return Step::Finished(FinishReason::Stop);
         }
         seq.usage.completion_tokens += 1;
-        if let Ok(piece) = seq.detokenizer.push(&self.tokenizer, seq.next) {
+        if let Ok(piece) = seq.detokenizer.push(self.tokenizer, seq.next) {
             seq.held.push_str(&piece);
         }
         if let Some(at) = seq
