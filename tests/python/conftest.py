@@ -114,3 +114,13 @@ key_sha256 = "{alice}"
 @pytest.fixture
 def client(gateway):
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-alice", max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def default_gateway():
+    """`dsgw serve` exactly as the README runs it: no config file, no API key."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DEEPSEEK_API_KEY", "DSGW_CONFIG")}
+    env["NO_COLOR"] = "1"
+    p = Process([_binary("DSGW_BIN", "dsgw"), "serve", "--listen", "127.0.0.1:0"], env, "dsgw: listening on ")
+    yield p
+    p.stop()

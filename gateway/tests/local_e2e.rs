@@ -1,0 +1,158 @@
+//! The real `dsgw` binary serving from the in-process engine (the tiny built-in model).
+
+use std::path::Path;
+use std::time::Duration;
+
+use dsgw_tests::harness::Gateway;
+use serde_json::{Value, json};
+
+const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[providers]]
+name = "engine"
+kind = "local"
+region = "on-prem"
+
+[[models]]
+name = "deepseek-chat"
+deployments = [{ provider = "engine", model = "builtin-tiny" }]
+
+[[models]]
+name = "deepseek-reasoner"
+thinking = true
+deployments = [{ provider = "engine", model = "builtin-tiny" }]
+"#;
+
+fn start() -> Gateway {
+    dsgw::upstream::install_tls();
+    Gateway::start(Path::new(env!("CARGO_BIN_EXE_dsgw")), CONFIG, &[])
+}
+
+async fn post(gw: &Gateway, body: Value) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("anything")
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+fn long_prompt() -> String {
+    (0..120)
+        .map(|i| format!("word{i}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_completion_has_deepseek_shape_and_counts_cache_hits() {
+    let gw = start();
+    let body = json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": long_prompt()}], "max_tokens": 6, "temperature": 0});
+    let (status, text) = post(&gw, body.clone()).await;
+    assert_eq!(status, 200, "{text}");
+    let first: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(first["object"], "chat.completion");
+    assert_eq!(first["model"], "deepseek-chat");
+    assert_eq!(first["choices"][0]["finish_reason"], "length");
+    assert!(first["choices"][0]["message"]["content"].is_string());
+    let usage = &first["usage"];
+    assert_eq!(usage["completion_tokens"], 6);
+    assert_eq!(usage["prompt_cache_hit_tokens"], 0);
+    let prompt_tokens = usage["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens > 128, "{usage}");
+
+    let (_, text) = post(&gw, body).await;
+    let second: Value = serde_json::from_str(&text).unwrap();
+    let hit = second["usage"]["prompt_cache_hit_tokens"].as_u64().unwrap();
+    assert_eq!(hit, (prompt_tokens - 1) / 64 * 64, "{}", second["usage"]);
+    assert_eq!(
+        second["usage"]["prompt_tokens_details"]["cached_tokens"],
+        hit
+    );
+    assert_eq!(
+        second["usage"]["prompt_cache_miss_tokens"],
+        prompt_tokens - hit
+    );
+    assert_eq!(
+        second["choices"][0]["message"]["content"], first["choices"][0]["message"]["content"],
+        "greedy output changed with the cache"
+    );
+    assert!(gw.wait_for_log(&format!("cache_hit={hit}"), Duration::from_secs(5)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_thinking_stream_is_deepseek_shaped() {
+    let gw = start();
+    let (status, text) = post(
+        &gw,
+        json!({"model": "deepseek-reasoner", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
+               "stream": true, "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(*events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let first = &chunks[0]["choices"][0]["delta"];
+    assert_eq!(first["role"], "assistant");
+    assert_eq!(first["reasoning_content"], "");
+    assert!(first["content"].is_null());
+    let usage_chunk = chunks.last().unwrap();
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(usage_chunk["usage"]["completion_tokens"], 5);
+    assert!(chunks.iter().all(|c| c["model"] == "deepseek-reasoner"));
+    let finish = &chunks[chunks.len() - 2]["choices"][0]["finish_reason"];
+    assert_eq!(finish, "length");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_refuses_a_request_over_its_context_with_deepseeks_message() {
+    let gw = start();
+    let (status, text) = post(
+        &gw,
+        json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8192}),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("This model's maximum context length is 8192 tokens."),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_client_disconnect_cancels_generation() {
+    let gw = start();
+    let mut r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4000, "stream": true}).to_string())
+        .send()
+        .await
+        .unwrap();
+    r.chunk().await.unwrap().unwrap();
+    drop(r);
+    assert!(
+        gw.wait_for_log("outcome=\"client_disconnected\"", Duration::from_secs(10)),
+        "{}",
+        gw.logs()
+    );
+    // The engine is free again at once, not after 4000 tokens.
+    let (status, _) = post(&gw, json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})).await;
+    assert_eq!(status, 200);
+}
