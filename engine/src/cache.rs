@@ -46,6 +46,25 @@ impl<B: Backend> KvCache<B> {
         }
     }
 
+    /// Fills an empty cache with `len` tokens of synthetic rows (unit-scale values from `seed`),
+    /// so decode can be measured at long contexts without a prefill that long. Benchmarks only:
+    /// the rows do not come from any text.
+    pub fn fill_synthetic(&mut self, backend: &B, len: usize, seed: u64) {
+        assert!(self.is_empty(), "fill_synthetic needs an empty cache");
+        let mut rng = crate::tiny::SplitMix::new(seed);
+        let (r, p, ix) = self.widths;
+        let mut rows =
+            |width: usize| -> Vec<f32> { (0..len * width).map(|_| rng.normal()).collect() };
+        for layer in &mut self.layers {
+            backend.append_rows(&mut layer.latent, &backend.upload(&rows(r)));
+            backend.append_rows(&mut layer.k_pe, &backend.upload(&rows(p)));
+            if let (Some(k), Some(w)) = (layer.index_k.as_mut(), ix) {
+                backend.append_rows(k, &backend.upload(&rows(w)));
+            }
+        }
+        self.len = len;
+    }
+
     /// A copy of the first `len` tokens (for the prefix cache).
     pub fn prefix(&self, backend: &B, len: usize) -> Self {
         assert!(len <= self.len, "prefix longer than the cache");

@@ -5,6 +5,7 @@
 //! per-sequence state ([`cache`]) and the numeric kernels ([`backend`]) are separate things.
 
 pub mod backend;
+pub mod bench;
 pub mod cache;
 pub mod chat;
 pub mod checkpoint;

@@ -61,6 +61,34 @@ impl TinySpec {
         }
     }
 
+    /// A model big enough that its weights leave the CPU caches (about 400 MB in f32), for the
+    /// decode-bandwidth and long-context benchmarks; DeepSeek-V3.2's attention shapes
+    /// (kv_lora 512, rope 64, nope 128, index head 128, index_topk 2048) at fewer heads and layers.
+    pub fn bench() -> Self {
+        Self {
+            vocab_size: 32_000,
+            hidden_size: 1024,
+            intermediate_size: 2816,
+            moe_intermediate_size: 512,
+            num_layers: 4,
+            first_k_dense: 1,
+            num_heads: 16,
+            q_lora_rank: 384,
+            kv_lora_rank: 512,
+            qk_nope_head_dim: 128,
+            qk_rope_head_dim: 64,
+            v_head_dim: 128,
+            n_routed_experts: 16,
+            experts_per_token: 2,
+            n_group: 4,
+            topk_group: 2,
+            index_n_heads: 8,
+            index_head_dim: 128,
+            index_topk: 2048,
+            max_position_embeddings: 65_536 + 1024,
+        }
+    }
+
     pub fn config_json(&self) -> serde_json::Value {
         json!({
             "architectures": ["DeepseekV32ForCausalLM"],

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 /// The V3.2 `tokenizer.json`, embedded so the built-in model works offline.
-const EMBEDDED: &[u8] = include_bytes!("../tokenizer/deepseek-v3.2/tokenizer.json");
+pub const EMBEDDED: &[u8] = include_bytes!("../tokenizer/deepseek-v3.2/tokenizer.json");
 
 #[derive(Debug, thiserror::Error)]
 #[error("tokenizer: {0}")]

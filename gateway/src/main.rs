@@ -1,5 +1,7 @@
 //! The `dsgw` command line: run the gateway, mint virtual keys, check a config file.
 
+mod engine_cmd;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -39,6 +41,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The in-process DeepSeek-V3.2 engine: create, inspect, run and measure models.
+    Engine {
+        #[command(subcommand)]
+        command: engine_cmd::EngineCommand,
+    },
     /// Validate a configuration file and exit.
     Check {
         /// TOML configuration file.
@@ -67,6 +74,7 @@ fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::New { id, team },
         } => new_key(&id, &team),
+        Command::Engine { command } => engine_cmd::run(command),
         Command::Check { config } => Config::load(&config)
             .map(|_| println!("{}: ok", config.display()))
             .map_err(Into::into),
