@@ -9,16 +9,23 @@ use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::model::{Logits, Model};
 
-/// Bytes per second of a plain large copy (the machine's practical memory bandwidth), counting
-/// both the read and the write.
+/// Bytes per second of a plain large copy on every core, as decode uses them (the machine's
+/// practical memory bandwidth), counting both the read and the write.
 pub fn copy_bandwidth(bytes: usize) -> f64 {
+    use rayon::prelude::*;
     let src = vec![1u8; bytes];
     let mut dst = vec![0u8; bytes];
-    dst.copy_from_slice(&src); // fault the pages in first
+    let chunk = bytes.div_ceil(rayon::current_num_threads());
+    let copy = |dst: &mut [u8]| {
+        dst.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+    };
+    copy(&mut dst); // fault the pages in first
     let mut best = Duration::MAX;
     for _ in 0..5 {
         let t = Instant::now();
-        dst.copy_from_slice(&src);
+        copy(&mut dst);
         std::hint::black_box(&dst);
         best = best.min(t.elapsed());
     }
