@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{JsonBody, setup, setup_with, sse_data, user};
+use common::{setup, setup_with, sse_data, user};
 use dsgw_tests::harness::UPSTREAM_KEY;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -389,46 +389,16 @@ async fn models_health_and_readiness() {
         v["data"][0],
         json!({"id": "deepseek-chat", "object": "model", "owned_by": "deepseek"})
     );
-    assert_eq!(
-        s.http
-            .get(s.gw.url("/v1/models"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        s.http
-            .get(s.gw.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        s.http
-            .get(s.gw.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    for (path, expected) in [("/v1/models", 401), ("/healthz", 200), ("/readyz", 200)] {
+        let status = s.http.get(s.gw.url(path)).send().await.unwrap().status();
+        assert_eq!(status, expected, "{path}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_mid_stream_cancels_upstream_and_is_recorded() {
     let s = setup().await;
-    let mut r = s
-        .http
-        .post(s.gw.url("/v1/chat/completions"))
-        .bearer_auth("sk-alice")
-        .json_body(&json!({"model": "deepseek-chat", "messages": user("__slow__"), "stream": true}))
-        .send()
-        .await
-        .unwrap();
+    let mut r = s.open_stream("__slow__").await;
     let mut seen = 0;
     while seen < 3 {
         let chunk = r.chunk().await.unwrap().expect("stream open");
@@ -555,14 +525,7 @@ async fn failed_deployment_falls_through_to_the_next() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_open_streams_finish_then_exits() {
     let mut s = setup().await;
-    let mut r = s
-        .http
-        .post(s.gw.url("/v1/chat/completions"))
-        .bearer_auth("sk-alice")
-        .json_body(&json!({"model": "deepseek-chat", "messages": user("__drip__"), "stream": true}))
-        .send()
-        .await
-        .unwrap();
+    let mut r = s.open_stream("__drip__").await;
     let mut body = String::from_utf8(r.chunk().await.unwrap().unwrap().to_vec()).unwrap();
     s.gw.terminate();
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -579,14 +542,7 @@ async fn sigterm_lets_open_streams_finish_then_exits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_deadline_bounds_shutdown() {
     let mut s = setup_with(|c| c.replace("drain_timeout_secs = 5", "drain_timeout_secs = 1")).await;
-    let mut r = s
-        .http
-        .post(s.gw.url("/v1/chat/completions"))
-        .bearer_auth("sk-alice")
-        .json_body(&json!({"model": "deepseek-chat", "messages": user("__slow__"), "stream": true}))
-        .send()
-        .await
-        .unwrap();
+    let mut r = s.open_stream("__slow__").await;
     r.chunk().await.unwrap().unwrap();
     let started = std::time::Instant::now();
     s.gw.terminate();

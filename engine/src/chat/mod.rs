@@ -8,7 +8,7 @@ mod encode;
 mod parse;
 
 pub use encode::{EncodeError, encode};
-pub use parse::{Delta, ParsedMessage, StreamParser, parse_completion};
+pub use parse::{Delta, ParsedMessage, StreamParser, parse_completion, partial_marker_len};
 
 pub const BOS: &str = "<｜begin▁of▁sentence｜>";
 pub const EOS: &str = "<｜end▁of▁sentence｜>";

@@ -66,8 +66,9 @@ pub struct StreamParser {
     calls_marker: String,
 }
 
-/// The longest suffix of `text` that is a proper prefix of `marker`.
-fn partial_marker_len(text: &str, marker: &str) -> usize {
+/// The longest suffix of `text` that is a proper prefix of `marker`: the bytes to hold back while
+/// streaming, in case the marker is arriving.
+pub fn partial_marker_len(text: &str, marker: &str) -> usize {
     (1..marker.len().min(text.len() + 1))
         .rev()
         .find(|&n| marker.is_char_boundary(n) && text.ends_with(&marker[..n]))

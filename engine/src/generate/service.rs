@@ -12,6 +12,7 @@ use super::prefix_cache::PrefixCache;
 use super::sampling::{Sampler, SamplingParams};
 use crate::backend::Backend;
 use crate::cache::KvCache;
+use crate::chat::partial_marker_len;
 use crate::model::{Logits, Model, Segment};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
@@ -314,7 +315,7 @@ impl Limits<'_> {
             .params
             .stop
             .iter()
-            .map(|s| partial_suffix(&seq.held, s))
+            .map(|s| partial_marker_len(&seq.held, s))
             .max()
             .unwrap_or(0);
         if seq.held.len() > keep {
@@ -339,12 +340,4 @@ fn finish<B: Backend>(seq: &mut Sequence<B>, reason: FinishReason) {
         reason,
         usage: seq.usage,
     });
-}
-
-/// The longest suffix of `text` that is a proper prefix of `stop`.
-fn partial_suffix(text: &str, stop: &str) -> usize {
-    (1..stop.len().min(text.len() + 1))
-        .rev()
-        .find(|&n| stop.is_char_boundary(n) && text.ends_with(&stop[..n]))
-        .unwrap_or(0)
 }

@@ -57,6 +57,17 @@ impl Setup {
         (status, value)
     }
 
+    /// Starts a `deepseek-chat` stream whose user message is `content` and returns the open response.
+    pub async fn open_stream(&self, content: &str) -> reqwest::Response {
+        self.http
+            .post(self.gw.url("/v1/chat/completions"))
+            .bearer_auth("sk-alice")
+            .json_body(&serde_json::json!({"model": "deepseek-chat", "messages": user(content), "stream": true}))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Posts a streaming request and returns every SSE `data:` payload, in order, as text.
     pub async fn stream(&self, body: &Value) -> Vec<String> {
         let r = self
