@@ -8,6 +8,7 @@ use http::{HeaderValue, header};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::limits::{Demand, RateHeaders};
 use crate::models::{Deployment, ModelSpec};
 use crate::raw_object::RawObject;
 use crate::relay::Relay;
@@ -29,8 +30,46 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let mut settlement = Settlement::new(principal, &request.model);
-    let (model, deployment, answer) = match route(state, &request).await {
+    let mut settlement = Settlement::new(principal.clone(), &request.model);
+    let (model, thinking) = match resolve(state, &request) {
+        Ok(ok) => ok,
+        Err(e) => {
+            settlement.finish(Outcome::Failed(e.status.as_u16()));
+            return e.into_response();
+        }
+    };
+    let mut rate_headers = RateHeaders::default();
+    if let Some(limiter) = &state.limiter {
+        let demand = Demand {
+            // About four bytes of JSON per prompt token; reconciled with the real count at the end.
+            input: body.len() as u64 / 4,
+            max_output: request.max_tokens.map(u64::from),
+        };
+        match limiter.reserve(&principal, demand).await {
+            Ok((reservation, headers)) => {
+                settlement.hold(reservation);
+                rate_headers = headers;
+            }
+            Err((e, headers)) => {
+                settlement.finish(Outcome::Failed(e.status.as_u16()));
+                let mut response = e.into_response();
+                headers.apply(response.headers_mut());
+                return response;
+            }
+        }
+    }
+    let mut response = answer(model, thinking, &request, settlement).await;
+    rate_headers.apply(response.headers_mut());
+    response
+}
+
+async fn answer(
+    model: &ModelSpec,
+    thinking: bool,
+    request: &ChatRequest,
+    mut settlement: Settlement,
+) -> Response {
+    let (deployment, answer) = match dispatch(model, thinking, request).await {
         Ok(ok) => ok,
         Err(e) => {
             settlement.finish(Outcome::Failed(e.status.as_u16()));
@@ -118,12 +157,11 @@ async fn remote_json(
     json_response(normalized.body.unwrap_or_default())
 }
 
-/// Resolves the model and tries its deployments in order until one accepts the request. Only
-/// failures that happen before any byte reaches the client fall through to the next one.
-async fn route<'a>(
+/// The model a request names, and its effective mode.
+fn resolve<'a>(
     state: &'a AppState,
     request: &ChatRequest,
-) -> Result<(&'a ModelSpec, &'a Deployment, Answer<'a>), ApiError> {
+) -> Result<(&'a ModelSpec, bool), ApiError> {
     let model = state.catalog.get(&request.model).ok_or_else(|| {
         let served: Vec<&str> = state.catalog.names().collect();
         ApiError::bad_request(format!(
@@ -134,6 +172,16 @@ async fn route<'a>(
         .with_param("model")
     })?;
     let thinking = request.check_against(model)?;
+    Ok((model, thinking))
+}
+
+/// Tries the model's deployments in order until one accepts the request. Only failures that
+/// happen before any byte reaches the client fall through to the next one.
+async fn dispatch<'a>(
+    model: &'a ModelSpec,
+    thinking: bool,
+    request: &ChatRequest,
+) -> Result<(&'a Deployment, Answer<'a>), ApiError> {
     if model.deployments.is_empty() {
         return Err(ApiError::unavailable(format!(
             "Model `{}` has no deployment: configure a provider (see README).",
@@ -154,7 +202,7 @@ async fn route<'a>(
             Transport::Local(local) => local.start(request, thinking).map(Answer::Local),
         };
         match attempt {
-            Ok(answer) => return Ok((model, deployment, answer)),
+            Ok(answer) => return Ok((deployment, answer)),
             Err(e) if e.retryable => {
                 tracing::warn!(provider = %provider.name, status = e.status.as_u16(), "deployment failed, trying the next");
                 last_error = Some(e);

@@ -36,6 +36,92 @@ pub struct Config {
     /// Virtual keys. With none, the gateway accepts any key, and only on a loopback address.
     #[serde(default)]
     pub keys: Vec<KeyConfig>,
+    /// Shared state for many replicas. Absent: limits hold per process.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
+    /// Rate and concurrency limits per team and per key.
+    #[serde(default)]
+    pub limits: Vec<LimitConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Deadline for one limit check on the request path.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Replicas sharing the limits: when Redis is away, a fail-open limit holds locally at
+    /// `quota / replicas`.
+    #[serde(default = "one_u32")]
+    pub replicas: u32,
+}
+
+fn default_redis_timeout_ms() -> u64 {
+    50
+}
+fn one_u32() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitScope {
+    /// Shared by every key of the team.
+    Team,
+    /// One key's own limit, checked in addition to its team's.
+    Key,
+}
+
+/// What counts toward `tokens_per_minute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenCount {
+    /// Input and output tokens.
+    #[default]
+    Total,
+    /// Input tokens only.
+    Input,
+}
+
+/// What a limit does while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Hold the limit locally at `quota / replicas`.
+    #[default]
+    Open,
+    /// Refuse requests with 503.
+    Closed,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    pub scope: LimitScope,
+    /// The team name or the key id.
+    pub name: String,
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    /// Requests admitted at once after an idle minute (default: `requests_per_minute`).
+    #[serde(default)]
+    pub burst: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    /// Tokens admitted at once after an idle minute (default: `tokens_per_minute`).
+    #[serde(default)]
+    pub tokens_burst: Option<u64>,
+    #[serde(default)]
+    pub tokens: TokenCount,
+    /// Output tokens reserved for a request without `max_tokens` (reconciled afterwards).
+    #[serde(default)]
+    pub output_allowance: Option<u64>,
+    /// Requests in flight at once.
+    #[serde(default)]
+    pub concurrent: Option<u64>,
+    #[serde(default)]
+    pub on_redis_failure: FailureMode,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -279,6 +365,8 @@ impl Config {
                 model("deepseek-v3.2-speciale", true, true, "deepseek-v4-pro"),
             ],
             keys: Vec::new(),
+            redis: None,
+            limits: Vec::new(),
         }
     }
 
@@ -365,6 +453,50 @@ impl Config {
                         d.provider
                     ));
                 }
+            }
+        }
+        if let Some(redis) = &self.redis {
+            if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") {
+                return invalid("[redis]: `url` must start with redis:// or rediss://".to_owned());
+            }
+            if redis.replicas == 0 || redis.timeout_ms == 0 {
+                return invalid(
+                    "[redis]: `replicas` and `timeout_ms` must be greater than 0".to_owned(),
+                );
+            }
+        }
+        let teams: HashSet<&str> = self.keys.iter().map(|k| k.team.as_str()).collect();
+        let ids: HashSet<&str> = self.keys.iter().map(|k| k.id.as_str()).collect();
+        let mut limited = HashSet::new();
+        for (i, l) in self.limits.iter().enumerate() {
+            let at = format!("limits[{i}] ({:?} {:?})", l.scope, l.name);
+            let known = match l.scope {
+                LimitScope::Team => teams.contains(l.name.as_str()),
+                LimitScope::Key => ids.contains(l.name.as_str()),
+            };
+            if !known {
+                return invalid(format!("{at}: no configured key has this {:?}", l.scope));
+            }
+            if !limited.insert((l.scope, l.name.as_str())) {
+                return invalid(format!("{at}: duplicate limit"));
+            }
+            let values = [
+                l.requests_per_minute,
+                l.tokens_per_minute,
+                l.concurrent,
+                l.burst,
+                l.tokens_burst,
+            ];
+            if values.iter().any(|v| *v == Some(0)) {
+                return invalid(format!("{at}: limits must be greater than 0"));
+            }
+            if l.requests_per_minute.is_none()
+                && l.tokens_per_minute.is_none()
+                && l.concurrent.is_none()
+            {
+                return invalid(format!(
+                    "{at}: set at least one of requests_per_minute, tokens_per_minute, concurrent"
+                ));
             }
         }
         let mut key_ids = HashSet::new();

@@ -37,6 +37,8 @@ pub struct ApiError {
     pub fault: Fault,
     /// True when the same request may succeed on another deployment (nothing reached the client yet).
     pub retryable: bool,
+    /// Seconds for the `Retry-After` header (rate limits).
+    pub retry_after: Option<u64>,
 }
 
 const INVALID_REQUEST: &str = "invalid_request_error";
@@ -53,6 +55,7 @@ impl ApiError {
             },
             fault,
             retryable: false,
+            retry_after: None,
         }
     }
 
@@ -129,6 +132,17 @@ impl ApiError {
         )
     }
 
+    /// A rate, token or concurrency limit of the caller is exhausted: 429.
+    pub fn rate_limited(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            message,
+            Fault::Client,
+        )
+        .with_code("rate_limit_exceeded")
+    }
+
     /// The gateway cannot serve the request right now (no deployment, draining).
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(
@@ -203,6 +217,7 @@ impl ApiError {
             body,
             fault: Fault::Upstream,
             retryable: status == StatusCode::TOO_MANY_REQUESTS,
+            retry_after: None,
         }
     }
 
@@ -251,6 +266,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod models;
 pub mod raw_object;
 pub mod relay;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::auth::Principal;
+use crate::limits::Reservation;
 use crate::usage::Usage;
 
 /// How a request ended.
@@ -41,6 +42,8 @@ pub struct Settlement {
     started: Instant,
     deployment: Option<(String, String)>,
     usage: Option<Usage>,
+    /// Limits held by the request, returned and reconciled when it settles.
+    reservation: Option<Reservation>,
     settled: bool,
 }
 
@@ -52,8 +55,14 @@ impl Settlement {
             started: Instant::now(),
             deployment: None,
             usage: None,
+            reservation: None,
             settled: false,
         }
+    }
+
+    /// Holds a limit reservation until the request ends.
+    pub fn hold(&mut self, reservation: Reservation) {
+        self.reservation = Some(reservation);
     }
 
     /// Records which provider and upstream model served the request.
@@ -72,6 +81,15 @@ impl Settlement {
     fn write(&mut self, outcome: Outcome) {
         if std::mem::replace(&mut self.settled, true) {
             return;
+        }
+        if let Some(reservation) = self.reservation.take() {
+            // A request refused before any byte used nothing; otherwise the provider's count
+            // reconciles the estimate (kept as is when the provider never said).
+            let used = match outcome {
+                Outcome::Failed(_) => Some((0, 0)),
+                _ => self.usage.map(|u| (u.prompt(), u.output)),
+            };
+            reservation.settle(used);
         }
         let (provider, upstream_model) = self
             .deployment

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::auth::{KeyError, KeyStore};
 use crate::config::Config;
+use crate::limits::Limiter;
 use crate::models::Catalog;
 use crate::upstream::{Provider, ProviderError};
 
@@ -15,6 +16,8 @@ pub enum StateError {
     Provider(#[from] ProviderError),
     #[error(transparent)]
     Key(#[from] KeyError),
+    #[error("[redis]: {0}")]
+    Redis(#[from] redis::RedisError),
     #[error(
         "no [[keys]] are configured, so the gateway would accept any caller; it only does that on a \
          loopback address, and {0} is not one. Add keys (`dsgw keys new`) or listen on 127.0.0.1."
@@ -27,6 +30,7 @@ pub struct AppState {
     pub catalog: Catalog,
     pub keys: KeyStore,
     pub max_body_bytes: usize,
+    pub limiter: Option<Arc<Limiter>>,
     draining: AtomicBool,
 }
 
@@ -44,6 +48,7 @@ impl AppState {
             catalog: Catalog::build(config, &providers),
             keys,
             max_body_bytes: config.server.max_body_bytes,
+            limiter: Limiter::from_config(config)?,
             draining: AtomicBool::new(false),
         }))
     }
