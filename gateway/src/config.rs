@@ -487,7 +487,7 @@ impl Config {
                 l.burst,
                 l.tokens_burst,
             ];
-            if values.iter().any(|v| *v == Some(0)) {
+            if values.contains(&Some(0)) {
                 return invalid(format!("{at}: limits must be greater than 0"));
             }
             if l.requests_per_minute.is_none()
