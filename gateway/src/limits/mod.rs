@@ -96,7 +96,11 @@ const DEFAULT_OUTPUT_ALLOWANCE: u64 = 4096;
 pub struct Limiter {
     rules: HashMap<(LimitScope, String), Rule>,
     redis: Option<RedisTier>,
+    /// The whole answer without Redis, and the fallback for fail-open limits while it is away.
     local: LocalTier,
+    /// With Redis: this replica's own admissions, per request bucket. A request this replica alone
+    /// could not admit cannot fit globally either, so it is refused here without a round trip.
+    shadow: LocalTier,
     replicas: u64,
     clock: Arc<dyn Clock>,
     next_id: AtomicU64,
@@ -176,6 +180,7 @@ impl Limiter {
             rules,
             redis,
             local: LocalTier::default(),
+            shadow: LocalTier::default(),
             replicas: config.redis.as_ref().map_or(1, |r| u64::from(r.replicas)),
             clock,
             next_id: AtomicU64::new(0),
@@ -258,25 +263,7 @@ impl Limiter {
                 self.local.take(&buckets, self.clock.now_us(), 1),
                 Tier::Local,
             ),
-            Some(redis) => match redis.take(&buckets, &member).await {
-                Ok(outcome) => (outcome, Tier::Redis),
-                Err(e) => {
-                    tracing::warn!(target: "dsgw::limits", error = %e, "redis unavailable for limits");
-                    if fail == FailureMode::Closed {
-                        return Err((
-                            ApiError::unavailable(
-                                "Rate limits cannot be checked right now (limit store unavailable); retry shortly.",
-                            ),
-                            RateHeaders::default(),
-                        ));
-                    }
-                    (
-                        self.local
-                            .take(&buckets, self.clock.now_us(), self.replicas),
-                        Tier::Local,
-                    )
-                }
-            },
+            Some(redis) => self.take_global(redis, &buckets, &member, fail).await?,
         };
         match outcome {
             Ok(checks) => {
@@ -313,6 +300,96 @@ impl Limiter {
                 ));
                 e.retry_after = Some(retry);
                 Err((e, RateHeaders::default()))
+            }
+        }
+    }
+}
+
+impl Limiter {
+    /// The Redis path: the shadow's cheap first rejection, then the atomic script; on a Redis
+    /// failure, the local tier for fail-open limits or a 503 for fail-closed ones.
+    async fn take_global(
+        &self,
+        redis: &RedisTier,
+        buckets: &[Bucket],
+        member: &str,
+        fail: FailureMode,
+    ) -> Result<(Result<Vec<Check>, Refusal>, Tier), (ApiError, RateHeaders)> {
+        let shadow = match self.first_rejection(buckets) {
+            Ok(shadow) => shadow,
+            Err(refusal) => return Ok((Err(refusal), Tier::Local)),
+        };
+        let give_back = |shadow: &[Bucket]| {
+            self.shadow
+                .settle(shadow, &vec![-1; shadow.len()], self.clock.now_us(), 1);
+        };
+        match redis.take(buckets, member).await {
+            Ok(outcome) => {
+                if outcome.is_err() {
+                    give_back(&shadow);
+                }
+                Ok((outcome, Tier::Redis))
+            }
+            Err(e) => {
+                give_back(&shadow);
+                tracing::warn!(target: "dsgw::limits", error = %e, "redis unavailable for limits");
+                if fail == FailureMode::Closed {
+                    return Err((
+                        ApiError::unavailable(
+                            "Rate limits cannot be checked right now (limit store unavailable); retry shortly.",
+                        ),
+                        RateHeaders::default(),
+                    ));
+                }
+                Ok((
+                    self.local.take(buckets, self.clock.now_us(), self.replicas),
+                    Tier::Local,
+                ))
+            }
+        }
+    }
+
+    /// Takes the request buckets in the shadow tier (one unit of slack for the clock difference
+    /// with Redis); returns what it took, to give back if Redis refuses.
+    fn first_rejection(&self, buckets: &[Bucket]) -> Result<Vec<Bucket>, Refusal> {
+        let shadow: Vec<Bucket> = buckets
+            .iter()
+            .filter_map(|b| match b {
+                Bucket::Rate {
+                    key,
+                    rate,
+                    measure: Measure::Requests,
+                    ..
+                } => Some(Bucket::Rate {
+                    key: key.clone(),
+                    rate: Rate {
+                        interval_us: rate.interval_us,
+                        tolerance_us: rate.tolerance_us + rate.interval_us,
+                    },
+                    cost: 1,
+                    measure: Measure::Requests,
+                }),
+                _ => None,
+            })
+            .collect();
+        if shadow.is_empty() {
+            return Ok(shadow);
+        }
+        match self.shadow.take(&shadow, self.clock.now_us(), 1) {
+            Ok(_) => Ok(shadow),
+            Err(refusal) => {
+                // Point the refusal at the original bucket of the same key.
+                let Bucket::Rate { key, .. } = &shadow[refusal.bucket] else {
+                    unreachable!("shadow holds rate buckets")
+                };
+                let bucket = buckets
+                    .iter()
+                    .position(|b| matches!(b, Bucket::Rate { key: k, .. } if k == key))
+                    .unwrap_or(0);
+                Err(Refusal {
+                    bucket,
+                    retry_after_us: refusal.retry_after_us,
+                })
             }
         }
     }

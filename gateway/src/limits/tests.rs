@@ -230,3 +230,20 @@ async fn local_state_stays_bounded_as_buckets_go_idle() {
         l.local.tracked()
     );
 }
+
+#[tokio::test]
+async fn with_redis_a_replica_refuses_locally_what_it_alone_has_used_up() {
+    let (l, clock) = limiter(
+        "[redis]\nurl = \"redis://127.0.0.1:1\"\n[[limits]]\nscope = \"team\"\nname = \"research\"\nrequests_per_minute = 4\n",
+    );
+    let (buckets, _, _) = l.buckets(&who("alice"), ONE);
+    // The burst of 4, plus one unit of slack for clock differences with Redis.
+    for _ in 0..5 {
+        assert!(l.first_rejection(&buckets).is_ok());
+    }
+    let refusal = l.first_rejection(&buckets).unwrap_err();
+    assert_eq!(refusal.bucket, 0);
+    assert_eq!(refusal.retry_after_us, 15_000_000);
+    clock.advance(15_000_000);
+    assert!(l.first_rejection(&buckets).is_ok());
+}
