@@ -14,8 +14,9 @@ pub struct Rate {
 }
 
 impl Rate {
+    /// `amount` per minute; rates above 60 million per minute are held at one per microsecond.
     pub fn per_minute(amount: u64, burst: Option<u64>) -> Self {
-        let interval_us = 60_000_000 / amount.max(1);
+        let interval_us = (60_000_000 / amount.max(1)).max(1);
         let burst = burst.unwrap_or(amount).max(1);
         Self {
             interval_us,
@@ -125,6 +126,13 @@ mod tests {
             matches!(take(rate, 0, now, 11), Take::Refused { .. }),
             "more than the burst never fits"
         );
+    }
+
+    #[test]
+    fn huge_rates_never_divide_by_zero() {
+        let rate = Rate::per_minute(10_000_000_000, None);
+        assert_eq!(rate.interval_us, 1);
+        assert!(matches!(take(rate, 0, MIN, 1000), Take::Admitted { .. }));
     }
 
     #[test]

@@ -36,6 +36,9 @@ struct Args {
     /// Concurrent open streams for the memory measurement.
     #[arg(long, default_value_t = 1000)]
     streams: usize,
+    /// Rate for the Redis limit-tier comparison (0 skips it).
+    #[arg(long, default_value_t = 1000)]
+    limits_rate: u32,
     /// The gateway's log filter (DSGW_LOG); `info` writes one completion line per request.
     #[arg(long, default_value = "info")]
     log: String,
@@ -210,6 +213,36 @@ fn main() {
                     h.failures,
                 );
             }
+        }
+
+        if args.limits_rate > 0 {
+            let redis = dsgw_tests::redis_server::RedisServer::start();
+            let extra = format!(
+                "[redis]\nurl = \"{}\"\n\n[[limits]]\nscope = \"team\"\nname = \"research\"\nrequests_per_minute = 100000000\ntokens_per_minute = 10000000000\nconcurrent = 100000\n",
+                redis.url()
+            );
+            let limited = Gateway::start(&args.dsgw, &harness::config(&base, &extra), &env);
+            let with_limits = Target { name: "dsgw + redis limits", url: limited.url("/v1/chat/completions"), key: "sk-alice" };
+            let body = chat_body("deepseek-chat", "Hello", false);
+            for target in [&via, &with_limits] {
+                for _ in 0..200 {
+                    once(&pool, target, &body).await;
+                }
+            }
+            let rate = args.limits_rate;
+            let plain = open_loop(&pool, &via, &body, rate, args.seconds).await;
+            let limits = open_loop(&pool, &with_limits, &body, rate, args.seconds).await;
+            println!("\n## Redis limit tier ({rate} req/s, non-streaming, {} s each)\n", args.seconds);
+            println!("| gateway | p50 | p99 | failures |");
+            println!("|---|---|---|---|");
+            for (name, run) in [("dsgw, no limits", &plain), ("dsgw, rpm + tpm + concurrency in Redis", &limits)] {
+                println!("| {name} | {:.3} ms | {:.3} ms | {} |", pct(&run.latencies, 0.5), pct(&run.latencies, 0.99), run.failures);
+            }
+            println!(
+                "\nadded by the Redis tier: p50 {:.3} ms, p99 {:.3} ms",
+                pct(&limits.latencies, 0.5) - pct(&plain.latencies, 0.5),
+                pct(&limits.latencies, 0.99) - pct(&plain.latencies, 0.99)
+            );
         }
 
         println!("\n## Back-to-back streams on one keep-alive connection ({} each)\n", args.sequential);
