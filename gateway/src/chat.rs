@@ -10,6 +10,7 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::limits::{Demand, RateHeaders};
 use crate::models::{Deployment, ModelSpec};
+use crate::pricing::Price;
 use crate::raw_object::RawObject;
 use crate::relay::Relay;
 use crate::request::ChatRequest;
@@ -30,11 +31,15 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let mut settlement = Settlement::new(principal.clone(), &request.model);
+    let mut settlement = Settlement::new(
+        principal.clone(),
+        &request.model,
+        Some(state.metrics.clone()),
+    );
     let (model, thinking) = match resolve(state, &request) {
         Ok(ok) => ok,
         Err(e) => {
-            settlement.finish(Outcome::Failed(e.status.as_u16()));
+            settlement.finish(Outcome::from(&e));
             return e.into_response();
         }
     };
@@ -51,7 +56,7 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
                 rate_headers = headers;
             }
             Err((e, headers)) => {
-                settlement.finish(Outcome::Failed(e.status.as_u16()));
+                settlement.finish(Outcome::from(&e));
                 let mut response = e.into_response();
                 headers.apply(response.headers_mut());
                 return response;
@@ -72,11 +77,11 @@ async fn answer(
     let (deployment, answer) = match dispatch(model, thinking, request).await {
         Ok(ok) => ok,
         Err(e) => {
-            settlement.finish(Outcome::Failed(e.status.as_u16()));
+            settlement.finish(Outcome::from(&e));
             return e.into_response();
         }
     };
-    settlement.routed(&deployment.provider.name, &deployment.upstream_model);
+    settlement.routed(deployment);
     match (answer, request.stream) {
         (Answer::Remote(provider, response), true) => {
             let relay = Relay::new(
@@ -85,23 +90,24 @@ async fn answer(
                 provider.idle_timeout(),
                 &model.name_json,
                 request.include_usage,
+                deployment.price.clone(),
                 settlement,
             );
             sse_response(Body::from_stream(relay.into_stream()))
         }
         (Answer::Remote(provider, response), false) => {
-            remote_json(provider, response, model, settlement).await
+            remote_json(provider, response, model, &deployment.price, settlement).await
         }
         (Answer::Local(run), true) => sse_response(Body::from_stream(run.into_sse(
             &model.name,
             request.include_usage,
+            deployment.price.clone(),
             settlement,
         ))),
         (Answer::Local(run), false) => {
-            let (body, usage) = run.complete(&model.name).await;
+            let (body, usage) = run.complete(&model.name, &deployment.price).await;
             settlement.record_usage(usage);
-            settlement.finish(Outcome::Completed);
-            json_response(body)
+            priced(json_response(body), settlement)
         }
     }
 }
@@ -127,16 +133,30 @@ fn json_response(body: Vec<u8>) -> Response {
     response
 }
 
+/// Adds the cost headers of the recorded usage, then settles.
+fn priced(mut response: Response, settlement: Settlement) -> Response {
+    if let Some((cost, price)) = settlement.cost() {
+        for (name, value) in cost.headers(&price.currency) {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, v);
+            }
+        }
+    }
+    settlement.finish(Outcome::Completed);
+    response
+}
+
 async fn remote_json(
     provider: &HttpProvider,
     response: reqwest::Response,
     model: &ModelSpec,
+    price: &Price,
     mut settlement: Settlement,
 ) -> Response {
     let body = match provider.read_body(response).await {
         Ok(b) => b,
         Err(e) => {
-            settlement.finish(Outcome::Failed(e.status.as_u16()));
+            settlement.finish(Outcome::from(&e));
             return e.into_response();
         }
     };
@@ -145,16 +165,18 @@ async fn remote_json(
         Ok(v) => v,
         Err(_) => {
             let e = ApiError::bad_gateway(&provider.name, "response is not a JSON object");
-            settlement.finish(Outcome::Failed(e.status.as_u16()));
+            settlement.finish(Outcome::from(&e));
             return e.into_response();
         }
     };
-    let normalized = normalize_completion(&raw, &model.name_json);
+    let normalized = normalize_completion(&raw, &model.name_json, Some(price));
     if let Some(usage) = normalized.usage {
         settlement.record_usage(usage);
     }
-    settlement.finish(Outcome::Completed);
-    json_response(normalized.body.unwrap_or_default())
+    priced(
+        json_response(normalized.body.unwrap_or_default()),
+        settlement,
+    )
 }
 
 /// The model a request names, and its effective mode.

@@ -42,6 +42,10 @@ pub struct Config {
     /// Rate and concurrency limits per team and per key.
     #[serde(default)]
     pub limits: Vec<LimitConfig>,
+    /// Named price tables, in addition to the built-in ones (deepseek-v3.2, deepseek-v3.1,
+    /// deepseek-v3, deepseek-r1, free).
+    #[serde(default)]
+    pub prices: Vec<crate::pricing::PriceConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -251,6 +255,9 @@ pub struct DeploymentConfig {
     pub provider: String,
     /// The model name the provider knows.
     pub model: String,
+    /// Price table name; default `deepseek-v3.2` for remote providers, `free` for the local engine.
+    #[serde(default)]
+    pub price: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -333,11 +340,13 @@ impl Config {
                 d.push(DeploymentConfig {
                     provider: "deepseek".to_owned(),
                     model: model.to_owned(),
+                    price: None,
                 });
             }
             d.push(DeploymentConfig {
                 provider: "local".to_owned(),
                 model: "builtin-tiny".to_owned(),
+                price: None,
             });
             d
         };
@@ -367,6 +376,7 @@ impl Config {
             keys: Vec::new(),
             redis: None,
             limits: Vec::new(),
+            prices: Vec::new(),
         }
     }
 
@@ -447,6 +457,14 @@ impl Config {
                 ));
             }
             for (j, d) in m.deployments.iter().enumerate() {
+                if let Some(price) = &d.price
+                    && crate::pricing::Price::builtin(price).is_none()
+                    && !self.prices.iter().any(|p| &p.name == price)
+                {
+                    return invalid(format!(
+                        "{at}: deployments[{j}] names price {price:?}, which is neither built in nor in [[prices]]"
+                    ));
+                }
                 if !provider_names.contains(d.provider.as_str()) {
                     return invalid(format!(
                         "{at}: deployments[{j}] names provider {:?}, which is not in [[providers]]",
@@ -497,6 +515,11 @@ impl Config {
                 return invalid(format!(
                     "{at}: set at least one of requests_per_minute, tokens_per_minute, concurrent"
                 ));
+            }
+        }
+        for (i, p) in self.prices.iter().enumerate() {
+            if let Err(e) = p.to_price() {
+                return invalid(format!("prices[{i}] (name = {:?}): {e}", p.name));
             }
         }
         let mut key_ids = HashSet::new();

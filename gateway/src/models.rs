@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, ProviderKind};
+use crate::pricing::Price;
 use crate::upstream::Provider;
 
 /// DeepSeek's output limits (reference: 8K non-thinking, 64K thinking including reasoning).
@@ -18,6 +19,7 @@ pub struct Deployment {
     pub provider: Arc<Provider>,
     /// The model name the provider knows.
     pub upstream_model: String,
+    pub price: Arc<Price>,
 }
 
 /// An exposed model name and how to serve it.
@@ -100,9 +102,26 @@ impl Catalog {
                     deployments: m
                         .deployments
                         .iter()
-                        .map(|d| Deployment {
-                            provider: providers[&d.provider].clone(),
-                            upstream_model: d.model.clone(),
+                        .map(|d| {
+                            let provider = providers[&d.provider].clone();
+                            let default = if provider.kind == ProviderKind::Local {
+                                "free"
+                            } else {
+                                "deepseek-v3.2"
+                            };
+                            let name = d.price.as_deref().unwrap_or(default);
+                            let price = config
+                                .prices
+                                .iter()
+                                .find(|p| p.name == name)
+                                .and_then(|p| p.to_price().ok())
+                                .or_else(|| Price::builtin(name))
+                                .expect("validated price name");
+                            Deployment {
+                                provider,
+                                upstream_model: d.model.clone(),
+                                price: Arc::new(price),
+                            }
                         })
                         .collect(),
                 })

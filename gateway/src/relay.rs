@@ -4,12 +4,14 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
 use crate::error::ApiError;
+use crate::pricing::Price;
 use crate::raw_object::RawObject;
 use crate::settlement::{Outcome, Settlement};
 use crate::sse::SseParser;
@@ -25,6 +27,7 @@ pub struct Relay {
     /// The model name the client used, as a JSON string.
     exposed_model_json: String,
     client_wants_usage: bool,
+    price: Arc<Price>,
     /// `None` once the stream has ended; dropping it early records a client disconnect.
     settlement: Option<Settlement>,
 }
@@ -36,6 +39,7 @@ impl Relay {
         idle_timeout: Duration,
         exposed_model_json: &str,
         client_wants_usage: bool,
+        price: Arc<Price>,
         settlement: Settlement,
     ) -> Self {
         Self {
@@ -45,6 +49,7 @@ impl Relay {
             idle_timeout,
             exposed_model_json: exposed_model_json.to_owned(),
             client_wants_usage,
+            price,
             settlement: Some(settlement),
         }
     }
@@ -118,10 +123,17 @@ impl Relay {
                 self.end(Outcome::StreamFailed);
                 return;
             }
-            let normalized =
-                normalize_chunk(&chunk, &self.exposed_model_json, self.client_wants_usage);
-            if let (Some(usage), Some(settlement)) = (normalized.usage, self.settlement.as_mut()) {
-                settlement.record_usage(usage);
+            let normalized = normalize_chunk(
+                &chunk,
+                &self.exposed_model_json,
+                self.client_wants_usage,
+                Some(&self.price),
+            );
+            if let Some(settlement) = self.settlement.as_mut() {
+                match normalized.usage {
+                    Some(usage) => settlement.record_usage(usage),
+                    None => settlement.first_token(),
+                }
             }
             if let Some(body) = normalized.body {
                 write_event(out, &body);

@@ -23,7 +23,9 @@ use crate::state::AppState;
 pub fn router(state: Arc<AppState>) -> Router {
     let public = Router::new()
         .route("/healthz", get(|| async { json_ok(r#"{"status":"ok"}"#) }))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        // Prometheus scrapes without a key; labels carry key ids and team names, never secrets.
+        .route("/metrics", get(metrics));
 
     // Everything below requires a virtual key.
     let authenticated = Router::new()
@@ -57,6 +59,15 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     } else {
         json_ok(r#"{"status":"ready"}"#)
     }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut response = Response::new(Body::from(state.metrics.render()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 async fn authenticate(

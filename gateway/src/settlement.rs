@@ -1,14 +1,17 @@
 //! The end of every request: one completion record, written exactly once whether the request
-//! succeeded, failed, or was abandoned by its client (the record is written on drop).
-//!
-//! Pricing, budgets, the ledger and metrics read this record (see the accounting issue); today it
-//! is written to the `dsgw::completion` log target.
+//! succeeded, failed, or was abandoned by its client (the record is written on drop). It prices
+//! the usage, counts it in the metrics, returns the request's limit reservation, and logs the
+//! record on the `dsgw::completion` target.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::auth::Principal;
+use crate::error::Fault;
 use crate::limits::Reservation;
+use crate::metrics::{CompletionEvent, Metrics};
+use crate::models::Deployment;
+use crate::pricing::{Cost, Money, Price};
 use crate::usage::Usage;
 
 /// How a request ended.
@@ -16,18 +19,24 @@ use crate::usage::Usage;
 pub enum Outcome {
     Completed,
     /// The gateway answered with an error status before any body byte.
-    Failed(u16),
+    Failed(u16, Fault),
     /// The stream broke after its first byte (upstream cut, idle timeout, upstream error event).
     StreamFailed,
     /// The client went away before the end.
     ClientDisconnected,
 }
 
+impl From<&crate::error::ApiError> for Outcome {
+    fn from(e: &crate::error::ApiError) -> Self {
+        Self::Failed(e.status.as_u16(), e.fault)
+    }
+}
+
 impl Outcome {
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Completed => "completed",
-            Self::Failed(_) => "failed",
+            Self::Failed(..) => "failed",
             Self::StreamFailed => "stream_failed",
             Self::ClientDisconnected => "client_disconnected",
         }
@@ -40,22 +49,26 @@ pub struct Settlement {
     principal: Principal,
     model: Arc<str>,
     started: Instant,
-    deployment: Option<(String, String)>,
+    first_token: Option<Instant>,
+    deployment: Option<(String, String, Arc<Price>)>,
     usage: Option<Usage>,
     /// Limits held by the request, returned and reconciled when it settles.
     reservation: Option<Reservation>,
+    metrics: Option<Arc<Metrics>>,
     settled: bool,
 }
 
 impl Settlement {
-    pub fn new(principal: Principal, model: &str) -> Self {
+    pub fn new(principal: Principal, model: &str, metrics: Option<Arc<Metrics>>) -> Self {
         Self {
             principal,
             model: Arc::from(model),
             started: Instant::now(),
+            first_token: None,
             deployment: None,
             usage: None,
             reservation: None,
+            metrics,
             settled: false,
         }
     }
@@ -65,13 +78,28 @@ impl Settlement {
         self.reservation = Some(reservation);
     }
 
-    /// Records which provider and upstream model served the request.
-    pub fn routed(&mut self, provider: &str, upstream_model: &str) {
-        self.deployment = Some((provider.to_owned(), upstream_model.to_owned()));
+    /// Records which deployment served the request.
+    pub fn routed(&mut self, deployment: &Deployment) {
+        self.deployment = Some((
+            deployment.provider.name.clone(),
+            deployment.upstream_model.clone(),
+            deployment.price.clone(),
+        ));
+    }
+
+    /// Marks the first content sent to the client (time to first token).
+    pub fn first_token(&mut self) {
+        self.first_token.get_or_insert_with(Instant::now);
     }
 
     pub fn record_usage(&mut self, usage: Usage) {
         self.usage = Some(usage);
+    }
+
+    /// The cost of the recorded usage at the serving deployment's price.
+    pub fn cost(&self) -> Option<(Cost, &Price)> {
+        let (_, _, price) = self.deployment.as_ref()?;
+        Some((price.cost(self.usage.as_ref()?), price))
     }
 
     pub fn finish(mut self, outcome: Outcome) {
@@ -86,7 +114,7 @@ impl Settlement {
             // A request refused before any byte used nothing; otherwise the provider's count
             // reconciles the estimate (kept as is when the provider never said).
             let used = match outcome {
-                Outcome::Failed(_) => Some((0, 0)),
+                Outcome::Failed(..) => Some((0, 0)),
                 _ => self.usage.map(|u| (u.prompt(), u.output)),
             };
             reservation.settle(used);
@@ -94,12 +122,14 @@ impl Settlement {
         let (provider, upstream_model) = self
             .deployment
             .as_ref()
-            .map_or(("-", "-"), |(p, m)| (p.as_str(), m.as_str()));
+            .map_or(("-", "-"), |(p, m, _)| (p.as_str(), m.as_str()));
         let u = self.usage.unwrap_or_default();
         let status = match outcome {
-            Outcome::Failed(status) => status,
+            Outcome::Failed(status, _) => status,
             _ => 200,
         };
+        let cost = self.cost();
+        let duration = self.started.elapsed();
         tracing::info!(
             target: "dsgw::completion",
             key_id = %self.principal.key_id,
@@ -114,8 +144,36 @@ impl Settlement {
             cache_miss = u.cache_miss,
             output = u.output,
             reasoning = u.reasoning,
-            duration_ms = self.started.elapsed().as_millis() as u64,
+            cost = %cost.as_ref().map_or_else(|| "0".to_owned(), |(c, _)| Money(c.total()).to_string()),
+            duration_ms = duration.as_millis() as u64,
         );
+        if let Some(metrics) = &self.metrics {
+            if let Outcome::Failed(_, fault) = outcome {
+                let fault = match fault {
+                    Fault::Client if status == 429 => "limit",
+                    Fault::Client => "client",
+                    Fault::Upstream => "provider",
+                    Fault::Gateway => "gateway",
+                };
+                metrics.error(&self.model, provider, fault);
+            }
+            if outcome == Outcome::StreamFailed {
+                metrics.error(&self.model, provider, "provider");
+            }
+            metrics.completion(&CompletionEvent {
+                model: &self.model,
+                provider,
+                deployment: upstream_model,
+                team: &self.principal.team,
+                key_id: &self.principal.key_id,
+                status,
+                outcome: outcome.as_str(),
+                usage: self.usage.as_ref(),
+                cost: cost.as_ref().map(|(c, p)| (c, p.currency.as_str())),
+                duration_s: duration.as_secs_f64(),
+                ttft_s: self.first_token.map(|t| (t - self.started).as_secs_f64()),
+            });
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::auth::{KeyError, KeyStore};
 use crate::config::Config;
 use crate::limits::Limiter;
+use crate::metrics::Metrics;
 use crate::models::Catalog;
 use crate::upstream::{Provider, ProviderError};
 
@@ -31,6 +32,7 @@ pub struct AppState {
     pub keys: KeyStore,
     pub max_body_bytes: usize,
     pub limiter: Option<Arc<Limiter>>,
+    pub metrics: Arc<Metrics>,
     draining: AtomicBool,
 }
 
@@ -49,6 +51,7 @@ impl AppState {
             keys,
             max_body_bytes: config.server.max_body_bytes,
             limiter: Limiter::from_config(config)?,
+            metrics: Arc::new(Metrics::new()),
             draining: AtomicBool::new(false),
         }))
     }

@@ -5,6 +5,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::config::ProviderKind;
+use crate::pricing::Price;
 use crate::raw_object::{Edit, RawObject};
 use crate::usage::Usage;
 
@@ -102,12 +103,19 @@ fn renamed_choices(choices: &RawValue, inner: &str) -> Option<String> {
     Some(choices.to_string())
 }
 
-/// The provider's usage in DeepSeek's complete form, with the record it was read into.
-fn normalized_usage(usage: &RawValue) -> Option<(Usage, String)> {
+/// The provider's usage in DeepSeek's complete form (plus its cost at `price`), with the record
+/// it was read into.
+fn normalized_usage(usage: &RawValue, price: Option<&Price>) -> Option<(Usage, String)> {
     let mut value: Value = serde_json::from_str(usage.get()).ok()?;
     let record = Usage::from_wire(&value)?;
     if let Value::Object(map) = &mut value {
         record.write_wire(map);
+        if let Some(price) = price {
+            map.insert(
+                "dsgw_cost".into(),
+                price.cost(&record).to_json(&price.currency),
+            );
+        }
     }
     Some((record, value.to_string()))
 }
@@ -123,7 +131,11 @@ pub struct Normalized {
 
 /// Normalises a non-streaming completion: `model` as the client named it, `reasoning_content`,
 /// and usage in DeepSeek's complete form.
-pub fn normalize_completion(body: &RawObject, exposed_model_json: &str) -> Normalized {
+pub fn normalize_completion(
+    body: &RawObject,
+    exposed_model_json: &str,
+    price: Option<&Price>,
+) -> Normalized {
     let mut edits = vec![Edit::Set("model", exposed_model_json.to_owned())];
     if let Some(choices) = body
         .get("choices")
@@ -133,7 +145,7 @@ pub fn normalize_completion(body: &RawObject, exposed_model_json: &str) -> Norma
     }
     let usage = body
         .get("usage")
-        .and_then(normalized_usage)
+        .and_then(|u| normalized_usage(u, price))
         .map(|(record, text)| {
             edits.push(Edit::Set("usage", text));
             record
@@ -150,6 +162,7 @@ pub fn normalize_chunk(
     chunk: &RawObject,
     exposed_model_json: &str,
     client_wants_usage: bool,
+    price: Option<&Price>,
 ) -> Normalized {
     let mut edits = vec![Edit::Set("model", exposed_model_json.to_owned())];
     if let Some(choices) = chunk
@@ -158,7 +171,7 @@ pub fn normalize_chunk(
     {
         edits.push(Edit::Set("choices", choices));
     }
-    let usage = match chunk.get("usage").and_then(normalized_usage) {
+    let usage = match chunk.get("usage").and_then(|u| normalized_usage(u, price)) {
         Some((record, text)) => {
             if client_wants_usage {
                 edits.push(Edit::Set("usage", text));
@@ -248,7 +261,11 @@ mod tests {
             r#"{"model":"deepseek/deepseek-v3.2","choices":[{"index":0,"message":{"role":"assistant","content":"hi","reasoning":"think"}}],
                "usage":{"prompt_tokens":100,"completion_tokens":10,"prompt_tokens_details":{"cached_tokens":64}},"extra":[1,  2]}"#,
         );
-        let n = normalize_completion(&raw, r#""deepseek-reasoner""#);
+        let n = normalize_completion(
+            &raw,
+            r#""deepseek-reasoner""#,
+            Price::builtin("deepseek-v3.2").as_ref(),
+        );
         let v = normalized(&n);
         assert_eq!(v["model"], "deepseek-reasoner");
         assert_eq!(v["choices"][0]["message"]["reasoning_content"], "think");
@@ -256,6 +273,8 @@ mod tests {
         assert_eq!(v["usage"]["prompt_cache_hit_tokens"], 64);
         assert_eq!(v["usage"]["prompt_cache_miss_tokens"], 36);
         assert_eq!(n.usage.unwrap().cache_hit, 64);
+        // 64 * 0.028 + 36 * 0.28 + 10 * 0.42 per 1M tokens.
+        assert_eq!(v["usage"]["dsgw_cost"]["total"], "0.000016072");
         assert!(
             String::from_utf8(n.body.unwrap())
                 .unwrap()
@@ -267,21 +286,21 @@ mod tests {
     fn usage_chunk_is_dropped_unless_asked() {
         let usage_chunk =
             body(r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}"#);
-        let n = normalize_chunk(&usage_chunk, r#""m""#, false);
+        let n = normalize_chunk(&usage_chunk, r#""m""#, false, None);
         assert_eq!(n.usage.unwrap().cache_miss, 5);
         assert!(n.body.is_none());
-        let n = normalize_chunk(&usage_chunk, r#""m""#, true);
+        let n = normalize_chunk(&usage_chunk, r#""m""#, true, None);
         assert_eq!(normalized(&n)["usage"]["prompt_cache_miss_tokens"], 5);
 
         let content = body(r#"{"choices":[{"delta":{"reasoning":"r"}}],"usage":null}"#);
-        let n = normalize_chunk(&content, r#""m""#, false);
+        let n = normalize_chunk(&content, r#""m""#, false, None);
         assert!(n.usage.is_none());
         let v = normalized(&n);
         assert!(v.get("usage").is_none());
         assert_eq!(v["choices"][0]["delta"]["reasoning_content"], "r");
         assert_eq!(v["model"], "m");
 
-        let n = normalize_chunk(&content, r#""m""#, true);
+        let n = normalize_chunk(&content, r#""m""#, true, None);
         assert!(normalized(&n)["usage"].is_null());
     }
 }

@@ -25,6 +25,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::ProviderError;
 use crate::config::ProviderConfig;
 use crate::error::ApiError;
+use crate::pricing::Price;
 use crate::request::ChatRequest;
 use crate::settlement::{Outcome, Settlement};
 use crate::usage::Usage;
@@ -353,7 +354,7 @@ impl LocalRun {
     }
 
     /// Runs to the end and answers with one `chat.completion` body.
-    pub async fn complete(mut self, model_name: &str) -> (Vec<u8>, Usage) {
+    pub async fn complete(mut self, model_name: &str, price: &Price) -> (Vec<u8>, Usage) {
         let mut content = String::new();
         let ending = loop {
             match self.next().await {
@@ -372,7 +373,7 @@ impl LocalRun {
         let body = json!({
             "id": self.id, "object": "chat.completion", "created": self.created, "model": model_name,
             "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": ending.finish_reason}],
-            "usage": ending.usage.to_wire(),
+            "usage": usage_json(&ending.usage, price),
             "system_fingerprint": "fp_dsgw_local",
         });
         (serde_json::to_vec(&body).expect("JSON"), ending.usage)
@@ -384,12 +385,14 @@ impl LocalRun {
         self,
         model_name: &str,
         include_usage: bool,
+        price: Arc<Price>,
         settlement: Settlement,
     ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + use<> {
         let state = SseState {
             run: self,
             model: model_name.to_owned(),
             include_usage,
+            price,
             settlement: Some(settlement),
             started: false,
         };
@@ -432,6 +435,7 @@ struct SseState {
     run: LocalRun,
     model: String,
     include_usage: bool,
+    price: Arc<Price>,
     settlement: Option<Settlement>,
     started: bool,
 }
@@ -464,6 +468,11 @@ impl SseState {
         loop {
             match self.run.next().await {
                 Ok(deltas) => {
+                    if !deltas.is_empty()
+                        && let Some(s) = self.settlement.as_mut()
+                    {
+                        s.first_token();
+                    }
                     for d in deltas {
                         out.push_str(&self.chunk(delta_json(&d), None));
                     }
@@ -484,7 +493,7 @@ impl SseState {
                         let c = json!({
                             "id": self.run.id, "object": "chat.completion.chunk", "created": self.run.created,
                             "model": self.model, "system_fingerprint": "fp_dsgw_local",
-                            "choices": [], "usage": ending.usage.to_wire(),
+                            "choices": [], "usage": usage_json(&ending.usage, &self.price),
                         });
                         out.push_str(&format!("data: {c}\n\n"));
                     }
@@ -498,6 +507,12 @@ impl SseState {
             }
         }
     }
+}
+
+fn usage_json(usage: &Usage, price: &Price) -> Value {
+    let mut v = usage.to_wire();
+    v["dsgw_cost"] = price.cost(usage).to_json(&price.currency);
+    v
 }
 
 fn delta_json(delta: &Delta) -> Value {

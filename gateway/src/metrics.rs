@@ -1,0 +1,186 @@
+//! Prometheus metrics, behind this one module. Labels are route-independent and bounded: model
+//! and deployment names from the config, team names and key ids (never a secret), statuses.
+//! Money is counted in integer nanodollars, so no float accumulation creeps into spend.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use crate::pricing::Cost;
+use crate::usage::Usage;
+
+/// One finished request, as the settlement reports it.
+#[derive(Debug)]
+pub struct CompletionEvent<'a> {
+    pub model: &'a str,
+    pub provider: &'a str,
+    pub deployment: &'a str,
+    pub team: &'a str,
+    pub key_id: &'a str,
+    pub status: u16,
+    pub outcome: &'a str,
+    pub usage: Option<&'a Usage>,
+    pub cost: Option<(&'a Cost, &'a str)>,
+    pub duration_s: f64,
+    pub ttft_s: Option<f64>,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    tokens: IntCounterVec,
+    cost: IntCounterVec,
+    duration: HistogramVec,
+    ttft: HistogramVec,
+    errors: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("dsgw_requests_total", "Chat requests by outcome."),
+            &[
+                "model",
+                "deployment",
+                "provider",
+                "team",
+                "key_id",
+                "status",
+                "outcome",
+            ],
+        )
+        .expect("metric");
+        let tokens = IntCounterVec::new(
+            Opts::new("dsgw_tokens_total", "Tokens as DeepSeek bills them: kind is cache_hit, cache_miss, output, or reasoning (a part of output)."),
+            &["model", "deployment", "provider", "team", "key_id", "kind"],
+        )
+        .expect("metric");
+        let cost = IntCounterVec::new(
+            Opts::new("dsgw_cost_nanodollars_total", "Spend in nanodollars (1e-9 of the currency) by part: cache_hit, cache_miss, output."),
+            &["model", "deployment", "provider", "team", "key_id", "currency", "part"],
+        )
+        .expect("metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "dsgw_request_duration_seconds",
+                "Request duration, to the last byte.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model", "provider"],
+        )
+        .expect("metric");
+        let ttft = HistogramVec::new(
+            HistogramOpts::new(
+                "dsgw_time_to_first_token_seconds",
+                "Streaming requests: time to the first content chunk.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model", "provider"],
+        )
+        .expect("metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "dsgw_errors_total",
+                "Failed requests by fault domain: client, limit, provider, gateway.",
+            ),
+            &["model", "provider", "fault"],
+        )
+        .expect("metric");
+        for c in [&requests, &tokens, &cost, &errors] {
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+        }
+        for h in [&duration, &ttft] {
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+        }
+        Self {
+            registry,
+            requests,
+            tokens,
+            cost,
+            duration,
+            ttft,
+            errors,
+        }
+    }
+
+    pub fn completion(&self, e: &CompletionEvent<'_>) {
+        let base = [e.model, e.deployment, e.provider, e.team, e.key_id];
+        let status = e.status.to_string();
+        self.requests
+            .with_label_values(&[
+                base[0],
+                base[1],
+                base[2],
+                base[3],
+                base[4],
+                status.as_str(),
+                e.outcome,
+            ])
+            .inc();
+        if let Some(u) = e.usage {
+            for (kind, n) in [
+                ("cache_hit", u.cache_hit),
+                ("cache_miss", u.cache_miss),
+                ("output", u.output),
+                ("reasoning", u.reasoning),
+            ] {
+                self.tokens
+                    .with_label_values(&[base[0], base[1], base[2], base[3], base[4], kind])
+                    .inc_by(n);
+            }
+        }
+        if let Some((cost, currency)) = e.cost {
+            for (part, pico) in [
+                ("cache_hit", cost.cache_hit),
+                ("cache_miss", cost.cache_miss),
+                ("output", cost.output),
+            ] {
+                self.cost
+                    .with_label_values(&[
+                        base[0], base[1], base[2], base[3], base[4], currency, part,
+                    ])
+                    .inc_by(pico / 1000);
+            }
+        }
+        self.duration
+            .with_label_values(&[e.model, e.provider])
+            .observe(e.duration_s);
+        if let Some(t) = e.ttft_s {
+            self.ttft
+                .with_label_values(&[e.model, e.provider])
+                .observe(t);
+        }
+    }
+
+    /// Counts a failure by whose fault it was.
+    pub fn error(&self, model: &str, provider: &str, fault: &str) {
+        self.errors
+            .with_label_values(&[model, provider, fault])
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding of gathered metrics");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
