@@ -14,6 +14,8 @@ use crate::config::KeyConfig;
 pub struct Principal {
     pub key_id: Arc<str>,
     pub team: Arc<str>,
+    /// May read every key's spend.
+    pub admin: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,7 @@ impl KeyStore {
             return Ok(Self::OpenLoopback(Principal {
                 key_id: Arc::from("local"),
                 team: Arc::from("local"),
+                admin: true,
             }));
         }
         let mut entries = Vec::with_capacity(keys.len());
@@ -74,6 +77,7 @@ impl KeyStore {
                 Principal {
                     key_id: Arc::from(k.id.as_str()),
                     team: Arc::from(k.team.as_str()),
+                    admin: k.admin,
                 },
             ));
         }
@@ -157,6 +161,7 @@ mod tests {
             team: "research".into(),
             key_sha256: Some(hex(&sha256(b"sk-alice"))),
             key_env: None,
+            admin: false,
         }])
         .unwrap()
     }

@@ -35,6 +35,7 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
         principal.clone(),
         &request.model,
         Some(state.metrics.clone()),
+        Some(state.ledger.clone()),
     );
     let (model, thinking) = match resolve(state, &request) {
         Ok(ok) => ok,
@@ -43,6 +44,18 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
             return e.into_response();
         }
     };
+    // Budgets fail closed: a request that would start over an exhausted budget never leaves.
+    let budgets = crate::budgets::remaining(
+        &state.budgets,
+        &state.ledger,
+        &principal,
+        crate::budgets::now(),
+    );
+    if budgets.iter().any(|b| b.left() == 0) {
+        let e = ApiError::insufficient_balance();
+        settlement.finish(Outcome::from(&e));
+        return e.into_response();
+    }
     let mut rate_headers = RateHeaders::default();
     if let Some(limiter) = &state.limiter {
         let demand = Demand {
@@ -124,7 +137,7 @@ fn sse_response(body: Body) -> Response {
     response
 }
 
-fn json_response(body: Vec<u8>) -> Response {
+pub(crate) fn json_response(body: Vec<u8>) -> Response {
     let mut response = Response::new(Body::from(body));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

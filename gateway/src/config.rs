@@ -46,6 +46,40 @@ pub struct Config {
     /// deepseek-v3, deepseek-r1, free).
     #[serde(default)]
     pub prices: Vec<crate::pricing::PriceConfig>,
+    /// Where spend is recorded.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    /// Spend budgets per team and per key.
+    #[serde(default)]
+    pub budgets: Vec<BudgetConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Append-only ledger file. Default: `$XDG_STATE_HOME/dsgw/ledger.jsonl`
+    /// (`~/.local/state/dsgw/ledger.jsonl`). `""` keeps spend in memory only.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetPeriod {
+    Day,
+    Month,
+    Total,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    pub scope: LimitScope,
+    /// The team name or key id.
+    pub name: String,
+    pub period: BudgetPeriod,
+    /// In USD, as a decimal string (`"100.00"`).
+    pub amount: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -272,6 +306,9 @@ pub struct KeyConfig {
     /// Environment variable holding the key in clear, as an alternative to `key_sha256`.
     #[serde(default)]
     pub key_env: Option<String>,
+    /// May read every key's spend (`/v1/admin/usage`).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 impl Config {
@@ -377,6 +414,8 @@ impl Config {
             redis: None,
             limits: Vec::new(),
             prices: Vec::new(),
+            ledger: LedgerConfig::default(),
+            budgets: Vec::new(),
         }
     }
 
@@ -515,6 +554,19 @@ impl Config {
                 return invalid(format!(
                     "{at}: set at least one of requests_per_minute, tokens_per_minute, concurrent"
                 ));
+            }
+        }
+        for (i, b) in self.budgets.iter().enumerate() {
+            let at = format!("budgets[{i}] ({:?} {:?})", b.scope, b.name);
+            let known = match b.scope {
+                LimitScope::Team => teams.contains(b.name.as_str()),
+                LimitScope::Key => ids.contains(b.name.as_str()),
+            };
+            if !known {
+                return invalid(format!("{at}: no configured key has this {:?}", b.scope));
+            }
+            if let Err(e) = crate::pricing::dollars(&b.amount) {
+                return invalid(format!("{at}: `amount` {e}"));
             }
         }
         for (i, p) in self.prices.iter().enumerate() {

@@ -132,6 +132,27 @@ impl ApiError {
         )
     }
 
+    /// Authenticated, but not allowed.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            message,
+            Fault::Client,
+        )
+    }
+
+    /// The caller's budget is spent: 402, with DeepSeek's message.
+    pub fn insufficient_balance() -> Self {
+        Self::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "unknown_error",
+            "Insufficient Balance",
+            Fault::Client,
+        )
+        .with_code("invalid_request_error")
+    }
+
     /// A rate, token or concurrency limit of the caller is exhausted: 429.
     pub fn rate_limited(message: impl Into<String>) -> Self {
         Self::new(

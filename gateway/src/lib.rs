@@ -5,10 +5,13 @@
 //! fallback) → [`upstream`] (provider dialects, HTTP) → [`relay`] (streams) → [`settlement`] (one
 //! completion record per request, usage from [`usage`]).
 
+pub mod account;
 pub mod auth;
+pub mod budgets;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod models;

@@ -104,6 +104,14 @@ impl Price {
     }
 }
 
+/// `"100.00"` (currency units) -> picodollars.
+pub fn dollars(amount: &str) -> Result<u64, String> {
+    // The same exact decimal parsing, scaled: 1 unit = 1e12 picodollars = per_token(x) * 1e6.
+    per_token(amount)?
+        .checked_mul(1_000_000)
+        .ok_or_else(|| format!("{amount:?} is too large"))
+}
+
 /// `"0.028"` (currency per 1M tokens) -> picodollars per token, exactly (up to 6 decimals).
 pub fn per_token(per_million: &str) -> Result<u64, String> {
     let (whole, frac) = per_million.split_once('.').unwrap_or((per_million, ""));

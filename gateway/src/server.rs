@@ -14,6 +14,7 @@ use http::{HeaderValue, StatusCode, Uri, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::net::TcpListener;
 
+use crate::account;
 use crate::auth::{Principal, bearer_token};
 use crate::chat;
 use crate::error::ApiError;
@@ -33,6 +34,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/models", get(models))
+        .route("/user/balance", get(account::balance))
+        .route("/v1/usage", get(account::usage))
+        .route("/v1/admin/usage", get(account::admin_usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
 
     public

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use crate::auth::Principal;
 use crate::error::Fault;
+use crate::ledger::{Ledger, Record};
 use crate::limits::Reservation;
 use crate::metrics::{CompletionEvent, Metrics};
 use crate::models::Deployment;
@@ -55,11 +56,17 @@ pub struct Settlement {
     /// Limits held by the request, returned and reconciled when it settles.
     reservation: Option<Reservation>,
     metrics: Option<Arc<Metrics>>,
+    ledger: Option<Arc<Ledger>>,
     settled: bool,
 }
 
 impl Settlement {
-    pub fn new(principal: Principal, model: &str, metrics: Option<Arc<Metrics>>) -> Self {
+    pub fn new(
+        principal: Principal,
+        model: &str,
+        metrics: Option<Arc<Metrics>>,
+        ledger: Option<Arc<Ledger>>,
+    ) -> Self {
         Self {
             principal,
             model: Arc::from(model),
@@ -69,6 +76,7 @@ impl Settlement {
             usage: None,
             reservation: None,
             metrics,
+            ledger,
             settled: false,
         }
     }
@@ -147,6 +155,23 @@ impl Settlement {
             cost = %cost.as_ref().map_or_else(|| "0".to_owned(), |(c, _)| Money(c.total()).to_string()),
             duration_ms = duration.as_millis() as u64,
         );
+        if let (Some(ledger), Some(usage), Some((cost, price))) = (&self.ledger, &self.usage, &cost)
+        {
+            ledger.append(Record {
+                ts: crate::budgets::now(),
+                key_id: self.principal.key_id.to_string(),
+                team: self.principal.team.to_string(),
+                model: self.model.to_string(),
+                deployment: format!("{provider}/{upstream_model}"),
+                cache_hit: usage.cache_hit,
+                cache_miss: usage.cache_miss,
+                output: usage.output,
+                reasoning: usage.reasoning,
+                cost: cost.total(),
+                currency: price.currency.clone(),
+                estimated: usage.estimated,
+            });
+        }
         if let Some(metrics) = &self.metrics {
             if let Outcome::Failed(_, fault) = outcome {
                 let fault = match fault {

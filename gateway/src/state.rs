@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::auth::{KeyError, KeyStore};
+use crate::budgets::Budget;
 use crate::config::Config;
+use crate::ledger::{Ledger, LedgerError};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::models::Catalog;
@@ -19,6 +21,8 @@ pub enum StateError {
     Key(#[from] KeyError),
     #[error("[redis]: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
     #[error(
         "no [[keys]] are configured, so the gateway would accept any caller; it only does that on a \
          loopback address, and {0} is not one. Add keys (`dsgw keys new`) or listen on 127.0.0.1."
@@ -33,6 +37,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub limiter: Option<Arc<Limiter>>,
     pub metrics: Arc<Metrics>,
+    pub ledger: Arc<Ledger>,
+    pub budgets: Vec<Budget>,
     draining: AtomicBool,
 }
 
@@ -52,6 +58,8 @@ impl AppState {
             max_body_bytes: config.server.max_body_bytes,
             limiter: Limiter::from_config(config)?,
             metrics: Arc::new(Metrics::new()),
+            ledger: Arc::new(open_ledger(config)?),
+            budgets: config.budgets.iter().map(Budget::from_config).collect(),
             draining: AtomicBool::new(false),
         }))
     }
@@ -63,4 +71,26 @@ impl AppState {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
+}
+
+/// The configured ledger file, or the default under `$XDG_STATE_HOME` (`~/.local/state`); an
+/// empty path keeps spend in memory.
+fn open_ledger(config: &Config) -> Result<Ledger, LedgerError> {
+    let path = match config.ledger.path.as_deref() {
+        Some("") => return Ok(Ledger::in_memory()),
+        Some(p) => std::path::PathBuf::from(p),
+        None => {
+            let base = std::env::var_os("XDG_STATE_HOME")
+                .map(std::path::PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".local/state"))
+                });
+            match base {
+                Some(base) => base.join("dsgw/ledger.jsonl"),
+                None => return Ok(Ledger::in_memory()),
+            }
+        }
+    };
+    tracing::info!(path = %path.display(), "spend ledger");
+    Ledger::open(&path)
 }

@@ -131,3 +131,131 @@ async fn cost_is_exact_in_headers_usage_and_metrics() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+fn budget_extra() -> &'static str {
+    // Bob may spend 0.00002 USD a day; alice is an admin without a budget.
+    "admin = false\n\n[[budgets]]\nscope = \"key\"\nname = \"bob\"\nperiod = \"day\"\namount = \"0.00002\"\n"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_refuse_with_402_balance_and_usage_report_and_the_ledger_survives_kill_9() {
+    let mut s = setup_with(|c| {
+        c.replace(
+            "key_env = \"BOB_KEY\"\n",
+            &format!("key_env = \"BOB_KEY\"\n{}", budget_extra()),
+        )
+        .replace("key_sha256 = ", "admin = true\nkey_sha256 = ")
+    })
+    .await;
+    let balance = |s: &common::Setup, key: &'static str| {
+        let req = s
+            .http
+            .get(s.gw.url("/user/balance"))
+            .bearer_auth(key)
+            .send();
+        async move { req.await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let b = balance(&s, "sk-bob").await;
+    assert_eq!(b["is_available"], true);
+    assert_eq!(b["balance_infos"][0]["currency"], "USD");
+    assert_eq!(b["balance_infos"][0]["total_balance"], "0.00");
+    assert_eq!(
+        balance(&s, "sk-alice").await,
+        json!({"is_available": true, "balance_infos": []})
+    );
+
+    // Each request costs about 0.0000047 USD: the fifth one starts over the budget.
+    let mut spent = 0;
+    let mut refused = None;
+    for i in 0..10 {
+        let r = s
+            .http
+            .post(s.gw.url("/v1/chat/completions"))
+            .bearer_auth("sk-bob")
+            .json_body(&json!({"model": "deepseek-chat", "messages": user("hello")}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 402 {
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["message"], "Insufficient Balance");
+            refused = Some(i);
+            break;
+        }
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        spent += expected_pico(&v["usage"]);
+    }
+    assert!(refused.is_some(), "the budget never refused");
+    assert!(
+        spent >= 20_000_000,
+        "refused before the budget was spent: {spent}"
+    );
+    assert_eq!(balance(&s, "sk-bob").await["is_available"], false);
+
+    let usage = s
+        .http
+        .get(s.gw.url("/v1/usage"))
+        .bearer_auth("sk-bob")
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(usage["data"][0]["cost"], money(spent));
+    assert_eq!(usage["data"][0]["deployment"], "deepseek/deepseek-chat");
+    let forbidden = s
+        .http
+        .get(s.gw.url("/v1/admin/usage"))
+        .bearer_auth("sk-bob")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), 403);
+
+    // SIGKILL after the commit window: the restarted gateway still knows bob's spend.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    std::process::Command::new("kill")
+        .args(["-9", &s.gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(s.gw.wait_exit(std::time::Duration::from_secs(5)));
+    s.restart();
+    let usage = s
+        .http
+        .get(s.gw.url("/v1/usage"))
+        .bearer_auth("sk-bob")
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        usage["data"][0]["cost"],
+        money(spent),
+        "committed spend lost by kill -9"
+    );
+    let r = s
+        .http
+        .post(s.gw.url("/v1/chat/completions"))
+        .bearer_auth("sk-bob")
+        .json_body(&json!({"model": "deepseek-chat", "messages": user("hello")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        402,
+        "the budget must still hold after a restart"
+    );
+    let all = s
+        .http
+        .get(s.gw.url("/v1/admin/usage?key_id=bob"))
+        .bearer_auth("sk-alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(all.status(), 200);
+}

@@ -74,6 +74,9 @@ def gateway(fake):
 [server]
 listen = "127.0.0.1:0"
 
+[ledger]
+path = ""
+
 [[providers]]
 name = "deepseek"
 kind = "deepseek"

@@ -172,6 +172,9 @@ listen = "127.0.0.1:0"
 max_body_bytes = 65536
 drain_timeout_secs = 5
 
+[ledger]
+path = "{ledger}"
+
 [[providers]]
 name = "deepseek"
 kind = "deepseek"
@@ -232,6 +235,13 @@ key_env = "BOB_KEY"
 {extra}
 "#,
         alice = sha256_hex(b"sk-alice"),
+        ledger = std::env::temp_dir()
+            .join(format!(
+                "dsgw-ledger-{}-{}.jsonl",
+                std::process::id(),
+                unique()
+            ))
+            .display(),
     )
 }
 

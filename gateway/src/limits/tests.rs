@@ -48,6 +48,7 @@ fn who(key: &str) -> Principal {
     Principal {
         key_id: Arc::from(key),
         team: Arc::from("research"),
+        admin: false,
     }
 }
 
@@ -215,6 +216,7 @@ async fn local_state_stays_bounded_as_buckets_go_idle() {
         let p = Principal {
             key_id: Arc::from("alice"),
             team: Arc::from(format!("research-{i}").as_str()),
+            admin: false,
         };
         // Other teams are unlimited: only research's bucket exists.
         let _ = l.reserve(&p, ONE).await;

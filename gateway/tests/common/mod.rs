@@ -13,6 +13,7 @@ pub struct Setup {
     pub fake: FakeUpstream,
     pub gw: Gateway,
     pub http: reqwest::Client,
+    config: String,
 }
 
 pub async fn setup() -> Setup {
@@ -33,6 +34,7 @@ pub async fn setup_with(edit: impl FnOnce(String) -> String) -> Setup {
         fake,
         gw,
         http: reqwest::Client::new(),
+        config,
     }
 }
 
@@ -41,6 +43,15 @@ pub fn user(text: &str) -> Value {
 }
 
 impl Setup {
+    /// Starts a new gateway process with the same configuration (the old one must have exited).
+    pub fn restart(&mut self) {
+        self.gw = Gateway::start(
+            Path::new(env!("CARGO_BIN_EXE_dsgw")),
+            &self.config,
+            &harness::env(),
+        );
+    }
+
     pub async fn post(&self, key: &str, body: &Value) -> (u16, Value) {
         let r = self
             .http

@@ -1,0 +1,96 @@
+//! What a caller can read about its own spend: `GET /user/balance` in DeepSeek's shape (the
+//! remaining budget as the balance) and `GET /v1/usage` (by day, model and deployment); admins
+//! read everyone's with `GET /v1/admin/usage`.
+
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+use crate::auth::Principal;
+use crate::budgets::{now, remaining};
+use crate::chat::json_response;
+use crate::error::ApiError;
+use crate::pricing::Money;
+use crate::state::AppState;
+
+/// Picodollars as DeepSeek shows balances: two decimals, rounded down.
+fn two_decimals(pico: u64) -> String {
+    let cents = pico / 10_000_000_000;
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
+
+pub async fn balance(
+    State(state): State<Arc<AppState>>,
+    principal: axum::Extension<Principal>,
+) -> Response {
+    let budgets = remaining(&state.budgets, &state.ledger, &principal, now());
+    let Some(tightest) = budgets.iter().min_by_key(|b| b.left()) else {
+        return json_response(
+            serde_json::to_vec(&json!({"is_available": true, "balance_infos": []})).expect("JSON"),
+        );
+    };
+    let left = two_decimals(tightest.left());
+    let body = json!({
+        "is_available": tightest.left() > 0,
+        "balance_infos": [{
+            "currency": "USD",
+            "total_balance": left,
+            "granted_balance": left,
+            "topped_up_balance": "0.00",
+        }],
+    });
+    json_response(serde_json::to_vec(&body).expect("JSON"))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UsageQuery {
+    #[serde(default)]
+    team: Option<String>,
+    #[serde(default)]
+    key_id: Option<String>,
+}
+
+fn rows(state: &AppState, filter: impl Fn(&str, &str) -> bool) -> Value {
+    let data: Vec<Value> = state
+        .ledger
+        .usage(filter)
+        .into_iter()
+        .map(|(date, model, deployment, t)| {
+            json!({
+                "date": date, "model": model, "deployment": deployment, "requests": t.requests,
+                "prompt_cache_hit_tokens": t.cache_hit, "prompt_cache_miss_tokens": t.cache_miss,
+                "completion_tokens": t.output, "reasoning_tokens": t.reasoning,
+                "cost": Money(t.cost).to_string(), "currency": "USD",
+            })
+        })
+        .collect();
+    json!({"object": "list", "data": data})
+}
+
+pub async fn usage(
+    State(state): State<Arc<AppState>>,
+    principal: axum::Extension<Principal>,
+) -> Response {
+    let key = principal.key_id.clone();
+    json_response(serde_json::to_vec(&rows(&state, |k, _| *k == *key)).expect("JSON"))
+}
+
+pub async fn admin_usage(
+    State(state): State<Arc<AppState>>,
+    principal: axum::Extension<Principal>,
+    Query(q): Query<UsageQuery>,
+) -> Response {
+    if !principal.admin {
+        return ApiError::forbidden(
+            "This key may not read other keys' usage (set `admin = true` on it).",
+        )
+        .into_response();
+    }
+    let body = rows(&state, |k, t| {
+        q.team.as_deref().is_none_or(|want| want == t)
+            && q.key_id.as_deref().is_none_or(|want| want == k)
+    });
+    json_response(serde_json::to_vec(&body).expect("JSON"))
+}

@@ -1,0 +1,305 @@
+//! The spend ledger: one JSON line per finished request, appended by a writer thread that commits
+//! in groups (write + fdatasync at most every few milliseconds), replayed at start-up into the
+//! aggregates that budgets, `/user/balance` and `/v1/usage` read. A crash or `kill -9` loses only
+//! records not yet committed (requests that ended in the last commit window), never committed
+//! spend; a torn last line from a crash is skipped on replay.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How long the writer gathers records before one commit.
+const COMMIT_WINDOW: Duration = Duration::from_millis(5);
+
+/// One finished request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Unix seconds (UTC).
+    pub ts: u64,
+    pub key_id: String,
+    pub team: String,
+    pub model: String,
+    /// `provider/upstream_model`.
+    pub deployment: String,
+    pub cache_hit: u64,
+    pub cache_miss: u64,
+    pub output: u64,
+    pub reasoning: u64,
+    /// Picodollars.
+    pub cost: u64,
+    pub currency: String,
+    pub estimated: bool,
+}
+
+/// Sums of tokens and spend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub requests: u64,
+    pub cache_hit: u64,
+    pub cache_miss: u64,
+    pub output: u64,
+    pub reasoning: u64,
+    /// Picodollars.
+    pub cost: u64,
+}
+
+impl Totals {
+    fn add(&mut self, r: &Record) {
+        self.requests += 1;
+        self.cache_hit += r.cache_hit;
+        self.cache_miss += r.cache_miss;
+        self.output += r.output;
+        self.reasoning += r.reasoning;
+        self.cost += r.cost;
+    }
+}
+
+/// `(day, key_id, team, model, deployment)` -> totals: everything the queries group by.
+type Aggregates = BTreeMap<(String, String, String, String, String), Totals>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug)]
+pub struct Ledger {
+    aggregates: Mutex<Aggregates>,
+    writer: Option<Mutex<Sender<Record>>>,
+}
+
+/// Days since 1970-01-01 -> `YYYY-MM-DD` (proleptic Gregorian, UTC).
+pub fn day_of(ts: u64) -> String {
+    let days = (ts / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+impl Ledger {
+    /// A ledger that only keeps aggregates in memory.
+    pub fn in_memory() -> Self {
+        Self {
+            aggregates: Mutex::new(Aggregates::new()),
+            writer: None,
+        }
+    }
+
+    /// Opens (or creates) the ledger file, replays it, and starts the writer.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let io = |source| LedgerError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut aggregates = Aggregates::new();
+        if path.exists() {
+            let file = File::open(path).map_err(io)?;
+            for line in BufReader::new(file).lines() {
+                let line = line.map_err(io)?;
+                // A torn final line from a crash is not a committed record.
+                if let Ok(record) = serde_json::from_str::<Record>(&line) {
+                    aggregates.entry(group(&record)).or_default().add(&record);
+                }
+            }
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        // Close a torn line left by a crash, so the next record starts on its own line.
+        let len = file.metadata().map_err(io)?.len();
+        if len > 0 {
+            let mut last = [0u8; 1];
+            use std::io::{Read, Seek, SeekFrom};
+            let mut reader = File::open(path).map_err(io)?;
+            reader.seek(SeekFrom::End(-1)).map_err(io)?;
+            reader.read_exact(&mut last).map_err(io)?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n").map_err(io)?;
+            }
+        }
+        let (tx, rx) = channel();
+        std::thread::Builder::new()
+            .name("dsgw-ledger".into())
+            .spawn(move || write_loop(file, rx))
+            .map_err(io)?;
+        Ok(Self {
+            aggregates: Mutex::new(aggregates),
+            writer: Some(Mutex::new(tx)),
+        })
+    }
+
+    pub fn append(&self, record: Record) {
+        self.aggregates
+            .lock()
+            .expect("ledger lock")
+            .entry(group(&record))
+            .or_default()
+            .add(&record);
+        if let Some(writer) = &self.writer
+            && writer
+                .lock()
+                .expect("ledger writer lock")
+                .send(record)
+                .is_err()
+        {
+            tracing::error!(target: "dsgw::ledger", "the ledger writer has stopped; spend is kept in memory only");
+        }
+    }
+
+    /// Spend (picodollars) matching `filter` on days in `[from, to]` (inclusive, `YYYY-MM-DD`).
+    pub fn spend(&self, from: &str, to: &str, filter: impl Fn(&str, &str) -> bool) -> u64 {
+        self.aggregates
+            .lock()
+            .expect("ledger lock")
+            .iter()
+            .filter(|((day, key, team, _, _), _)| {
+                day.as_str() >= from && day.as_str() <= to && filter(key, team)
+            })
+            .map(|(_, t)| t.cost)
+            .sum()
+    }
+
+    /// Totals by day, model and deployment for the rows `filter` keeps.
+    pub fn usage(
+        &self,
+        filter: impl Fn(&str, &str) -> bool,
+    ) -> Vec<(String, String, String, Totals)> {
+        let mut out: BTreeMap<(String, String, String), Totals> = BTreeMap::new();
+        for ((day, key, team, model, deployment), t) in
+            self.aggregates.lock().expect("ledger lock").iter()
+        {
+            if filter(key, team) {
+                let e = out
+                    .entry((day.clone(), model.clone(), deployment.clone()))
+                    .or_default();
+                e.requests += t.requests;
+                e.cache_hit += t.cache_hit;
+                e.cache_miss += t.cache_miss;
+                e.output += t.output;
+                e.reasoning += t.reasoning;
+                e.cost += t.cost;
+            }
+        }
+        out.into_iter()
+            .map(|((d, m, dep), t)| (d, m, dep, t))
+            .collect()
+    }
+}
+
+fn group(r: &Record) -> (String, String, String, String, String) {
+    (
+        day_of(r.ts),
+        r.key_id.clone(),
+        r.team.clone(),
+        r.model.clone(),
+        r.deployment.clone(),
+    )
+}
+
+fn write_loop(mut file: File, rx: Receiver<Record>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        std::thread::sleep(COMMIT_WINDOW);
+        batch.extend(rx.try_iter());
+        let mut text = String::new();
+        for r in &batch {
+            text.push_str(&serde_json::to_string(r).expect("a record serialises"));
+            text.push('\n');
+        }
+        if let Err(e) = file
+            .write_all(text.as_bytes())
+            .and_then(|()| file.sync_data())
+        {
+            tracing::error!(target: "dsgw::ledger", error = %e, records = batch.len(), "ledger commit failed");
+        }
+    }
+}
+
+/// Shared handle.
+pub type SharedLedger = Arc<Ledger>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ts: u64, key: &str, cost: u64) -> Record {
+        Record {
+            ts,
+            key_id: key.into(),
+            team: "research".into(),
+            model: "deepseek-chat".into(),
+            deployment: "deepseek/deepseek-chat".into(),
+            cache_hit: 64,
+            cache_miss: 10,
+            output: 5,
+            reasoning: 0,
+            cost,
+            currency: "USD".into(),
+            estimated: false,
+        }
+    }
+
+    #[test]
+    fn days_are_civil_dates_in_utc() {
+        assert_eq!(day_of(0), "1970-01-01");
+        assert_eq!(day_of(951_782_400), "2000-02-29");
+        assert_eq!(day_of(1_795_883_817), "2026-11-28");
+    }
+
+    #[test]
+    fn replay_restores_the_aggregates_and_skips_a_torn_line() {
+        let path = std::env::temp_dir().join(format!("dsgw-ledger-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        {
+            let l = Ledger::open(&path).unwrap();
+            l.append(record(1_795_883_817, "alice", 1000));
+            l.append(record(1_795_883_818, "bob", 500));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"ts\":1795883819,\"key_id\":\"al").unwrap();
+        {
+            let l = Ledger::open(&path).unwrap();
+            assert_eq!(l.spend("2026-11-28", "2026-11-28", |_, _| true), 1500);
+            l.append(record(1_795_883_820, "alice", 7));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let l = Ledger::open(&path).unwrap();
+        assert_eq!(
+            l.spend("2026-11-28", "2026-11-28", |_, _| true),
+            1507,
+            "a record after a torn line survives"
+        );
+        assert_eq!(
+            l.spend("2026-11-28", "2026-11-28", |k, _| k == "alice"),
+            1007
+        );
+        assert_eq!(l.spend("2026-11-29", "2026-12-31", |_, _| true), 0);
+        let usage = l.usage(|_, t| t == "research");
+        assert_eq!(usage.len(), 1);
+        assert_eq!(usage[0].3.requests, 3);
+        std::fs::remove_file(&path).unwrap();
+    }
+}
