@@ -55,6 +55,39 @@ impl Budget {
     }
 }
 
+/// Every budget with its remaining amount now: `(scope, name, period, picodollars left)`.
+pub fn all_remaining(
+    budgets: &[Budget],
+    ledger: &Ledger,
+    now: u64,
+) -> Vec<(&'static str, String, &'static str, u64)> {
+    budgets
+        .iter()
+        .map(|b| {
+            let (from, to) = b.range(now);
+            let spent = ledger.spend(&from, &to, |key, team| match b.scope {
+                LimitScope::Team => team == b.name,
+                LimitScope::Key => key == b.name,
+            });
+            let scope = match b.scope {
+                LimitScope::Team => "team",
+                LimitScope::Key => "key",
+            };
+            let period = match b.period {
+                BudgetPeriod::Day => "day",
+                BudgetPeriod::Month => "month",
+                BudgetPeriod::Total => "total",
+            };
+            (
+                scope,
+                b.name.clone(),
+                period,
+                b.amount.saturating_sub(spent),
+            )
+        })
+        .collect()
+}
+
 /// Every budget that applies to `principal`, with what is spent in its current period.
 pub fn remaining(
     budgets: &[Budget],

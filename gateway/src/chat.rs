@@ -52,6 +52,9 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
         crate::budgets::now(),
     );
     if budgets.iter().any(|b| b.left() == 0) {
+        state
+            .metrics
+            .rejection(&principal.team, &principal.key_id, "budget");
         let e = ApiError::insufficient_balance();
         settlement.finish(Outcome::from(&e));
         return e.into_response();
@@ -69,6 +72,11 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
                 rate_headers = headers;
             }
             Err((e, headers)) => {
+                if let Some(reason) = &e.body.param {
+                    state
+                        .metrics
+                        .rejection(&principal.team, &principal.key_id, reason);
+                }
                 settlement.finish(Outcome::from(&e));
                 let mut response = e.into_response();
                 headers.apply(response.headers_mut());

@@ -21,6 +21,8 @@ pub struct CompletionEvent<'a> {
     pub outcome: &'a str,
     pub usage: Option<&'a Usage>,
     pub cost: Option<(&'a Cost, &'a str)>,
+    /// Picodollars the cache hits saved.
+    pub savings: u64,
     pub duration_s: f64,
     pub ttft_s: Option<f64>,
 }
@@ -34,6 +36,9 @@ pub struct Metrics {
     duration: HistogramVec,
     ttft: HistogramVec,
     errors: IntCounterVec,
+    rejections: IntCounterVec,
+    savings: IntCounterVec,
+    budget_remaining: prometheus::IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -92,7 +97,28 @@ impl Metrics {
             &["model", "provider", "fault"],
         )
         .expect("metric");
-        for c in [&requests, &tokens, &cost, &errors] {
+        let rejections = IntCounterVec::new(
+            Opts::new("dsgw_rejections_total", "Requests refused by a limit or budget: reason is requests_per_minute, tokens_per_minute, concurrent or budget."),
+            &["team", "key_id", "reason"],
+        )
+        .expect("metric");
+        let savings = IntCounterVec::new(
+            Opts::new("dsgw_cache_savings_nanodollars_total", "What cache hits saved against paying the cache-miss price for the same tokens, in nanodollars."),
+            &["model", "deployment", "provider", "team", "key_id", "currency"],
+        )
+        .expect("metric");
+        let budget_remaining = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "dsgw_budget_remaining_nanodollars",
+                "What is left of each budget in its current period, in nanodollars.",
+            ),
+            &["scope", "name", "period"],
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(budget_remaining.clone()))
+            .expect("unique metric");
+        for c in [&requests, &tokens, &cost, &errors, &rejections, &savings] {
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
@@ -110,6 +136,9 @@ impl Metrics {
             duration,
             ttft,
             errors,
+            rejections,
+            savings,
+            budget_remaining,
         }
     }
 
@@ -139,6 +168,11 @@ impl Metrics {
                     .inc_by(n);
             }
         }
+        if let Some((_, currency)) = e.cost {
+            self.savings
+                .with_label_values(&[base[0], base[1], base[2], base[3], base[4], currency])
+                .inc_by(e.savings / 1000);
+        }
         if let Some((cost, currency)) = e.cost {
             for (part, pico) in [
                 ("cache_hit", cost.cache_hit),
@@ -167,6 +201,21 @@ impl Metrics {
         self.errors
             .with_label_values(&[model, provider, fault])
             .inc();
+    }
+
+    /// Counts a request a limit or budget refused.
+    pub fn rejection(&self, team: &str, key_id: &str, reason: &str) {
+        self.rejections
+            .with_label_values(&[team, key_id, reason])
+            .inc();
+    }
+
+    /// Sets a budget's remaining amount (picodollars in, nanodollars out).
+    pub fn budget(&self, scope: &str, name: &str, period: &str, remaining_pico: u64) {
+        let nano = i64::try_from(remaining_pico / 1000).unwrap_or(i64::MAX);
+        self.budget_remaining
+            .with_label_values(&[scope, name, period])
+            .set(nano);
     }
 
     /// The text exposition format.

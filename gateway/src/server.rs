@@ -66,6 +66,12 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    // Budgets are read from the ledger at scrape time, so the gauges are never stale.
+    for (scope, name, period, left) in
+        crate::budgets::all_remaining(&state.budgets, &state.ledger, crate::budgets::now())
+    {
+        state.metrics.budget(scope, &name, period, left);
+    }
     let mut response = Response::new(Body::from(state.metrics.render()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -195,6 +195,12 @@ impl Settlement {
                 outcome: outcome.as_str(),
                 usage: self.usage.as_ref(),
                 cost: cost.as_ref().map(|(c, p)| (c, p.currency.as_str())),
+                savings: match (&cost, &self.usage) {
+                    (Some((_, p)), Some(u)) => {
+                        u.cache_hit * p.cache_miss.saturating_sub(p.cache_hit)
+                    }
+                    _ => 0,
+                },
                 duration_s: duration.as_secs_f64(),
                 ttft_s: self.first_token.map(|t| (t - self.started).as_secs_f64()),
             });

@@ -3,4 +3,5 @@
 
 pub mod fake;
 pub mod harness;
+pub mod prometheus_server;
 pub mod redis_server;

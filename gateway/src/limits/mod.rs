@@ -282,16 +282,16 @@ impl Limiter {
             }
             Err(refusal) => {
                 let bucket = &buckets[refusal.bucket];
-                let what = match bucket {
+                let (what, param) = match bucket {
                     Bucket::Rate {
                         measure: Measure::Requests,
                         ..
-                    } => "requests per minute",
+                    } => ("requests per minute", "requests_per_minute"),
                     Bucket::Rate {
                         measure: Measure::Tokens,
                         ..
-                    } => "tokens per minute",
-                    Bucket::Concurrency { .. } => "concurrent requests",
+                    } => ("tokens per minute", "tokens_per_minute"),
+                    Bucket::Concurrency { .. } => ("concurrent requests", "concurrent"),
                 };
                 let retry = refusal.retry_after_us.div_ceil(1_000_000).max(1);
                 let mut e = ApiError::rate_limited(format!(
@@ -299,6 +299,7 @@ impl Limiter {
                     principal.team
                 ));
                 e.retry_after = Some(retry);
+                e.body.param = Some(param.to_owned());
                 Err((e, RateHeaders::default()))
             }
         }
