@@ -44,6 +44,7 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
             return e.into_response();
         }
     };
+    settlement.estimate_from(body.clone(), thinking);
     // Budgets fail closed: a request that would start over an exhausted budget never leaves.
     let budgets = crate::budgets::remaining(
         &state.budgets,

@@ -11,6 +11,7 @@ pub mod budgets;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod estimate;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;

@@ -57,6 +57,10 @@ pub struct Settlement {
     reservation: Option<Reservation>,
     metrics: Option<Arc<Metrics>>,
     ledger: Option<Arc<Ledger>>,
+    /// The request body and mode, to estimate usage a provider never reported.
+    estimate_from: Option<(bytes::Bytes, bool)>,
+    /// Content chunks streamed to the client (about one token each).
+    output_chunks: u64,
     settled: bool,
 }
 
@@ -77,6 +81,8 @@ impl Settlement {
             reservation: None,
             metrics,
             ledger,
+            estimate_from: None,
+            output_chunks: 0,
             settled: false,
         }
     }
@@ -95,9 +101,16 @@ impl Settlement {
         ));
     }
 
-    /// Marks the first content sent to the client (time to first token).
+    /// Marks content sent to the client: the first one times the first token, and each counts
+    /// toward an estimate if the provider never reports usage.
     pub fn first_token(&mut self) {
         self.first_token.get_or_insert_with(Instant::now);
+        self.output_chunks += 1;
+    }
+
+    /// Keeps what is needed to estimate usage if the provider never reports it.
+    pub fn estimate_from(&mut self, body: bytes::Bytes, thinking: bool) {
+        self.estimate_from = Some((body, thinking));
     }
 
     pub fn record_usage(&mut self, usage: Usage) {
@@ -117,6 +130,15 @@ impl Settlement {
     fn write(&mut self, outcome: Outcome) {
         if std::mem::replace(&mut self.settled, true) {
             return;
+        }
+        // Served but never told how much: count it ourselves, and say so.
+        if self.usage.is_none()
+            && self.deployment.is_some()
+            && !matches!(outcome, Outcome::Failed(..))
+            && let Some((body, thinking)) = &self.estimate_from
+        {
+            let prompt = crate::estimate::prompt_tokens(body, *thinking);
+            self.usage = Some(crate::estimate::usage(prompt, self.output_chunks));
         }
         if let Some(reservation) = self.reservation.take() {
             // A request refused before any byte used nothing; otherwise the provider's count
@@ -147,7 +169,7 @@ impl Settlement {
             upstream_model,
             outcome = outcome.as_str(),
             status,
-            usage_reported = self.usage.is_some(),
+            usage_estimated = self.usage.is_some_and(|u| u.estimated),
             cache_hit = u.cache_hit,
             cache_miss = u.cache_miss,
             output = u.output,

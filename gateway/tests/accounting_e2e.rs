@@ -259,3 +259,77 @@ async fn budgets_refuse_with_402_balance_and_usage_report_and_the_ledger_survive
         .unwrap();
     assert_eq!(all.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_stream_is_still_recorded_with_estimated_usage() {
+    let s = setup_with(|c| c).await;
+    let mut r = s.open_stream("__slow__").await;
+    let mut chunks = 0;
+    while chunks < 5 {
+        let bytes = r.chunk().await.unwrap().unwrap();
+        chunks += common::sse_data(&String::from_utf8_lossy(&bytes)).len();
+    }
+    drop(r);
+    assert!(
+        s.gw.wait_for_log("usage_estimated=true", std::time::Duration::from_secs(5)),
+        "{}",
+        s.gw.logs()
+    );
+    let usage = s
+        .http
+        .get(s.gw.url("/v1/usage"))
+        .bearer_auth("sk-alice")
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let row = &usage["data"][0];
+    assert_eq!(row["requests"], 1);
+    // "user __slow__" through the V3.2 template is a handful of tokens, all billed as misses.
+    assert!(
+        row["prompt_cache_miss_tokens"].as_u64().unwrap() >= 5,
+        "{row}"
+    );
+    assert!(row["completion_tokens"].as_u64().unwrap() >= 4, "{row}");
+    assert_ne!(row["cost"], "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openrouter_usage_is_priced_from_cached_tokens_without_double_counting() {
+    let s = setup_with(|c| c).await;
+    let long = (0..100)
+        .map(|i| format!("x{i}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let body = json!({"model": "openrouter-reasoner", "messages": user(&long)});
+    let mut last = Value::Null;
+    for _ in 0..2 {
+        let r = s
+            .http
+            .post(s.gw.url("/v1/chat/completions"))
+            .bearer_auth("sk-alice")
+            .json_body(&body)
+            .send()
+            .await
+            .unwrap();
+        last = r.json().await.unwrap();
+    }
+    let u = &last["usage"];
+    assert_eq!(u["prompt_cache_hit_tokens"], 64);
+    assert_eq!(u["prompt_tokens"], 101);
+    assert_eq!(u["prompt_cache_miss_tokens"], 37);
+    assert_eq!(
+        u["cost"], 0.0001,
+        "OpenRouter's own field is kept as it came"
+    );
+    // Reasoning is part of completion_tokens and priced once, as output.
+    assert!(
+        u["completion_tokens_details"]["reasoning_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(u["dsgw_cost"]["total"], money(expected_pico(u)));
+}
