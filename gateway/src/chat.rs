@@ -34,8 +34,8 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
     let mut settlement = Settlement::new(
         principal.clone(),
         &request.model,
-        Some(state.metrics.clone()),
-        Some(state.ledger.clone()),
+        state.accounting.then(|| state.metrics.clone()),
+        state.accounting.then(|| state.ledger.clone()),
     );
     let (model, thinking) = match resolve(state, &request) {
         Ok(ok) => ok,

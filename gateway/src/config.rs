@@ -171,6 +171,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long in-flight requests and streams may run after SIGTERM/SIGINT before the process exits.
     pub drain_timeout_secs: u64,
+    /// Record spend in the ledger and metrics. Only benchmarks turn this off, to measure its cost;
+    /// budgets cannot hold without it.
+    pub accounting: bool,
 }
 
 impl Default for ServerConfig {
@@ -179,6 +182,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 8 * 1024 * 1024,
             drain_timeout_secs: 30,
+            accounting: true,
         }
     }
 }

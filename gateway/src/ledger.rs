@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// How long the writer gathers records before one commit.
-const COMMIT_WINDOW: Duration = Duration::from_millis(5);
+const COMMIT_WINDOW: Duration = Duration::from_millis(20);
 
 /// One finished request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

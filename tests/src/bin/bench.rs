@@ -245,6 +245,36 @@ fn main() {
             );
         }
 
+        {
+            let plain_config = harness::config(&base, "").replace("drain_timeout_secs = 5", "drain_timeout_secs = 5\naccounting = false");
+            let plain_gw = Gateway::start(&args.dsgw, &plain_config, &env);
+            let without = Target { name: "dsgw without accounting", url: plain_gw.url("/v1/chat/completions"), key: "sk-alice" };
+            println!("\n## Accounting and metrics overhead ({} req/s, {} s each, side by side)\n", args.limits_rate.max(1000), args.seconds);
+            println!("| mode | added p50 without | added p50 with | added p99 without | added p99 with |");
+            println!("|---|---|---|---|---|");
+            for stream in [false, true] {
+                let body = chat_body("deepseek-chat", "Hello", stream);
+                for target in [&without, &via] {
+                    for _ in 0..200 {
+                        once(&pool, target, &body).await;
+                    }
+                }
+                let rate = args.limits_rate.max(1000);
+                let d = open_loop(&pool, &direct, &body, rate, args.seconds).await;
+                let a = open_loop(&pool, &without, &body, rate, args.seconds).await;
+                let b = open_loop(&pool, &via, &body, rate, args.seconds).await;
+                let (d50, d99) = (pct(&d.latencies, 0.5), pct(&d.latencies, 0.99));
+                println!(
+                    "| {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms |",
+                    if stream { "stream" } else { "non-stream" },
+                    pct(&a.latencies, 0.5) - d50,
+                    pct(&b.latencies, 0.5) - d50,
+                    pct(&a.latencies, 0.99) - d99,
+                    pct(&b.latencies, 0.99) - d99,
+                );
+            }
+        }
+
         println!("\n## Back-to-back streams on one keep-alive connection ({} each)\n", args.sequential);
         println!("| target | p50 | p99 | max | over 30 ms |");
         println!("|---|---|---|---|---|");
