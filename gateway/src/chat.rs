@@ -96,6 +96,7 @@ async fn answer(
     request: &ChatRequest,
     mut settlement: Settlement,
 ) -> Response {
+    settlement.upstream_started();
     let (deployment, answer) = match dispatch(model, thinking, request).await {
         Ok(ok) => ok,
         Err(e) => {
@@ -128,6 +129,7 @@ async fn answer(
         ))),
         (Answer::Local(run), false) => {
             let (body, usage) = run.complete(&model.name, &deployment.price).await;
+            settlement.upstream_finished();
             settlement.record_usage(usage);
             priced(json_response(body), settlement)
         }
@@ -176,7 +178,10 @@ async fn remote_json(
     mut settlement: Settlement,
 ) -> Response {
     let body = match provider.read_body(response).await {
-        Ok(b) => b,
+        Ok(b) => {
+            settlement.upstream_finished();
+            b
+        }
         Err(e) => {
             settlement.finish(Outcome::from(&e));
             return e.into_response();

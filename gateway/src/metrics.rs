@@ -25,6 +25,7 @@ pub struct CompletionEvent<'a> {
     pub savings: u64,
     pub duration_s: f64,
     pub ttft_s: Option<f64>,
+    pub overhead_s: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -35,6 +36,8 @@ pub struct Metrics {
     cost: IntCounterVec,
     duration: HistogramVec,
     ttft: HistogramVec,
+    inter_token: HistogramVec,
+    overhead: HistogramVec,
     errors: IntCounterVec,
     rejections: IntCounterVec,
     savings: IntCounterVec,
@@ -89,6 +92,23 @@ impl Metrics {
             &["model", "provider"],
         )
         .expect("metric");
+        let inter_token = HistogramVec::new(
+            HistogramOpts::new(
+                "dsgw_inter_token_seconds",
+                "Streaming requests: gap between consecutive content chunks sent to the client.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["model", "provider"],
+        )
+        .expect("metric");
+        let overhead = HistogramVec::new(
+            HistogramOpts::new("dsgw_gateway_overhead_seconds", "Time the gateway itself spent on a request: before calling the provider and after its last byte.")
+                .buckets(vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]),
+            &["model", "provider"],
+        )
+        .expect("metric");
         let errors = IntCounterVec::new(
             Opts::new(
                 "dsgw_errors_total",
@@ -123,7 +143,7 @@ impl Metrics {
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
         }
-        for h in [&duration, &ttft] {
+        for h in [&duration, &ttft, &inter_token, &overhead] {
             registry
                 .register(Box::new(h.clone()))
                 .expect("unique metric");
@@ -135,6 +155,8 @@ impl Metrics {
             cost,
             duration,
             ttft,
+            inter_token,
+            overhead,
             errors,
             rejections,
             savings,
@@ -194,6 +216,11 @@ impl Metrics {
                 .with_label_values(&[e.model, e.provider])
                 .observe(t);
         }
+        if let Some(t) = e.overhead_s {
+            self.overhead
+                .with_label_values(&[e.model, e.provider])
+                .observe(t);
+        }
     }
 
     /// Counts a failure by whose fault it was.
@@ -201,6 +228,13 @@ impl Metrics {
         self.errors
             .with_label_values(&[model, provider, fault])
             .inc();
+    }
+
+    /// One gap between two content chunks of a stream.
+    pub fn inter_token(&self, model: &str, provider: &str, gap_s: f64) {
+        self.inter_token
+            .with_label_values(&[model, provider])
+            .observe(gap_s);
     }
 
     /// Counts a request a limit or budget refused.

@@ -62,7 +62,8 @@ impl Relay {
     }
 
     fn end(&mut self, outcome: Outcome) {
-        if let Some(settlement) = self.settlement.take() {
+        if let Some(mut settlement) = self.settlement.take() {
+            settlement.upstream_finished();
             settlement.finish(outcome);
         }
     }

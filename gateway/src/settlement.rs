@@ -51,6 +51,9 @@ pub struct Settlement {
     model: Arc<str>,
     started: Instant,
     first_token: Option<Instant>,
+    last_token: Option<Instant>,
+    /// When the provider call started and when its last byte arrived.
+    upstream: (Option<Instant>, Option<Instant>),
     deployment: Option<(String, String, Arc<Price>)>,
     usage: Option<Usage>,
     /// Limits held by the request, returned and reconciled when it settles.
@@ -76,6 +79,8 @@ impl Settlement {
             model: Arc::from(model),
             started: Instant::now(),
             first_token: None,
+            last_token: None,
+            upstream: (None, None),
             deployment: None,
             usage: None,
             reservation: None,
@@ -104,8 +109,25 @@ impl Settlement {
     /// Marks content sent to the client: the first one times the first token, and each counts
     /// toward an estimate if the provider never reports usage.
     pub fn first_token(&mut self) {
-        self.first_token.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        self.first_token.get_or_insert(now);
+        if let (Some(last), Some(metrics), Some((provider, _, _))) =
+            (self.last_token, &self.metrics, &self.deployment)
+        {
+            metrics.inter_token(&self.model, provider, (now - last).as_secs_f64());
+        }
+        self.last_token = Some(now);
         self.output_chunks += 1;
+    }
+
+    /// The provider call starts now.
+    pub fn upstream_started(&mut self) {
+        self.upstream.0 = Some(Instant::now());
+    }
+
+    /// The provider's last byte arrived now.
+    pub fn upstream_finished(&mut self) {
+        self.upstream.1.get_or_insert_with(Instant::now);
     }
 
     /// Keeps what is needed to estimate usage if the provider never reports it.
@@ -225,6 +247,13 @@ impl Settlement {
                 },
                 duration_s: duration.as_secs_f64(),
                 ttft_s: self.first_token.map(|t| (t - self.started).as_secs_f64()),
+                overhead_s: match self.upstream {
+                    (Some(start), end) => {
+                        let end = end.unwrap_or_else(Instant::now);
+                        Some(((start - self.started) + end.elapsed()).as_secs_f64())
+                    }
+                    (None, _) => None,
+                },
             });
         }
     }
