@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod models;
 pub mod pricing;
 pub mod raw_object;
+pub mod redis_link;
 pub mod relay;
 pub mod request;
 pub mod server;

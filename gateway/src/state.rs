@@ -11,6 +11,7 @@ use crate::ledger::{Ledger, LedgerError};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::models::Catalog;
+use crate::redis_link::RedisLink;
 use crate::upstream::{Provider, ProviderError};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,13 @@ impl AppState {
         if keys.is_open() && !config.server.listen.ip().is_loopback() {
             return Err(StateError::OpenNonLoopback(config.server.listen));
         }
+        let redis = match &config.redis {
+            Some(r) => Some(Arc::new(RedisLink::new(
+                &r.url,
+                std::time::Duration::from_millis(r.timeout_ms),
+            )?)),
+            None => None,
+        };
         let mut providers = HashMap::new();
         for (i, p) in config.providers.iter().enumerate() {
             providers.insert(p.name.clone(), Arc::new(Provider::from_config(i, p)?));
@@ -58,7 +66,7 @@ impl AppState {
             keys,
             max_body_bytes: config.server.max_body_bytes,
             accounting: config.server.accounting,
-            limiter: Limiter::from_config(config)?,
+            limiter: Limiter::from_config(config, redis.clone()),
             metrics: Arc::new(Metrics::new()),
             ledger: Arc::new(open_ledger(config)?),
             budgets: config.budgets.iter().map(Budget::from_config).collect(),

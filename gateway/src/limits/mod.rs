@@ -14,13 +14,13 @@ mod redis_tier;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 
 use crate::auth::Principal;
 use crate::config::{Config, FailureMode, LimitConfig, LimitScope, TokenCount};
 use crate::error::ApiError;
+use crate::redis_link::RedisLink;
 pub use gcra::Rate;
 use local_tier::LocalTier;
 use redis_tier::RedisTier;
@@ -154,29 +154,27 @@ fn seconds(us: u64) -> String {
 }
 
 impl Limiter {
-    pub fn from_config(config: &Config) -> Result<Option<Arc<Self>>, redis::RedisError> {
-        Self::with_clock(config, Arc::new(SystemClock))
+    pub fn from_config(config: &Config, redis: Option<Arc<RedisLink>>) -> Option<Arc<Self>> {
+        Self::with_clock(config, redis, Arc::new(SystemClock))
     }
 
     pub fn with_clock(
         config: &Config,
+        link: Option<Arc<RedisLink>>,
         clock: Arc<dyn Clock>,
-    ) -> Result<Option<Arc<Self>>, redis::RedisError> {
+    ) -> Option<Arc<Self>> {
         if config.limits.is_empty() {
-            return Ok(None);
+            return None;
         }
         let rules = config
             .limits
             .iter()
             .map(|l| ((l.scope, l.name.clone()), Rule::from(l)))
             .collect();
-        let redis = match &config.redis {
-            Some(r) => Some(RedisTier::new(&r.url, Duration::from_millis(r.timeout_ms))?),
-            None => None,
-        };
+        let redis = link.map(RedisTier::new);
         let mut instance = [0u8; 8];
         let _ = getrandom::fill(&mut instance);
-        Ok(Some(Arc::new(Self {
+        Some(Arc::new(Self {
             rules,
             redis,
             local: LocalTier::default(),
@@ -185,7 +183,7 @@ impl Limiter {
             clock,
             next_id: AtomicU64::new(0),
             instance: u64::from_le_bytes(instance),
-        })))
+        }))
     }
 
     fn buckets(

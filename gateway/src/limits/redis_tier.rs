@@ -2,11 +2,10 @@
 //! the Redis server's clock; another returns what was reserved. Keys of one request share a hash
 //! tag (the team), so both scripts also run on Redis Cluster.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
+use crate::redis_link::RedisLink;
 use redis::Script;
-use redis::aio::ConnectionManager;
-use tokio::sync::Mutex;
 
 use super::{Bucket, Check, Refusal};
 
@@ -77,25 +76,11 @@ return 1
 
 /// How long a concurrency slot survives a replica that died holding it.
 const LEASE_US: u64 = 15 * 60 * 1_000_000;
-/// Least time between two connection attempts while Redis is away.
-const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
-#[derive(Debug, thiserror::Error)]
-pub enum TierError {
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("redis did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("redis is unreachable (next connection attempt in under a second)")]
-    Backoff,
-    #[error("redis answered with an unexpected shape")]
-    Shape,
-}
+pub use crate::redis_link::RedisLinkError as TierError;
 
 pub struct RedisTier {
-    client: redis::Client,
-    connection: Mutex<(Option<ConnectionManager>, Option<Instant>)>,
-    timeout: Duration,
+    link: Arc<RedisLink>,
     take: Script,
     settle: Script,
 }
@@ -103,39 +88,22 @@ pub struct RedisTier {
 impl std::fmt::Debug for RedisTier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisTier")
-            .field("timeout", &self.timeout)
+            .field("link", &self.link)
             .finish()
     }
 }
 
 impl RedisTier {
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, redis::RedisError> {
-        Ok(Self {
-            client: redis::Client::open(url)?,
-            connection: Mutex::new((None, None)),
-            timeout,
+    pub fn new(link: Arc<RedisLink>) -> Self {
+        Self {
+            link,
             take: Script::new(TAKE),
             settle: Script::new(SETTLE),
-        })
+        }
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, TierError> {
-        let mut guard = self.connection.lock().await;
-        if let Some(c) = &guard.0 {
-            return Ok(c.clone());
-        }
-        if guard.1.is_some_and(|t| t.elapsed() < RECONNECT_EVERY) {
-            return Err(TierError::Backoff);
-        }
-        guard.1 = Some(Instant::now());
-        let manager = tokio::time::timeout(
-            self.timeout * 4,
-            ConnectionManager::new(self.client.clone()),
-        )
-        .await
-        .map_err(|_| TierError::Timeout(self.timeout * 4))??;
-        guard.0 = Some(manager.clone());
-        Ok(manager)
+    async fn connection(&self) -> Result<redis::aio::ConnectionManager, TierError> {
+        self.link.connection().await
     }
 
     pub async fn take(
@@ -168,9 +136,9 @@ impl RedisTier {
             }
         }
         let reply: Vec<i64> =
-            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
+            tokio::time::timeout(self.link.timeout(), invocation.invoke_async(&mut conn))
                 .await
-                .map_err(|_| TierError::Timeout(self.timeout))??;
+                .map_err(|_| TierError::Timeout(self.link.timeout()))??;
         match reply.as_slice() {
             [0, bucket, retry, ..] => Ok(Err(Refusal {
                 bucket: (*bucket as usize).saturating_sub(1),
@@ -210,9 +178,10 @@ impl RedisTier {
                 }
             }
         }
-        let _: i64 = tokio::time::timeout(self.timeout * 4, invocation.invoke_async(&mut conn))
-            .await
-            .map_err(|_| TierError::Timeout(self.timeout * 4))??;
+        let _: i64 =
+            tokio::time::timeout(self.link.timeout() * 4, invocation.invoke_async(&mut conn))
+                .await
+                .map_err(|_| TierError::Timeout(self.link.timeout() * 4))??;
         Ok(())
     }
 }

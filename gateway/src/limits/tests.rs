@@ -36,10 +36,12 @@ key_sha256 = "{b}"
     );
     let config = Config::parse(&text).unwrap();
     let clock = Arc::new(FakeClock(AtomicU64::new(1_000_000_000_000)));
+    let redis = config.redis.as_ref().map(|r| {
+        let timeout = std::time::Duration::from_millis(r.timeout_ms);
+        Arc::new(crate::redis_link::RedisLink::new(&r.url, timeout).unwrap())
+    });
     (
-        Limiter::with_clock(&config, clock.clone())
-            .unwrap()
-            .unwrap(),
+        Limiter::with_clock(&config, redis, clock.clone()).unwrap(),
         clock,
     )
 }
