@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 use crate::auth::Principal;
-use crate::budgets::{now, remaining};
+use crate::budgets::{current, now};
 use crate::chat::json_response;
 use crate::error::ApiError;
 use crate::pricing::Money;
@@ -25,7 +25,15 @@ pub async fn balance(
     State(state): State<Arc<AppState>>,
     principal: axum::Extension<Principal>,
 ) -> Response {
-    let budgets = remaining(&state.budgets, &state.ledger, &principal, now());
+    let budgets = match current(&state.budgets, &state.ledger, &principal, now()).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::unavailable(
+                "Balance cannot be read right now (spend store unavailable); retry shortly.",
+            )
+            .into_response();
+        }
+    };
     let Some(tightest) = budgets.iter().min_by_key(|b| b.left()) else {
         return json_response(
             serde_json::to_vec(&json!({"is_available": true, "balance_infos": []})).expect("JSON"),

@@ -9,6 +9,8 @@ use crate::pricing::dollars;
 pub struct Budget {
     scope: LimitScope,
     name: String,
+    /// The team the counters are tagged with (the key's team for a key budget).
+    team: String,
     period: BudgetPeriod,
     /// Picodollars.
     amount: u64,
@@ -28,10 +30,18 @@ impl Remaining {
 }
 
 impl Budget {
-    pub fn from_config(c: &BudgetConfig) -> Self {
+    pub fn from_config(c: &BudgetConfig, keys: &[crate::config::KeyConfig]) -> Self {
+        let team = match c.scope {
+            LimitScope::Team => c.name.clone(),
+            LimitScope::Key => keys
+                .iter()
+                .find(|k| k.id == c.name)
+                .map_or_else(String::new, |k| k.team.clone()),
+        };
         Self {
             scope: c.scope,
             name: c.name.clone(),
+            team,
             period: c.period,
             amount: dollars(&c.amount).expect("validated amount"),
         }
@@ -41,6 +51,16 @@ impl Budget {
         match self.scope {
             LimitScope::Team => *p.team == *self.name,
             LimitScope::Key => *p.key_id == *self.name,
+        }
+    }
+
+    /// The current period's name in the shared counters: a day, a month, or `total`.
+    fn period_id(&self, now: u64) -> String {
+        let today = day_of(now);
+        match self.period {
+            BudgetPeriod::Day => today,
+            BudgetPeriod::Month => today[..7].to_owned(),
+            BudgetPeriod::Total => "total".to_owned(),
         }
     }
 
@@ -116,4 +136,61 @@ pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Every budget that applies to `principal`, from the shared counters when replicas share them
+/// (Redis), else from this process's ledger. Budgets fail closed: an unreadable store is an error.
+pub async fn current(
+    budgets: &[Budget],
+    ledger: &Ledger,
+    principal: &Principal,
+    now: u64,
+) -> Result<Vec<Remaining>, crate::redis_link::RedisLinkError> {
+    let Some(shared) = ledger.shared() else {
+        return Ok(remaining(budgets, ledger, principal, now));
+    };
+    let applicable: Vec<&Budget> = budgets.iter().filter(|b| b.applies(principal)).collect();
+    let counters: Vec<String> = applicable
+        .iter()
+        .map(|b| {
+            let scope = match b.scope {
+                LimitScope::Team => "team",
+                LimitScope::Key => "key",
+            };
+            crate::shared_spend::counter(&b.team, scope, &b.name, &b.period_id(now))
+        })
+        .collect();
+    let spent = shared.spent(&counters).await?;
+    Ok(applicable
+        .iter()
+        .zip(spent)
+        .map(|(b, spent)| Remaining {
+            amount: b.amount,
+            spent,
+        })
+        .collect())
+}
+
+/// Every budget with what is left of it now, `(scope, name, period, picodollars left)`, from the
+/// shared counters when there are any.
+pub async fn all_current(
+    budgets: &[Budget],
+    ledger: &Ledger,
+    now: u64,
+) -> Result<Vec<(&'static str, String, &'static str, u64)>, crate::redis_link::RedisLinkError> {
+    let mut out = all_remaining(budgets, ledger, now);
+    if let Some(shared) = ledger.shared() {
+        let counters: Vec<String> = budgets
+            .iter()
+            .zip(&out)
+            .map(|(b, (scope, ..))| {
+                crate::shared_spend::counter(&b.team, scope, &b.name, &b.period_id(now))
+            })
+            .collect();
+        let spent = shared.spent(&counters).await?;
+        for ((entry, b), spent) in out.iter_mut().zip(budgets).zip(spent) {
+            entry.3 = b.amount.saturating_sub(spent);
+        }
+    }
+    Ok(out)
 }

@@ -46,12 +46,24 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
     };
     settlement.estimate_from(body.clone(), thinking);
     // Budgets fail closed: a request that would start over an exhausted budget never leaves.
-    let budgets = crate::budgets::remaining(
+    let budgets = match crate::budgets::current(
         &state.budgets,
         &state.ledger,
         &principal,
         crate::budgets::now(),
-    );
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(target: "dsgw::ledger", error = %e, "budgets unreadable");
+            let e = ApiError::unavailable(
+                "Budgets cannot be checked right now (spend store unavailable); retry shortly.",
+            );
+            settlement.finish(Outcome::from(&e));
+            return e.into_response();
+        }
+    };
     if budgets.iter().any(|b| b.left() == 0) {
         state
             .metrics

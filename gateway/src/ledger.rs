@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::shared_spend::SharedSpend;
+
 /// How long the writer gathers records before one commit.
 const COMMIT_WINDOW: Duration = Duration::from_millis(20);
 
@@ -76,6 +78,8 @@ pub enum LedgerError {
 pub struct Ledger {
     aggregates: Mutex<Aggregates>,
     writer: Option<Mutex<Sender<Record>>>,
+    /// With Redis: the counters every replica's budgets read.
+    shared: Option<SharedSpend>,
 }
 
 /// Days since 1970-01-01 -> `YYYY-MM-DD` (proleptic Gregorian, UTC).
@@ -99,6 +103,7 @@ impl Ledger {
         Self {
             aggregates: Mutex::new(Aggregates::new()),
             writer: None,
+            shared: None,
         }
     }
 
@@ -147,10 +152,29 @@ impl Ledger {
         Ok(Self {
             aggregates: Mutex::new(aggregates),
             writer: Some(Mutex::new(tx)),
+            shared: None,
         })
     }
 
+    /// Also adds every record's cost to the Redis counters replicas share.
+    pub fn with_shared(mut self, shared: SharedSpend) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    pub fn shared(&self) -> Option<&SharedSpend> {
+        self.shared.as_ref()
+    }
+
     pub fn append(&self, record: Record) {
+        if let Some(shared) = &self.shared {
+            shared.record(
+                &record.team,
+                &record.key_id,
+                &day_of(record.ts),
+                record.cost,
+            );
+        }
         self.aggregates
             .lock()
             .expect("ledger lock")

@@ -23,6 +23,7 @@ pub mod relay;
 pub mod request;
 pub mod server;
 pub mod settlement;
+pub mod shared_spend;
 pub mod sse;
 pub mod state;
 pub mod upstream;

@@ -66,11 +66,14 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    // Budgets are read from the ledger at scrape time, so the gauges are never stale.
-    for (scope, name, period, left) in
-        crate::budgets::all_remaining(&state.budgets, &state.ledger, crate::budgets::now())
-    {
-        state.metrics.budget(scope, &name, period, left);
+    // Budgets are read from the ledger (or the shared counters) at scrape time: never stale.
+    match crate::budgets::all_current(&state.budgets, &state.ledger, crate::budgets::now()).await {
+        Ok(all) => {
+            for (scope, name, period, left) in all {
+                state.metrics.budget(scope, &name, period, left);
+            }
+        }
+        Err(e) => tracing::warn!(target: "dsgw::ledger", error = %e, "budget gauges not refreshed"),
     }
     let mut response = Response::new(Body::from(state.metrics.render()));
     response.headers_mut().insert(

@@ -12,6 +12,7 @@ use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::models::Catalog;
 use crate::redis_link::RedisLink;
+use crate::shared_spend::SharedSpend;
 use crate::upstream::{Provider, ProviderError};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +69,15 @@ impl AppState {
             accounting: config.server.accounting,
             limiter: Limiter::from_config(config, redis.clone()),
             metrics: Arc::new(Metrics::new()),
-            ledger: Arc::new(open_ledger(config)?),
-            budgets: config.budgets.iter().map(Budget::from_config).collect(),
+            ledger: Arc::new(match &redis {
+                Some(link) => open_ledger(config)?.with_shared(SharedSpend::new(link.clone())),
+                None => open_ledger(config)?,
+            }),
+            budgets: config
+                .budgets
+                .iter()
+                .map(|b| Budget::from_config(b, &config.keys))
+                .collect(),
             draining: AtomicBool::new(false),
         }))
     }

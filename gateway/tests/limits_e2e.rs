@@ -164,3 +164,42 @@ async fn redis_outage_fails_open_or_closed_as_configured_and_recovers() {
         "did not recover when Redis came back"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_redis_enforce_one_budget() {
+    let redis = RedisServer::start();
+    let fake = FakeUpstream::start(Some(harness::UPSTREAM_KEY)).await;
+    // Each "hi" costs 3.5 micro-dollars (2 prompt tokens at 0.28, 7 output at 0.42 per 1M).
+    let extra = format!(
+        "[redis]\nurl = \"{}\"\ntimeout_ms = 500\n\n[[budgets]]\nscope = \"team\"\nname = \"research\"\nperiod = \"day\"\namount = \"0.00002\"\n",
+        redis.url()
+    );
+    let (a, b) = (gateway(&fake, &extra), gateway(&fake, &extra));
+    let mut first_refusal = None;
+    for i in 0..14 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let status = chat(gw, "sk-alice", "hi", 10).await.status();
+        if status == 402 {
+            first_refusal = Some(i);
+            break;
+        }
+        assert_eq!(status, 200);
+        // Spend reaches the shared counters just after the response.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        first_refusal,
+        Some(6),
+        "six requests fit the team's budget across both replicas, not per replica"
+    );
+    let balance: Value = reqwest::Client::new()
+        .get(b.url("/user/balance"))
+        .bearer_auth("sk-alice")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(balance["is_available"], false);
+}
