@@ -60,10 +60,27 @@ pub struct UsageQuery {
     key_id: Option<String>,
 }
 
-fn rows(state: &AppState, filter: impl Fn(&str, &str) -> bool) -> Value {
-    let data: Vec<Value> = state
-        .ledger
-        .usage(filter)
+/// Usage rows from the shared tables when replicas share them (Redis), else from this process's
+/// ledger; `team` narrows the shared lookup to one team's tables.
+async fn rows(
+    state: &AppState,
+    team: Option<&str>,
+    filter: impl Fn(&str, &str) -> bool,
+) -> Response {
+    let rows = match state.ledger.shared() {
+        Some(shared) => match shared.usage(team, &filter).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(target: "dsgw::ledger", error = %e, "shared usage unreadable");
+                return ApiError::unavailable(
+                    "Usage cannot be read right now (spend store unavailable); retry shortly.",
+                )
+                .into_response();
+            }
+        },
+        None => state.ledger.usage(&filter),
+    };
+    let data: Vec<Value> = rows
         .into_iter()
         .map(|(date, model, deployment, t)| {
             json!({
@@ -74,7 +91,7 @@ fn rows(state: &AppState, filter: impl Fn(&str, &str) -> bool) -> Value {
             })
         })
         .collect();
-    json!({"object": "list", "data": data})
+    json_response(serde_json::to_vec(&json!({"object": "list", "data": data})).expect("JSON"))
 }
 
 pub async fn usage(
@@ -82,7 +99,7 @@ pub async fn usage(
     principal: axum::Extension<Principal>,
 ) -> Response {
     let key = principal.key_id.clone();
-    json_response(serde_json::to_vec(&rows(&state, |k, _| *k == *key)).expect("JSON"))
+    rows(&state, Some(&principal.team), |k, _| *k == *key).await
 }
 
 pub async fn admin_usage(
@@ -96,9 +113,9 @@ pub async fn admin_usage(
         )
         .into_response();
     }
-    let body = rows(&state, |k, t| {
+    rows(&state, q.team.as_deref(), |k, t| {
         q.team.as_deref().is_none_or(|want| want == t)
             && q.key_id.as_deref().is_none_or(|want| want == k)
-    });
-    json_response(serde_json::to_vec(&body).expect("JSON"))
+    })
+    .await
 }

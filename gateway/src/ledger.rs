@@ -168,12 +168,7 @@ impl Ledger {
 
     pub fn append(&self, record: Record) {
         if let Some(shared) = &self.shared {
-            shared.record(
-                &record.team,
-                &record.key_id,
-                &day_of(record.ts),
-                record.cost,
-            );
+            shared.record(&record);
         }
         self.aggregates
             .lock()

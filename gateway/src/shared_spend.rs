@@ -4,7 +4,15 @@
 
 use std::sync::Arc;
 
+use std::collections::{BTreeMap, HashMap};
+
+use crate::ledger::{Record, Totals, day_of};
 use crate::redis_link::{RedisLink, RedisLinkError};
+
+/// Separates the parts of a usage field (never in key ids, model or deployment names).
+const SEP: &str = "\u{1f}";
+/// Every team with usage, for the admin view.
+const TEAMS: &str = "dsgw:teams";
 
 /// Day counters outlive their day by this much, month counters their month.
 const DAY_TTL_S: i64 = 3 * 86_400;
@@ -25,15 +33,35 @@ impl SharedSpend {
         Self { link }
     }
 
-    /// Adds a request's cost (picodollars) on `day` (`YYYY-MM-DD`), off the request path.
-    pub fn record(&self, team: &str, key_id: &str, day: &str, cost_pico: u64) {
-        let nano = (cost_pico / 1000) as i64;
-        if nano == 0 {
-            return;
-        }
+    /// Adds a finished request to the shared counters (budgets) and usage tables, off the
+    /// request path.
+    pub fn record(&self, r: &Record) {
+        let (team, key_id, day) = (r.team.as_str(), r.key_id.as_str(), day_of(r.ts));
+        let day = day.as_str();
+        let nano = (r.cost / 1000) as i64;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for (scope, name) in [("team", team), ("key", key_id)] {
+        let table = format!("dsgw:{{{team}}}:usage:{day}");
+        for (metric, n) in [
+            ("requests", 1),
+            ("cache_hit", r.cache_hit),
+            ("cache_miss", r.cache_miss),
+            ("output", r.output),
+            ("reasoning", r.reasoning),
+            ("cost_nano", nano as u64),
+        ] {
+            let field = [key_id, &r.model, &r.deployment, metric].join(SEP);
+            pipe.cmd("HINCRBY").arg(&table).arg(field).arg(n).ignore();
+        }
+        pipe.cmd("SADD")
+            .arg(format!("dsgw:{{{team}}}:usage:days"))
+            .arg(day)
+            .ignore();
+        // Budget counters: only what costs something moves them.
+        for (scope, name) in [("team", team), ("key", key_id)]
+            .into_iter()
+            .filter(|_| nano > 0)
+        {
             for (period, ttl) in [
                 (day, Some(DAY_TTL_S)),
                 (&day[..7], Some(MONTH_TTL_S)),
@@ -46,9 +74,16 @@ impl SharedSpend {
                 }
             }
         }
+        // The team index lives outside the team's hash slot: a separate, idempotent command.
+        let mut index = redis::pipe();
+        index.cmd("SADD").arg(TEAMS).arg(team).ignore();
         let link = self.link.clone();
         let send = async move {
-            if let Err(e) = link.query::<()>(&pipe).await {
+            if let Err(e) = link
+                .query::<()>(&pipe)
+                .await
+                .and(link.query::<()>(&index).await)
+            {
                 tracing::error!(target: "dsgw::ledger", error = %e, "could not add spend to the shared counters");
             }
         };
@@ -58,6 +93,63 @@ impl SharedSpend {
             }
             Err(_) => tracing::error!(target: "dsgw::ledger", "no runtime to record shared spend"),
         }
+    }
+
+    /// Totals by (day, model, deployment) for the usage rows `filter(key_id, team)` keeps, in
+    /// `team` or in every team.
+    pub async fn usage(
+        &self,
+        team: Option<&str>,
+        filter: impl Fn(&str, &str) -> bool,
+    ) -> Result<Vec<(String, String, String, Totals)>, RedisLinkError> {
+        let teams: Vec<String> = match team {
+            Some(t) => vec![t.to_owned()],
+            None => {
+                let mut pipe = redis::pipe();
+                pipe.cmd("SMEMBERS").arg(TEAMS);
+                let (teams,): (Vec<String>,) = self.link.query(&pipe).await?;
+                teams
+            }
+        };
+        let mut out: BTreeMap<(String, String, String), Totals> = BTreeMap::new();
+        for team in &teams {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SMEMBERS")
+                .arg(format!("dsgw:{{{team}}}:usage:days"));
+            let (days,): (Vec<String>,) = self.link.query(&pipe).await?;
+            for day in days {
+                let mut pipe = redis::pipe();
+                pipe.cmd("HGETALL")
+                    .arg(format!("dsgw:{{{team}}}:usage:{day}"));
+                let (fields,): (HashMap<String, i64>,) = self.link.query(&pipe).await?;
+                for (field, n) in fields {
+                    let parts: Vec<&str> = field.split(SEP).collect();
+                    let [key, model, deployment, metric] = parts.as_slice() else {
+                        return Err(RedisLinkError::Shape);
+                    };
+                    if !filter(key, team) {
+                        continue;
+                    }
+                    let t = out
+                        .entry((day.clone(), (*model).to_owned(), (*deployment).to_owned()))
+                        .or_default();
+                    let n = n.max(0) as u64;
+                    match *metric {
+                        "requests" => t.requests += n,
+                        "cache_hit" => t.cache_hit += n,
+                        "cache_miss" => t.cache_miss += n,
+                        "output" => t.output += n,
+                        "reasoning" => t.reasoning += n,
+                        "cost_nano" => t.cost += n * 1000,
+                        _ => return Err(RedisLinkError::Shape),
+                    }
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|((d, m, dep), t)| (d, m, dep, t))
+            .collect())
     }
 
     /// Picodollars spent on each counter.

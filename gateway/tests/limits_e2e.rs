@@ -202,4 +202,17 @@ async fn replicas_sharing_redis_enforce_one_budget() {
         .await
         .unwrap();
     assert_eq!(balance["is_available"], false);
+    // Usage is shared too: gateway A served three of the six, and reports all six.
+    let usage: Value = reqwest::Client::new()
+        .get(a.url("/v1/usage"))
+        .bearer_auth("sk-alice")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["data"][0]["requests"], 6, "{usage}");
+    assert_eq!(usage["data"][0]["cost"], "0.000021");
+    assert_eq!(usage["data"][0]["prompt_cache_miss_tokens"], 12);
 }
