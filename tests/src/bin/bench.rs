@@ -39,6 +39,9 @@ struct Args {
     /// Rate for the Redis limit-tier comparison (0 skips it).
     #[arg(long, default_value_t = 1000)]
     limits_rate: u32,
+    /// Interleaved rounds for the accounting comparison (medians reported).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
     /// The gateway's log filter (DSGW_LOG); `info` writes one completion line per request.
     #[arg(long, default_value = "info")]
     log: String,
@@ -249,7 +252,12 @@ fn main() {
             let plain_config = harness::config(&base, "").replace("drain_timeout_secs = 5", "drain_timeout_secs = 5\naccounting = false");
             let plain_gw = Gateway::start(&args.dsgw, &plain_config, &env);
             let without = Target { name: "dsgw without accounting", url: plain_gw.url("/v1/chat/completions"), key: "sk-alice" };
-            println!("\n## Accounting and metrics overhead ({} req/s, {} s each, side by side)\n", args.limits_rate.max(1000), args.seconds);
+            println!(
+                "\n## Accounting and metrics overhead ({} req/s, {} s each, median of {} interleaved rounds)\n",
+                args.limits_rate.max(1000),
+                args.seconds,
+                args.rounds
+            );
             println!("| mode | added p50 without | added p50 with | added p99 without | added p99 with |");
             println!("|---|---|---|---|---|");
             for stream in [false, true] {
@@ -260,17 +268,30 @@ fn main() {
                     }
                 }
                 let rate = args.limits_rate.max(1000);
-                let d = open_loop(&pool, &direct, &body, rate, args.seconds).await;
-                let a = open_loop(&pool, &without, &body, rate, args.seconds).await;
-                let b = open_loop(&pool, &via, &body, rate, args.seconds).await;
-                let (d50, d99) = (pct(&d.latencies, 0.5), pct(&d.latencies, 0.99));
+                // Interleaved rounds, medians reported: single runs on a shared machine swing more
+                // than the effect measured.
+                let (mut a50, mut b50, mut a99, mut b99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..args.rounds {
+                    let d = open_loop(&pool, &direct, &body, rate, args.seconds).await;
+                    let a = open_loop(&pool, &without, &body, rate, args.seconds).await;
+                    let b = open_loop(&pool, &via, &body, rate, args.seconds).await;
+                    let (d50, d99) = (pct(&d.latencies, 0.5), pct(&d.latencies, 0.99));
+                    a50.push(pct(&a.latencies, 0.5) - d50);
+                    b50.push(pct(&b.latencies, 0.5) - d50);
+                    a99.push(pct(&a.latencies, 0.99) - d99);
+                    b99.push(pct(&b.latencies, 0.99) - d99);
+                }
+                let median = |v: &mut Vec<f64>| {
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                };
                 println!(
                     "| {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms |",
                     if stream { "stream" } else { "non-stream" },
-                    pct(&a.latencies, 0.5) - d50,
-                    pct(&b.latencies, 0.5) - d50,
-                    pct(&a.latencies, 0.99) - d99,
-                    pct(&b.latencies, 0.99) - d99,
+                    median(&mut a50),
+                    median(&mut b50),
+                    median(&mut a99),
+                    median(&mut b99),
                 );
             }
         }
