@@ -119,3 +119,26 @@ pub async fn admin_usage(
     })
     .await
 }
+
+/// `GET /v1/admin/deployments`: every deployment's circuit, for operators.
+pub async fn deployments(
+    State(state): State<Arc<AppState>>,
+    principal: axum::Extension<Principal>,
+) -> Response {
+    if !principal.admin {
+        return ApiError::forbidden(
+            "This key may not read deployment health (set `admin = true` on it).",
+        )
+        .into_response();
+    }
+    let data: Vec<Value> = state
+        .catalog
+        .models()
+        .flat_map(|m| {
+            m.deployments.iter().map(move |d| {
+                json!({"model": m.name, "provider": d.provider.name, "upstream_model": d.upstream_model, "circuit": d.breaker.label()})
+            })
+        })
+        .collect();
+    json_response(serde_json::to_vec(&json!({"object": "list", "data": data})).expect("JSON"))
+}

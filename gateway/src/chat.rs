@@ -251,6 +251,9 @@ async fn dispatch<'a>(
     }
     let mut last_error = None;
     for deployment in &model.deployments {
+        if !deployment.breaker.allow(std::time::Instant::now()) {
+            continue;
+        }
         let provider = &deployment.provider;
         let attempt = match &provider.transport {
             Transport::Remote(remote) => {
@@ -263,13 +266,26 @@ async fn dispatch<'a>(
             Transport::Local(local) => local.start(request, thinking).map(Answer::Local),
         };
         match attempt {
-            Ok(answer) => return Ok((deployment, answer)),
+            Ok(answer) => {
+                deployment.breaker.success();
+                return Ok((deployment, answer));
+            }
             Err(e) if e.retryable => {
-                tracing::warn!(provider = %provider.name, status = e.status.as_u16(), "deployment failed, trying the next");
+                deployment.breaker.failure(std::time::Instant::now());
+                tracing::warn!(provider = %provider.name, status = e.status.as_u16(), circuit = deployment.breaker.label(), "deployment failed, trying the next");
                 last_error = Some(e);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                // The provider answered (the request was at fault): it is healthy.
+                deployment.breaker.success();
+                return Err(e);
+            }
         }
     }
-    Err(last_error.expect("at least one deployment was tried"))
+    Err(last_error.unwrap_or_else(|| {
+        ApiError::unavailable(format!(
+            "Every deployment of `{}` is failing (circuit open); retry shortly.",
+            model.name
+        ))
+    }))
 }

@@ -12,6 +12,7 @@ pub mod chat;
 pub mod config;
 pub mod error;
 pub mod estimate;
+pub mod health;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;

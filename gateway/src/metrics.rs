@@ -42,6 +42,7 @@ pub struct Metrics {
     rejections: IntCounterVec,
     savings: IntCounterVec,
     budget_remaining: prometheus::IntGaugeVec,
+    circuit: prometheus::IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -138,6 +139,17 @@ impl Metrics {
         registry
             .register(Box::new(budget_remaining.clone()))
             .expect("unique metric");
+        let circuit = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "dsgw_circuit_state",
+                "Each deployment's circuit: 0 closed, 1 half-open, 2 open.",
+            ),
+            &["model", "provider", "deployment"],
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(circuit.clone()))
+            .expect("unique metric");
         for c in [&requests, &tokens, &cost, &errors, &rejections, &savings] {
             registry
                 .register(Box::new(c.clone()))
@@ -161,6 +173,7 @@ impl Metrics {
             rejections,
             savings,
             budget_remaining,
+            circuit,
         }
     }
 
@@ -242,6 +255,18 @@ impl Metrics {
         self.rejections
             .with_label_values(&[team, key_id, reason])
             .inc();
+    }
+
+    /// Sets a deployment's circuit state.
+    pub fn circuit(&self, model: &str, provider: &str, deployment: &str, state: &str) {
+        let value = match state {
+            "closed" => 0,
+            "half_open" => 1,
+            _ => 2,
+        };
+        self.circuit
+            .with_label_values(&[model, provider, deployment])
+            .set(value);
     }
 
     /// Sets a budget's remaining amount (picodollars in, nanodollars out).

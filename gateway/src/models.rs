@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::{Config, ProviderKind};
+use crate::health::Breaker;
 use crate::pricing::Price;
 use crate::upstream::Provider;
 
@@ -20,6 +21,8 @@ pub struct Deployment {
     /// The model name the provider knows.
     pub upstream_model: String,
     pub price: Arc<Price>,
+    /// Opens after consecutive provider failures so requests skip a deployment that is down.
+    pub breaker: Arc<Breaker>,
 }
 
 /// An exposed model name and how to serve it.
@@ -121,6 +124,7 @@ impl Catalog {
                                 provider,
                                 upstream_model: d.model.clone(),
                                 price: Arc::new(price),
+                                breaker: Arc::new(Breaker::default()),
                             }
                         })
                         .collect(),
@@ -137,6 +141,11 @@ impl Catalog {
 
     pub fn get(&self, name: &str) -> Option<&Arc<ModelSpec>> {
         self.by_name.get(name).map(|&i| &self.models[i])
+    }
+
+    /// Every model with its deployments, in configuration order.
+    pub fn models(&self) -> impl Iterator<Item = &ModelSpec> {
+        self.models.iter().map(|m| m.as_ref())
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

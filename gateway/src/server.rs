@@ -37,6 +37,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/user/balance", get(account::balance))
         .route("/v1/usage", get(account::usage))
         .route("/v1/admin/usage", get(account::admin_usage))
+        .route("/v1/admin/deployments", get(account::deployments))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
 
     public
@@ -66,6 +67,16 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    for m in state.catalog.models() {
+        for d in &m.deployments {
+            state.metrics.circuit(
+                &m.name,
+                &d.provider.name,
+                &d.upstream_model,
+                d.breaker.label(),
+            );
+        }
+    }
     // Budgets are read from the ledger (or the shared counters) at scrape time: never stale.
     match crate::budgets::all_current(&state.budgets, &state.ledger, crate::budgets::now()).await {
         Ok(all) => {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{setup, setup_with, sse_data, user};
+use common::{JsonBody, setup, setup_with, sse_data, user};
 use dsgw_tests::harness::UPSTREAM_KEY;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -337,6 +337,20 @@ async fn every_error_has_the_envelope_and_the_right_status() {
     assert_eq!(status, 413, "{body}");
 
     // Upstream failures.
+    let r = s
+        .http
+        .post(s.gw.url("/v1/chat/completions"))
+        .bearer_auth("sk-alice")
+        .json_body(&json!({"model": "deepseek-chat", "messages": user("__status_429__")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.headers()["retry-after"],
+        "7",
+        "the provider's Retry-After reaches the client"
+    );
     for (magic, expected) in [
         ("__status_503__", 502),
         ("__status_500__", 502),
@@ -510,16 +524,72 @@ async fn failed_deployment_falls_through_to_the_next() {
         c.replace(
             r#"deployments = [{ provider = "deepseek", model = "deepseek-chat" }]"#,
             r#"deployments = [{ provider = "dead", model = "x" }, { provider = "deepseek", model = "deepseek-chat" }]"#,
-        ) + "\n[[providers]]\nname = \"dead\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9\"\n"
+        )
+        .replace("key_sha256 = ", "admin = true\nkey_sha256 = ")
+            + "\n[[providers]]\nname = \"dead\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9\"\n"
     })
     .await;
-    let (status, v) = s
-        .post(
-            "sk-alice",
-            &json!({"model": "deepseek-chat", "messages": user("hi")}),
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
+    for _ in 0..8 {
+        let (status, v) = s
+            .post(
+                "sk-alice",
+                &json!({"model": "deepseek-chat", "messages": user("hi")}),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    // Five consecutive failures opened the dead deployment's circuit: later requests skip it.
+    assert!(s.gw.wait_for_log("circuit=\"open\"", Duration::from_secs(5)));
+    assert_eq!(
+        s.gw.logs()
+            .matches("deployment failed, trying the next")
+            .count(),
+        5,
+        "{}",
+        s.gw.logs()
+    );
+    let health: Value = s
+        .http
+        .get(s.gw.url("/v1/admin/deployments"))
+        .bearer_auth("sk-alice")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dead = health["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["provider"] == "dead")
+        .unwrap();
+    assert_eq!(dead["circuit"], "open");
+    let metrics = s
+        .http
+        .get(s.gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"dsgw_circuit_state{deployment="x",model="deepseek-chat",provider="dead"} 2"#
+        ),
+        "{metrics}"
+    );
+    assert_eq!(
+        s.http
+            .get(s.gw.url("/v1/admin/deployments"))
+            .bearer_auth("sk-bob")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -159,11 +159,19 @@ fn error(status: StatusCode, message: &str) -> Response {
     } else {
         "invalid_request_error"
     };
-    json_response(
+    let mut response = json_response(
         status,
         json!({"error": {"message": message, "type": kind, "param": null, "code": "invalid_request_error"}})
             .to_string(),
-    )
+    );
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // DeepSeek-like providers say when to come back.
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("7"),
+        );
+    }
+    response
 }
 
 /// The answer the fake will give, before it is shaped for the wire.

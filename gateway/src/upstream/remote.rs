@@ -141,8 +141,18 @@ impl HttpProvider {
         if status.is_success() {
             return Ok(response);
         }
+        // A provider's Retry-After (seconds) reaches the client with its 429.
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let body = self.read_body(response).await.unwrap_or_default();
-        Err(ApiError::from_upstream(&self.name, status, &body))
+        let mut error = ApiError::from_upstream(&self.name, status, &body);
+        if status == http::StatusCode::TOO_MANY_REQUESTS {
+            error.retry_after = retry_after;
+        }
+        Err(error)
     }
 
     /// Reads a whole body, allowing at most the idle timeout between chunks.
