@@ -40,14 +40,7 @@ async fn cost_is_exact_in_headers_usage_and_metrics() {
     let body = json!({"model": "deepseek-reasoner", "messages": user(&long)});
     let mut last = Value::Null;
     for _ in 0..2 {
-        let r = s
-            .http
-            .post(s.gw.url("/v1/chat/completions"))
-            .bearer_auth("sk-alice")
-            .json_body(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = s.request("sk-alice", &body).await;
         assert_eq!(r.status(), 200);
         let header = r.headers()["x-dsgw-cost"].to_str().unwrap().to_owned();
         assert_eq!(r.headers()["x-dsgw-cost-currency"], "USD");
@@ -306,14 +299,7 @@ async fn openrouter_usage_is_priced_from_cached_tokens_without_double_counting()
     let body = json!({"model": "openrouter-reasoner", "messages": user(&long)});
     let mut last = Value::Null;
     for _ in 0..2 {
-        let r = s
-            .http
-            .post(s.gw.url("/v1/chat/completions"))
-            .bearer_auth("sk-alice")
-            .json_body(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = s.request("sk-alice", &body).await;
         last = r.json().await.unwrap();
     }
     let u = &last["usage"];

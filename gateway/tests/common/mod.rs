@@ -68,6 +68,17 @@ impl Setup {
         (status, value)
     }
 
+    /// Posts a chat request as `key` and returns the response, headers and all.
+    pub async fn request(&self, key: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.gw.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json_body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Starts a `deepseek-chat` stream whose user message is `content` and returns the open response.
     pub async fn open_stream(&self, content: &str) -> reqwest::Response {
         self.http
