@@ -4,6 +4,7 @@ use crate::auth::Principal;
 use crate::config::{BudgetConfig, BudgetPeriod, LimitScope};
 use crate::ledger::{Ledger, day_of};
 use crate::pricing::dollars;
+use crate::redis_link::RedisLinkError;
 
 #[derive(Debug, Clone)]
 pub struct Budget {
@@ -54,113 +55,53 @@ impl Budget {
         }
     }
 
-    /// The current period's name in the shared counters: a day, a month, or `total`.
-    fn period_id(&self, now: u64) -> String {
-        let today = day_of(now);
-        match self.period {
-            BudgetPeriod::Day => today,
-            BudgetPeriod::Month => today[..7].to_owned(),
-            BudgetPeriod::Total => "total".to_owned(),
+    fn scope_label(&self) -> &'static str {
+        match self.scope {
+            LimitScope::Team => "team",
+            LimitScope::Key => "key",
         }
     }
 
-    /// Inclusive day range of the current period.
-    fn range(&self, now: u64) -> (String, String) {
-        let today = day_of(now);
+    fn period_label(&self) -> &'static str {
         match self.period {
-            BudgetPeriod::Day => (today.clone(), today),
-            BudgetPeriod::Month => (format!("{}-01", &today[..7]), format!("{}-31", &today[..7])),
-            BudgetPeriod::Total => ("0000-00-00".to_owned(), "9999-99-99".to_owned()),
+            BudgetPeriod::Day => "day",
+            BudgetPeriod::Month => "month",
+            BudgetPeriod::Total => "total",
         }
+    }
+
+    /// The spend counter of the current period (a day, a month, or all time).
+    fn counter(&self, now: u64) -> String {
+        let today = day_of(now);
+        let period = match self.period {
+            BudgetPeriod::Day => today.as_str(),
+            BudgetPeriod::Month => &today[..7],
+            BudgetPeriod::Total => "total",
+        };
+        crate::shared_spend::counter(&self.team, self.scope_label(), &self.name, period)
     }
 }
 
-/// Every budget with its remaining amount now: `(scope, name, period, picodollars left)`.
-pub fn all_remaining(
-    budgets: &[Budget],
-    ledger: &Ledger,
-    now: u64,
-) -> Vec<(&'static str, String, &'static str, u64)> {
-    budgets
-        .iter()
-        .map(|b| {
-            let (from, to) = b.range(now);
-            let spent = ledger.spend(&from, &to, |key, team| match b.scope {
-                LimitScope::Team => team == b.name,
-                LimitScope::Key => key == b.name,
-            });
-            let scope = match b.scope {
-                LimitScope::Team => "team",
-                LimitScope::Key => "key",
-            };
-            let period = match b.period {
-                BudgetPeriod::Day => "day",
-                BudgetPeriod::Month => "month",
-                BudgetPeriod::Total => "total",
-            };
-            (
-                scope,
-                b.name.clone(),
-                period,
-                b.amount.saturating_sub(spent),
-            )
-        })
-        .collect()
+/// Picodollars spent on each of `budgets` in its current period: from the counters replicas
+/// share when there are any (Redis), else from this process's ledger. An unreadable shared store
+/// is an error: budgets fail closed.
+async fn spent(budgets: &[&Budget], ledger: &Ledger, now: u64) -> Result<Vec<u64>, RedisLinkError> {
+    let counters: Vec<String> = budgets.iter().map(|b| b.counter(now)).collect();
+    match ledger.shared() {
+        Some(shared) => shared.spent(&counters).await,
+        None => Ok(ledger.spent(&counters)),
+    }
 }
 
 /// Every budget that applies to `principal`, with what is spent in its current period.
-pub fn remaining(
-    budgets: &[Budget],
-    ledger: &Ledger,
-    principal: &Principal,
-    now: u64,
-) -> Vec<Remaining> {
-    budgets
-        .iter()
-        .filter(|b| b.applies(principal))
-        .map(|b| {
-            let (from, to) = b.range(now);
-            let spent = ledger.spend(&from, &to, |key, team| match b.scope {
-                LimitScope::Team => team == b.name,
-                LimitScope::Key => key == b.name,
-            });
-            Remaining {
-                amount: b.amount,
-                spent,
-            }
-        })
-        .collect()
-}
-
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Every budget that applies to `principal`, from the shared counters when replicas share them
-/// (Redis), else from this process's ledger. Budgets fail closed: an unreadable store is an error.
 pub async fn current(
     budgets: &[Budget],
     ledger: &Ledger,
     principal: &Principal,
     now: u64,
-) -> Result<Vec<Remaining>, crate::redis_link::RedisLinkError> {
-    let Some(shared) = ledger.shared() else {
-        return Ok(remaining(budgets, ledger, principal, now));
-    };
+) -> Result<Vec<Remaining>, RedisLinkError> {
     let applicable: Vec<&Budget> = budgets.iter().filter(|b| b.applies(principal)).collect();
-    let counters: Vec<String> = applicable
-        .iter()
-        .map(|b| {
-            let scope = match b.scope {
-                LimitScope::Team => "team",
-                LimitScope::Key => "key",
-            };
-            crate::shared_spend::counter(&b.team, scope, &b.name, &b.period_id(now))
-        })
-        .collect();
-    let spent = shared.spent(&counters).await?;
+    let spent = spent(&applicable, ledger, now).await?;
     Ok(applicable
         .iter()
         .zip(spent)
@@ -171,26 +112,30 @@ pub async fn current(
         .collect())
 }
 
-/// Every budget with what is left of it now, `(scope, name, period, picodollars left)`, from the
-/// shared counters when there are any.
+/// Every budget with what is left of it now: `(scope, name, period, picodollars left)`.
 pub async fn all_current(
     budgets: &[Budget],
     ledger: &Ledger,
     now: u64,
-) -> Result<Vec<(&'static str, String, &'static str, u64)>, crate::redis_link::RedisLinkError> {
-    let mut out = all_remaining(budgets, ledger, now);
-    if let Some(shared) = ledger.shared() {
-        let counters: Vec<String> = budgets
-            .iter()
-            .zip(&out)
-            .map(|(b, (scope, ..))| {
-                crate::shared_spend::counter(&b.team, scope, &b.name, &b.period_id(now))
-            })
-            .collect();
-        let spent = shared.spent(&counters).await?;
-        for ((entry, b), spent) in out.iter_mut().zip(budgets).zip(spent) {
-            entry.3 = b.amount.saturating_sub(spent);
-        }
-    }
-    Ok(out)
+) -> Result<Vec<(&'static str, String, &'static str, u64)>, RedisLinkError> {
+    let all: Vec<&Budget> = budgets.iter().collect();
+    let spent = spent(&all, ledger, now).await?;
+    Ok(all
+        .iter()
+        .zip(spent)
+        .map(|(b, spent)| {
+            (
+                b.scope_label(),
+                b.name.clone(),
+                b.period_label(),
+                b.amount.saturating_sub(spent),
+            )
+        })
+        .collect())
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -4,7 +4,7 @@
 //! records not yet committed (requests that ended in the last commit window), never committed
 //! spend; a torn last line from a crash is skipped on replay.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -53,17 +53,46 @@ pub struct Totals {
 
 impl Totals {
     fn add(&mut self, r: &Record) {
-        self.requests += 1;
-        self.cache_hit += r.cache_hit;
-        self.cache_miss += r.cache_miss;
-        self.output += r.output;
-        self.reasoning += r.reasoning;
-        self.cost += r.cost;
+        self.merge(&Totals {
+            requests: 1,
+            cache_hit: r.cache_hit,
+            cache_miss: r.cache_miss,
+            output: r.output,
+            reasoning: r.reasoning,
+            cost: r.cost,
+        });
+    }
+
+    pub fn merge(&mut self, other: &Totals) {
+        self.requests += other.requests;
+        self.cache_hit += other.cache_hit;
+        self.cache_miss += other.cache_miss;
+        self.output += other.output;
+        self.reasoning += other.reasoning;
+        self.cost += other.cost;
     }
 }
 
 /// `(day, key_id, team, model, deployment)` -> totals: everything the queries group by.
 type Aggregates = BTreeMap<(String, String, String, String, String), Totals>;
+
+/// What the ledger keeps in memory: the usage aggregates, and spend counters (picodollars)
+/// named like the shared ones (`shared_spend::counter`), so a budget check is one lookup
+/// however long the ledger grows.
+#[derive(Debug, Default)]
+struct Book {
+    aggregates: Aggregates,
+    counters: HashMap<String, u64>,
+}
+
+impl Book {
+    fn add(&mut self, r: &Record) {
+        self.aggregates.entry(group(r)).or_default().add(r);
+        for counter in crate::shared_spend::counters_for(&r.team, &r.key_id, &day_of(r.ts)) {
+            *self.counters.entry(counter).or_default() += r.cost;
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -76,7 +105,7 @@ pub enum LedgerError {
 
 #[derive(Debug)]
 pub struct Ledger {
-    aggregates: Mutex<Aggregates>,
+    book: Mutex<Book>,
     writer: Option<Mutex<Sender<Record>>>,
     /// With Redis: the counters every replica's budgets read.
     shared: Option<SharedSpend>,
@@ -101,7 +130,7 @@ impl Ledger {
     /// A ledger that only keeps aggregates in memory.
     pub fn in_memory() -> Self {
         Self {
-            aggregates: Mutex::new(Aggregates::new()),
+            book: Mutex::new(Book::default()),
             writer: None,
             shared: None,
         }
@@ -116,14 +145,14 @@ impl Ledger {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let mut aggregates = Aggregates::new();
+        let mut book = Book::default();
         if path.exists() {
             let file = File::open(path).map_err(io)?;
             for line in BufReader::new(file).lines() {
                 let line = line.map_err(io)?;
                 // A torn final line from a crash is not a committed record.
                 if let Ok(record) = serde_json::from_str::<Record>(&line) {
-                    aggregates.entry(group(&record)).or_default().add(&record);
+                    book.add(&record);
                 }
             }
         }
@@ -150,7 +179,7 @@ impl Ledger {
             .spawn(move || write_loop(file, rx))
             .map_err(io)?;
         Ok(Self {
-            aggregates: Mutex::new(aggregates),
+            book: Mutex::new(book),
             writer: Some(Mutex::new(tx)),
             shared: None,
         })
@@ -170,12 +199,7 @@ impl Ledger {
         if let Some(shared) = &self.shared {
             shared.record(&record);
         }
-        self.aggregates
-            .lock()
-            .expect("ledger lock")
-            .entry(group(&record))
-            .or_default()
-            .add(&record);
+        self.book.lock().expect("ledger lock").add(&record);
         if let Some(writer) = &self.writer
             && writer
                 .lock()
@@ -187,17 +211,13 @@ impl Ledger {
         }
     }
 
-    /// Spend (picodollars) matching `filter` on days in `[from, to]` (inclusive, `YYYY-MM-DD`).
-    pub fn spend(&self, from: &str, to: &str, filter: impl Fn(&str, &str) -> bool) -> u64 {
-        self.aggregates
-            .lock()
-            .expect("ledger lock")
+    /// Picodollars on each named spend counter (`shared_spend::counter`).
+    pub fn spent(&self, counters: &[String]) -> Vec<u64> {
+        let book = self.book.lock().expect("ledger lock");
+        counters
             .iter()
-            .filter(|((day, key, team, _, _), _)| {
-                day.as_str() >= from && day.as_str() <= to && filter(key, team)
-            })
-            .map(|(_, t)| t.cost)
-            .sum()
+            .map(|c| book.counters.get(c).copied().unwrap_or(0))
+            .collect()
     }
 
     /// Totals by day, model and deployment for the rows `filter` keeps.
@@ -207,18 +227,12 @@ impl Ledger {
     ) -> Vec<(String, String, String, Totals)> {
         let mut out: BTreeMap<(String, String, String), Totals> = BTreeMap::new();
         for ((day, key, team, model, deployment), t) in
-            self.aggregates.lock().expect("ledger lock").iter()
+            self.book.lock().expect("ledger lock").aggregates.iter()
         {
             if filter(key, team) {
-                let e = out
-                    .entry((day.clone(), model.clone(), deployment.clone()))
-                    .or_default();
-                e.requests += t.requests;
-                e.cache_hit += t.cache_hit;
-                e.cache_miss += t.cache_miss;
-                e.output += t.output;
-                e.reasoning += t.reasoning;
-                e.cost += t.cost;
+                out.entry((day.clone(), model.clone(), deployment.clone()))
+                    .or_default()
+                    .merge(t);
             }
         }
         out.into_iter()
@@ -280,6 +294,10 @@ mod tests {
         }
     }
 
+    fn counter(scope: &str, name: &str, period: &str) -> String {
+        crate::shared_spend::counter("research", scope, name, period)
+    }
+
     #[test]
     fn days_are_civil_dates_in_utc() {
         assert_eq!(day_of(0), "1970-01-01");
@@ -301,21 +319,27 @@ mod tests {
         f.write_all(b"{\"ts\":1795883819,\"key_id\":\"al").unwrap();
         {
             let l = Ledger::open(&path).unwrap();
-            assert_eq!(l.spend("2026-11-28", "2026-11-28", |_, _| true), 1500);
+            assert_eq!(
+                l.spent(&[counter("team", "research", "2026-11-28")]),
+                [1500]
+            );
             l.append(record(1_795_883_820, "alice", 7));
             std::thread::sleep(Duration::from_millis(100));
         }
         let l = Ledger::open(&path).unwrap();
         assert_eq!(
-            l.spend("2026-11-28", "2026-11-28", |_, _| true),
-            1507,
+            l.spent(&[counter("team", "research", "2026-11-28")]),
+            [1507],
             "a record after a torn line survives"
         );
         assert_eq!(
-            l.spend("2026-11-28", "2026-11-28", |k, _| k == "alice"),
-            1007
+            l.spent(&[
+                counter("key", "alice", "2026-11"),
+                counter("key", "alice", "total")
+            ]),
+            [1007, 1007]
         );
-        assert_eq!(l.spend("2026-11-29", "2026-12-31", |_, _| true), 0);
+        assert_eq!(l.spent(&[counter("team", "research", "2026-11-29")]), [0]);
         let usage = l.usage(|_, t| t == "research");
         assert_eq!(usage.len(), 1);
         assert_eq!(usage[0].3.requests, 3);

@@ -28,6 +28,20 @@ pub fn counter(team: &str, scope: &str, name: &str, period: &str) -> String {
     format!("dsgw:{{{team}}}:spend:{scope}:{name}:{period}")
 }
 
+/// The six counters one request adds to: its key's and its team's, for its day, its month and
+/// all time.
+pub fn counters_for(team: &str, key_id: &str, day: &str) -> [String; 6] {
+    let month = &day[..7];
+    [
+        counter(team, "team", team, day),
+        counter(team, "team", team, month),
+        counter(team, "team", team, "total"),
+        counter(team, "key", key_id, day),
+        counter(team, "key", key_id, month),
+        counter(team, "key", key_id, "total"),
+    ]
+}
+
 impl SharedSpend {
     pub fn new(link: Arc<RedisLink>) -> Self {
         Self { link }
@@ -57,20 +71,20 @@ impl SharedSpend {
             .arg(format!("dsgw:{{{team}}}:usage:days"))
             .arg(day)
             .ignore();
-        // Budget counters: only what costs something moves them.
-        for (scope, name) in [("team", team), ("key", key_id)]
-            .into_iter()
-            .filter(|_| nano > 0)
-        {
-            for (period, ttl) in [
-                (day, Some(DAY_TTL_S)),
-                (&day[..7], Some(MONTH_TTL_S)),
-                ("total", None),
-            ] {
-                let key = counter(team, scope, name, period);
-                pipe.cmd("INCRBY").arg(&key).arg(nano).ignore();
+        if nano > 0 {
+            // Day, month, total for the team, then the same for the key (see `counters_for`).
+            let ttls = [
+                Some(DAY_TTL_S),
+                Some(MONTH_TTL_S),
+                None,
+                Some(DAY_TTL_S),
+                Some(MONTH_TTL_S),
+                None,
+            ];
+            for (key, ttl) in counters_for(team, key_id, day).iter().zip(ttls) {
+                pipe.cmd("INCRBY").arg(key).arg(nano).ignore();
                 if let Some(ttl) = ttl {
-                    pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+                    pipe.cmd("EXPIRE").arg(key).arg(ttl).ignore();
                 }
             }
         }
