@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{JsonBody, setup_with, user};
+use common::{setup_with, user};
 use serde_json::{Value, json};
 
 /// Picodollars of a usage at DeepSeek-V3.2 prices (0.028 / 0.28 / 0.42 USD per 1M tokens).
@@ -71,13 +71,11 @@ async fn cost_is_exact_in_headers_usage_and_metrics() {
 
     // A custom price table on the vLLM deployment: cached_tokens are hits, priced at 0.01.
     let r = s
-        .http
-        .post(s.gw.url("/v1/chat/completions"))
-        .bearer_auth("sk-bob")
-        .json_body(&json!({"model": "vllm-chat", "messages": user("hello there")}))
-        .send()
-        .await
-        .unwrap();
+        .request(
+            "sk-bob",
+            &json!({"model": "vllm-chat", "messages": user("hello there")}),
+        )
+        .await;
     let v: Value = r.json().await.unwrap();
     let u = &v["usage"];
     let n = |k: &str| u[k].as_u64().unwrap();
@@ -162,13 +160,11 @@ async fn budgets_refuse_with_402_balance_and_usage_report_and_the_ledger_survive
     let mut refused = None;
     for i in 0..10 {
         let r = s
-            .http
-            .post(s.gw.url("/v1/chat/completions"))
-            .bearer_auth("sk-bob")
-            .json_body(&json!({"model": "deepseek-chat", "messages": user("hello")}))
-            .send()
-            .await
-            .unwrap();
+            .request(
+                "sk-bob",
+                &json!({"model": "deepseek-chat", "messages": user("hello")}),
+            )
+            .await;
         if r.status() == 402 {
             let v: Value = r.json().await.unwrap();
             assert_eq!(v["error"]["message"], "Insufficient Balance");
@@ -231,13 +227,11 @@ async fn budgets_refuse_with_402_balance_and_usage_report_and_the_ledger_survive
         "committed spend lost by kill -9"
     );
     let r = s
-        .http
-        .post(s.gw.url("/v1/chat/completions"))
-        .bearer_auth("sk-bob")
-        .json_body(&json!({"model": "deepseek-chat", "messages": user("hello")}))
-        .send()
-        .await
-        .unwrap();
+        .request(
+            "sk-bob",
+            &json!({"model": "deepseek-chat", "messages": user("hello")}),
+        )
+        .await;
     assert_eq!(
         r.status(),
         402,

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{JsonBody, setup_with, user};
+use common::{setup_with, user};
 use dsgw_tests::prometheus_server::PrometheusServer;
 use serde_json::{Value, json};
 
@@ -78,36 +78,30 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
         .join(" ");
     for _ in 0..3 {
         let r = s
-            .http
-            .post(s.gw.url("/v1/chat/completions"))
-            .bearer_auth("sk-alice")
-            .json_body(&json!({"model": "deepseek-chat", "messages": user(&long)}))
-            .send()
-            .await
-            .unwrap();
+            .request(
+                "sk-alice",
+                &json!({"model": "deepseek-chat", "messages": user(&long)}),
+            )
+            .await;
         assert_eq!(r.status(), 200);
     }
     s.stream(&json!({"model": "deepseek-reasoner", "messages": user("hi"), "stream": true}))
         .await;
     let failed = s
-        .http
-        .post(s.gw.url("/v1/chat/completions"))
-        .bearer_auth("sk-alice")
-        .json_body(&json!({"model": "deepseek-chat", "messages": user("__status_503__")}))
-        .send()
-        .await
-        .unwrap();
+        .request(
+            "sk-alice",
+            &json!({"model": "deepseek-chat", "messages": user("__status_503__")}),
+        )
+        .await;
     assert_eq!(failed.status(), 502);
     let mut limited = false;
     for _ in 0..4 {
         let r = s
-            .http
-            .post(s.gw.url("/v1/chat/completions"))
-            .bearer_auth("sk-bob")
-            .json_body(&json!({"model": "deepseek-chat", "messages": user("hi")}))
-            .send()
-            .await
-            .unwrap();
+            .request(
+                "sk-bob",
+                &json!({"model": "deepseek-chat", "messages": user("hi")}),
+            )
+            .await;
         limited |= r.status() == 429;
     }
     assert!(limited);
