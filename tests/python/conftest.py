@@ -105,13 +105,20 @@ id = "alice"
 team = "research"
 key_sha256 = "{alice}"
 """
+    yield from serve(config)
+
+
+def serve(config):
+    """Runs `dsgw serve` with `config` (TOML text) until the fixture using it ends."""
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         f.write(config)
     env = dict(os.environ, FAKE_DEEPSEEK_KEY=UPSTREAM_KEY, NO_COLOR="1")
     p = Process([_binary("DSGW_BIN", "dsgw"), "serve", "--config", f.name], env, "dsgw: listening on ")
-    yield p
-    p.stop()
-    os.unlink(f.name)
+    try:
+        yield p
+    finally:
+        p.stop()
+        os.unlink(f.name)
 
 
 @pytest.fixture

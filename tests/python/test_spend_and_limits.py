@@ -1,14 +1,12 @@
 """Cost, budgets and rate limits as an OpenAI SDK user meets them."""
 
 import hashlib
-import os
-import tempfile
 from decimal import Decimal
 
 import openai
 import pytest
 
-from conftest import UPSTREAM_KEY, Process, _binary
+from conftest import serve
 
 PRICES = {"hit": Decimal("0.028"), "miss": Decimal("0.28"), "out": Decimal("0.42")}
 
@@ -54,13 +52,7 @@ name = "dave"
 period = "total"
 amount = "0.000001"
 """
-    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-        f.write(config)
-    env = dict(os.environ, FAKE_DEEPSEEK_KEY=UPSTREAM_KEY, NO_COLOR="1")
-    p = Process([_binary("DSGW_BIN", "dsgw"), "serve", "--config", f.name], env, "dsgw: listening on ")
-    yield p
-    p.stop()
-    os.unlink(f.name)
+    yield from serve(config)
 
 
 def client(gateway, key):
