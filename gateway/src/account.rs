@@ -136,7 +136,16 @@ pub async fn deployments(
         .models()
         .flat_map(|m| {
             m.deployments.iter().map(move |d| {
-                json!({"model": m.name, "provider": d.provider.name, "upstream_model": d.upstream_model, "circuit": d.breaker.label()})
+                json!({
+                    "model": m.name,
+                    "provider": d.provider.name,
+                    "upstream_model": d.upstream_model,
+                    "priority": d.priority,
+                    "weight": d.weight,
+                    "circuit": d.health.breaker.label(),
+                    "error_rate": d.health.breaker.error_rate(),
+                    "ttfb_ms": d.health.ttfb.get().map(|t| t.as_secs_f64() * 1e3),
+                })
             })
         })
         .collect();

@@ -9,22 +9,15 @@ use http::{HeaderValue, header};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::limits::{Demand, RateHeaders};
-use crate::models::{Deployment, ModelSpec};
+use crate::models::ModelSpec;
 use crate::pricing::Price;
 use crate::raw_object::RawObject;
 use crate::relay::Relay;
 use crate::request::ChatRequest;
+use crate::routing::dispatch::{Answer, Dispatched, dispatch};
 use crate::settlement::{Outcome, Settlement};
 use crate::state::AppState;
 use crate::upstream::dialect::normalize_completion;
-use crate::upstream::local::LocalRun;
-use crate::upstream::{HttpProvider, Transport};
-
-/// A deployment that accepted the request.
-enum Answer<'a> {
-    Remote(&'a HttpProvider, reqwest::Response),
-    Local(LocalRun),
-}
 
 pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Response {
     let request = match ChatRequest::parse(&body) {
@@ -97,42 +90,45 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
             }
         }
     }
-    let mut response = answer(model, thinking, &request, settlement).await;
+    let mut response = answer(state, model, thinking, &request, settlement).await;
     rate_headers.apply(response.headers_mut());
     response
 }
 
 async fn answer(
+    state: &AppState,
     model: &ModelSpec,
     thinking: bool,
     request: &ChatRequest,
     mut settlement: Settlement,
 ) -> Response {
     settlement.upstream_started();
-    let (deployment, answer) = match dispatch(model, thinking, request).await {
+    let dispatched = dispatch(model, thinking, request, &state.routing, &state.metrics).await;
+    let Dispatched {
+        deployment,
+        answer,
+        attempts,
+    } = match dispatched {
         Ok(ok) => ok,
         Err(e) => {
             settlement.finish(Outcome::from(&e));
             return e.into_response();
         }
     };
-    settlement.routed(deployment);
+    settlement.routed(deployment, attempts);
     match (answer, request.stream) {
-        (Answer::Remote(provider, response), true) => {
+        (Answer::Stream(provider, upstream), _) => {
             let relay = Relay::new(
-                response,
-                &provider.name,
+                upstream,
+                deployment,
                 provider.idle_timeout(),
                 &model.name_json,
                 request.include_usage,
-                deployment.price.clone(),
                 settlement,
             );
             sse_response(Body::from_stream(relay.into_stream()))
         }
-        (Answer::Remote(provider, response), false) => {
-            remote_json(provider, response, model, &deployment.price, settlement).await
-        }
+        (Answer::Json(_, raw), _) => remote_json(&raw, model, &deployment.price, settlement),
         (Answer::Local(run), true) => sse_response(Body::from_stream(run.into_sse(
             &model.name,
             request.include_usage,
@@ -182,33 +178,15 @@ fn priced(mut response: Response, settlement: Settlement) -> Response {
     response
 }
 
-async fn remote_json(
-    provider: &HttpProvider,
-    response: reqwest::Response,
+/// A whole upstream completion, normalised to DeepSeek's shape and priced.
+fn remote_json(
+    raw: &RawObject,
     model: &ModelSpec,
     price: &Price,
     mut settlement: Settlement,
 ) -> Response {
-    let body = match provider.read_body(response).await {
-        Ok(b) => {
-            settlement.upstream_finished();
-            b
-        }
-        Err(e) => {
-            settlement.finish(Outcome::from(&e));
-            return e.into_response();
-        }
-    };
-    // DeepSeek sends blank lines while a request is queued; serde_json skips leading whitespace.
-    let raw: RawObject = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(_) => {
-            let e = ApiError::bad_gateway(&provider.name, "response is not a JSON object");
-            settlement.finish(Outcome::from(&e));
-            return e.into_response();
-        }
-    };
-    let normalized = normalize_completion(&raw, &model.name_json, Some(price));
+    settlement.upstream_finished();
+    let normalized = normalize_completion(raw, &model.name_json, Some(price));
     if let Some(usage) = normalized.usage {
         settlement.record_usage(usage);
     }
@@ -234,58 +212,4 @@ fn resolve<'a>(
     })?;
     let thinking = request.check_against(model)?;
     Ok((model, thinking))
-}
-
-/// Tries the model's deployments in order until one accepts the request. Only failures that
-/// happen before any byte reaches the client fall through to the next one.
-async fn dispatch<'a>(
-    model: &'a ModelSpec,
-    thinking: bool,
-    request: &ChatRequest,
-) -> Result<(&'a Deployment, Answer<'a>), ApiError> {
-    if model.deployments.is_empty() {
-        return Err(ApiError::unavailable(format!(
-            "Model `{}` has no deployment: configure a provider (see README).",
-            model.name
-        )));
-    }
-    let mut last_error = None;
-    for deployment in &model.deployments {
-        if !deployment.breaker.allow(std::time::Instant::now()) {
-            continue;
-        }
-        let provider = &deployment.provider;
-        let attempt = match &provider.transport {
-            Transport::Remote(remote) => {
-                let body = remote.render(request, &deployment.upstream_model, thinking);
-                remote
-                    .send(body, request.stream)
-                    .await
-                    .map(|r| Answer::Remote(remote, r))
-            }
-            Transport::Local(local) => local.start(request, thinking).map(Answer::Local),
-        };
-        match attempt {
-            Ok(answer) => {
-                deployment.breaker.success();
-                return Ok((deployment, answer));
-            }
-            Err(e) if e.retryable => {
-                deployment.breaker.failure(std::time::Instant::now());
-                tracing::warn!(provider = %provider.name, status = e.status.as_u16(), circuit = deployment.breaker.label(), "deployment failed, trying the next");
-                last_error = Some(e);
-            }
-            Err(e) => {
-                // The provider answered (the request was at fault): it is healthy.
-                deployment.breaker.success();
-                return Err(e);
-            }
-        }
-    }
-    Err(last_error.unwrap_or_else(|| {
-        ApiError::unavailable(format!(
-            "Every deployment of `{}` is failing (circuit open); retry shortly.",
-            model.name
-        ))
-    }))
 }

@@ -1,9 +1,10 @@
 //! `dsgw`: a DeepSeek- and OpenAI-compatible API gateway.
 //!
 //! A request flows one way through these modules: [`server`] (routes, auth layer, body limit) →
-//! [`request`] (parse and validate, raw body kept) → [`chat`] (model resolution, deployment
-//! fallback) → [`upstream`] (provider dialects, HTTP) → [`relay`] (streams) → [`settlement`] (one
-//! completion record per request, usage from [`usage`]).
+//! [`request`] (parse and validate, raw body kept) → [`chat`] (model resolution, budgets,
+//! limits) → [`routing`] (deployment order, retries, fallback) → [`upstream`] (provider
+//! dialects, HTTP) → [`relay`] (streams) → [`settlement`] (one completion record per request,
+//! usage from [`usage`]).
 
 pub mod account;
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod raw_object;
 pub mod redis_link;
 pub mod relay;
 pub mod request;
+pub mod routing;
 pub mod server;
 pub mod settlement;
 pub mod shared_spend;

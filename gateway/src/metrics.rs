@@ -6,6 +6,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
+use crate::health::Health;
 use crate::pricing::Cost;
 use crate::usage::Usage;
 
@@ -43,6 +44,9 @@ pub struct Metrics {
     savings: IntCounterVec,
     budget_remaining: prometheus::IntGaugeVec,
     circuit: prometheus::IntGaugeVec,
+    ttfb: prometheus::GaugeVec,
+    error_rate: prometheus::GaugeVec,
+    upstream_calls: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -150,7 +154,44 @@ impl Metrics {
         registry
             .register(Box::new(circuit.clone()))
             .expect("unique metric");
-        for c in [&requests, &tokens, &cost, &errors, &rejections, &savings] {
+        let ttfb = prometheus::GaugeVec::new(
+            Opts::new(
+                "dsgw_deployment_ttfb_seconds",
+                "Each deployment's smoothed time to first byte over successful calls (passive health).",
+            ),
+            &["model", "provider", "deployment"],
+        )
+        .expect("metric");
+        let error_rate = prometheus::GaugeVec::new(
+            Opts::new(
+                "dsgw_deployment_error_rate",
+                "Share of provider faults among each deployment's recent calls.",
+            ),
+            &["model", "provider", "deployment"],
+        )
+        .expect("metric");
+        for g in [&ttfb, &error_rate] {
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+        }
+        let upstream_calls = IntCounterVec::new(
+            Opts::new(
+                "dsgw_upstream_calls_total",
+                "Provider calls, retries and fallbacks included: outcome is success, provider_fault (the router moved on) or request_error.",
+            ),
+            &["model", "provider", "outcome"],
+        )
+        .expect("metric");
+        for c in [
+            &requests,
+            &tokens,
+            &cost,
+            &errors,
+            &rejections,
+            &savings,
+            &upstream_calls,
+        ] {
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
@@ -174,6 +215,9 @@ impl Metrics {
             savings,
             budget_remaining,
             circuit,
+            ttfb,
+            error_rate,
+            upstream_calls,
         }
     }
 
@@ -257,16 +301,34 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets a deployment's circuit state.
-    pub fn circuit(&self, model: &str, provider: &str, deployment: &str, state: &str) {
-        let value = match state {
+    /// Sets a deployment's health gauges: circuit state, latency, error rate.
+    pub fn deployment_health(
+        &self,
+        model: &str,
+        provider: &str,
+        deployment: &str,
+        health: &Health,
+    ) {
+        let labels = [model, provider, deployment];
+        let value = match health.breaker.label() {
             "closed" => 0,
             "half_open" => 1,
             _ => 2,
         };
-        self.circuit
-            .with_label_values(&[model, provider, deployment])
-            .set(value);
+        self.circuit.with_label_values(&labels).set(value);
+        if let Some(t) = health.ttfb.get() {
+            self.ttfb.with_label_values(&labels).set(t.as_secs_f64());
+        }
+        self.error_rate
+            .with_label_values(&labels)
+            .set(health.breaker.error_rate());
+    }
+
+    /// Counts one provider call.
+    pub fn upstream_call(&self, model: &str, provider: &str, outcome: &str) {
+        self.upstream_calls
+            .with_label_values(&[model, provider, outcome])
+            .inc();
     }
 
     /// Sets a budget's remaining amount (picodollars in, nanodollars out).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::{Config, ProviderKind};
-use crate::health::Breaker;
+use crate::health::{BreakerPolicy, Health};
 use crate::pricing::Price;
 use crate::upstream::Provider;
 
@@ -21,8 +21,13 @@ pub struct Deployment {
     /// The model name the provider knows.
     pub upstream_model: String,
     pub price: Arc<Price>,
-    /// Opens after consecutive provider failures so requests skip a deployment that is down.
-    pub breaker: Arc<Breaker>,
+    /// Tried before higher values; equal values share traffic by `weight`.
+    pub priority: u32,
+    pub weight: u32,
+    /// Hash of the deployment's identity, stable across replicas, for rendezvous hashing.
+    pub id_hash: u64,
+    /// Circuit breaker and latency, fed by every call.
+    pub health: Arc<Health>,
 }
 
 /// An exposed model name and how to serve it.
@@ -89,6 +94,7 @@ struct ModelList<'a> {
 
 impl Catalog {
     pub fn build(config: &Config, providers: &HashMap<String, Arc<Provider>>) -> Self {
+        let policy = BreakerPolicy::from(&config.routing);
         let models: Vec<Arc<ModelSpec>> = config
             .models
             .iter()
@@ -105,7 +111,8 @@ impl Catalog {
                     deployments: m
                         .deployments
                         .iter()
-                        .map(|d| {
+                        .enumerate()
+                        .map(|(position, d)| {
                             let provider = providers[&d.provider].clone();
                             let default = if provider.kind == ProviderKind::Local {
                                 "free"
@@ -124,7 +131,12 @@ impl Catalog {
                                 provider,
                                 upstream_model: d.model.clone(),
                                 price: Arc::new(price),
-                                breaker: Arc::new(Breaker::default()),
+                                priority: d.priority.unwrap_or(position as u32),
+                                weight: d.weight,
+                                id_hash: crate::routing::stable_hash(
+                                    format!("{}/{}", d.provider, d.model).as_bytes(),
+                                ),
+                                health: Arc::new(Health::new(policy)),
                             }
                         })
                         .collect(),

@@ -3,12 +3,15 @@
 //! when the upstream breaks after the first byte.
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
+
+use crate::health::Health;
+use crate::models::Deployment;
+use crate::routing::dispatch::{ByteStream, out_of_capacity};
 
 use crate::error::ApiError;
 use crate::pricing::Price;
@@ -16,8 +19,6 @@ use crate::raw_object::RawObject;
 use crate::settlement::{Outcome, Settlement};
 use crate::sse::SseParser;
 use crate::upstream::dialect::normalize_chunk;
-
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
 pub struct Relay {
     upstream: ByteStream,
@@ -28,28 +29,31 @@ pub struct Relay {
     exposed_model_json: String,
     client_wants_usage: bool,
     price: Arc<Price>,
+    /// Told when the stream breaks or the provider runs out of capacity mid-answer.
+    health: Arc<Health>,
     /// `None` once the stream has ended; dropping it early records a client disconnect.
     settlement: Option<Settlement>,
 }
 
 impl Relay {
+    /// Relays `upstream` (whose first event has already been checked) from `deployment`.
     pub fn new(
-        response: reqwest::Response,
-        provider: &str,
+        upstream: ByteStream,
+        deployment: &Deployment,
         idle_timeout: Duration,
         exposed_model_json: &str,
         client_wants_usage: bool,
-        price: Arc<Price>,
         settlement: Settlement,
     ) -> Self {
         Self {
-            upstream: Box::pin(response.bytes_stream()),
+            upstream,
             parser: SseParser::default(),
-            provider: provider.to_owned(),
+            provider: deployment.provider.name.clone(),
             idle_timeout,
             exposed_model_json: exposed_model_json.to_owned(),
             client_wants_usage,
-            price,
+            price: deployment.price.clone(),
+            health: deployment.health.clone(),
             settlement: Some(settlement),
         }
     }
@@ -71,6 +75,7 @@ impl Relay {
     /// Ends the stream with an error event in DeepSeek's envelope.
     fn fail(&mut self, out: &mut BytesMut, error: &ApiError) {
         tracing::warn!(provider = %self.provider, error = %error, "stream failed after first byte");
+        self.health.breaker.failure(std::time::Instant::now());
         write_event(out, error.envelope_json().as_bytes());
         self.end(Outcome::StreamFailed);
     }
@@ -120,9 +125,14 @@ impl Relay {
             };
             if event.name.as_deref() == Some("error") || chunk.get("error").is_some() {
                 // Pass the provider's own error envelope on, then stop.
+                self.health.breaker.failure(std::time::Instant::now());
                 write_event(out, event.data.as_bytes());
                 self.end(Outcome::StreamFailed);
                 return;
+            }
+            if out_of_capacity(&chunk) {
+                // Already streaming: the client keeps the partial answer; the deployment pays.
+                self.health.breaker.failure(std::time::Instant::now());
             }
             let normalized = normalize_chunk(
                 &chunk,

@@ -69,11 +69,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     for m in state.catalog.models() {
         for d in &m.deployments {
-            state.metrics.circuit(
+            state.metrics.deployment_health(
                 &m.name,
                 &d.provider.name,
                 &d.upstream_model,
-                d.breaker.label(),
+                &d.health,
             );
         }
     }

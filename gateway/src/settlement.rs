@@ -64,6 +64,8 @@ pub struct Settlement {
     estimate_from: Option<(bytes::Bytes, bool)>,
     /// Content chunks streamed to the client (about one token each).
     output_chunks: u64,
+    /// Provider calls the router made (retries and fallbacks included).
+    attempts: u32,
     settled: bool,
 }
 
@@ -88,6 +90,7 @@ impl Settlement {
             ledger,
             estimate_from: None,
             output_chunks: 0,
+            attempts: 0,
             settled: false,
         }
     }
@@ -97,8 +100,9 @@ impl Settlement {
         self.reservation = Some(reservation);
     }
 
-    /// Records which deployment served the request.
-    pub fn routed(&mut self, deployment: &Deployment) {
+    /// Records which deployment served the request, after how many provider calls.
+    pub fn routed(&mut self, deployment: &Deployment, attempts: u32) {
+        self.attempts = attempts;
         self.deployment = Some((
             deployment.provider.name.clone(),
             deployment.upstream_model.clone(),
@@ -191,6 +195,7 @@ impl Settlement {
             upstream_model,
             outcome = outcome.as_str(),
             status,
+            attempts = self.attempts,
             usage_estimated = self.usage.is_some_and(|u| u.estimated),
             cache_hit = u.cache_hit,
             cache_miss = u.cache_miss,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::auth::{KeyError, KeyStore};
 use crate::budgets::Budget;
-use crate::config::Config;
+use crate::config::{Config, RoutingConfig};
 use crate::ledger::{Ledger, LedgerError};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
@@ -42,6 +42,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub ledger: Arc<Ledger>,
     pub budgets: Vec<Budget>,
+    pub routing: RoutingConfig,
     draining: AtomicBool,
 }
 
@@ -78,6 +79,7 @@ impl AppState {
                 .iter()
                 .map(|b| Budget::from_config(b, &config.keys))
                 .collect(),
+            routing: config.routing.clone(),
             draining: AtomicBool::new(false),
         }))
     }

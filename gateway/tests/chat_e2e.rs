@@ -289,7 +289,9 @@ async fn speciale_refuses_tools_and_non_thinking() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_has_the_envelope_and_the_right_status() {
-    let s = setup().await;
+    // One attempt per request: this test is about how each failure is reported, not retried
+    // (tests/routing_e2e.rs covers retries).
+    let s = setup_with(|c| c + "\n[routing]\nmax_attempts = 1\n").await;
     let raw = |body: &'static str, key: Option<&'static str>| {
         let mut r = s
             .http
@@ -514,7 +516,7 @@ async fn failed_deployment_falls_through_to_the_next() {
     assert!(s.gw.wait_for_log("circuit=\"open\"", Duration::from_secs(5)));
     assert_eq!(
         s.gw.logs()
-            .matches("deployment failed, trying the next")
+            .matches("deployment failed before the first byte")
             .count(),
         5,
         "{}",

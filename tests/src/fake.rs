@@ -11,6 +11,9 @@
 //! only a keep-alive comment every second for 20 s (open idle streams, for memory benchmarks);
 //! `__hang__` never answers; `__long__` streams 200 content tokens.
 //!
+//! A path of the form `/fault/{kind}/chat/completions` (DeepSeek dialect) fails every request
+//! in one way, whatever its content: see [`crate::faults`].
+//!
 //! Dialect by path: `/chat/completions` and `/v1/chat/completions` are DeepSeek;
 //! `/openai/v1/chat/completions` is a vLLM-like server (mode from `chat_template_kwargs.thinking`,
 //! only `prompt_tokens_details.cached_tokens`); `/openrouter/api/v1/chat/completions` is OpenRouter
@@ -23,12 +26,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+
+use crate::faults::Fault;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -120,18 +125,30 @@ pub fn router(state: Arc<FakeState>) -> Router {
         .route("/v1/chat/completions", post(deepseek))
         .route("/openai/v1/chat/completions", post(openai))
         .route("/openrouter/api/v1/chat/completions", post(openrouter))
+        .route("/fault/{kind}/chat/completions", post(faulty))
         .route("/_fake/state", get(inspect))
         .with_state(state)
 }
 
 async fn deepseek(s: State<Arc<FakeState>>, h: HeaderMap, b: Bytes) -> Response {
-    handle(s.0, Dialect::Deepseek, h, b).await
+    handle(s.0, Dialect::Deepseek, None, h, b).await
 }
 async fn openai(s: State<Arc<FakeState>>, h: HeaderMap, b: Bytes) -> Response {
-    handle(s.0, Dialect::Openai, h, b).await
+    handle(s.0, Dialect::Openai, None, h, b).await
 }
 async fn openrouter(s: State<Arc<FakeState>>, h: HeaderMap, b: Bytes) -> Response {
-    handle(s.0, Dialect::Openrouter, h, b).await
+    handle(s.0, Dialect::Openrouter, None, h, b).await
+}
+async fn faulty(
+    s: State<Arc<FakeState>>,
+    Path(kind): Path<String>,
+    h: HeaderMap,
+    b: Bytes,
+) -> Response {
+    let Some(fault) = Fault::parse(&kind) else {
+        return error(StatusCode::NOT_FOUND, &format!("no fault named {kind}"));
+    };
+    handle(s.0, Dialect::Deepseek, Some(fault), h, b).await
 }
 
 async fn inspect(State(state): State<Arc<FakeState>>) -> Response {
@@ -185,6 +202,8 @@ struct Plan {
     cache_hit: u64,
     chunk_delay: Duration,
     cut: bool,
+    /// A finish reason to report instead of the natural one.
+    finish: Option<&'static str>,
 }
 
 fn text_of(message: &Value) -> String {
@@ -211,9 +230,12 @@ fn counter() -> u64 {
 async fn handle(
     state: Arc<FakeState>,
     dialect: Dialect,
+    fault: Option<Fault>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // A flaky fault that does not strike this time is no fault at all.
+    let fault = fault.filter(|f| f.strikes());
     state.requests.fetch_add(1, Ordering::SeqCst);
     *state.last_body.lock().unwrap() = Some(body.clone());
     let auth = headers
@@ -229,6 +251,33 @@ async fn handle(
             StatusCode::UNAUTHORIZED,
             "Authentication Fails, Your api key is invalid",
         );
+    }
+    match fault {
+        Some(Fault::Status(429)) => {
+            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "Rate Limit Reached");
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            return r;
+        }
+        Some(Fault::Status(code)) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return error(
+                status,
+                &format!("fake upstream fails with {code} on this path"),
+            );
+        }
+        Some(Fault::Flaky(_)) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal Server Error (flaky)",
+            );
+        }
+        Some(Fault::Hang) => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        _ => {}
     }
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -357,9 +406,15 @@ async fn handle(
         } else {
             Duration::ZERO
         },
-        cut: last_text.contains("__cut__"),
+        cut: last_text.contains("__cut__") || fault == Some(Fault::CutMid),
+        finish: (fault == Some(Fault::InsufficientResource))
+            .then_some("insufficient_system_resource"),
     };
-    if request["stream"].as_bool() == Some(true) {
+    let streaming = request["stream"].as_bool() == Some(true);
+    if let Some(response) = fault.and_then(|f| broken_response(f, streaming)) {
+        return response;
+    }
+    if streaming {
         let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
         let ticks = if last_text.contains("__slow__") {
             500
@@ -411,7 +466,9 @@ fn tool_calls(plan: &Plan) -> Option<Value> {
 }
 
 fn finish_reason(plan: &Plan) -> &'static str {
-    if plan.tool_call.is_some() {
+    if let Some(reason) = plan.finish {
+        reason
+    } else if plan.tool_call.is_some() {
         "tool_calls"
     } else {
         "stop"
@@ -535,4 +592,57 @@ fn stream(
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(body))
         .unwrap()
+}
+
+/// The answers of faults that break the protocol rather than refuse the request.
+fn broken_response(fault: Fault, streaming: bool) -> Option<Response> {
+    let first_chunk = r#"data: {"id":"fake-broken","object":"chat.completion.chunk","created":1766977481,"model":"deepseek-chat","choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"},"finish_reason":null}]}"#;
+    let whole = r#"{"id":"fake-broken","object":"chat.completion","created":1766977481,"model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}"#;
+    let (head, then): (String, Then) = match (fault, streaming) {
+        (Fault::Stall, _) => (String::new(), Then::Stall),
+        (Fault::StallMid, true) => (format!("{first_chunk}\n\n"), Then::Stall),
+        (Fault::StallMid, false) => (whole[..whole.len() / 2].to_owned(), Then::Stall),
+        (Fault::Malformed, true) => ("data: {not json at all\n\n".to_owned(), Then::End),
+        (Fault::Malformed, false) => ("<html>502 Bad Gateway</html>".to_owned(), Then::End),
+        (Fault::Truncated, true) => (first_chunk[..first_chunk.len() / 2].to_owned(), Then::Break),
+        (Fault::Truncated, false) => (whole[..whole.len() / 2].to_owned(), Then::Break),
+        _ => return None,
+    };
+    let content_type = if streaming {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    let body = futures_util::stream::unfold(Some((head, then)), |step| async move {
+        let (head, then) = step?;
+        if !head.is_empty() {
+            return Some((Ok(Bytes::from(head)), Some((String::new(), then))));
+        }
+        match then {
+            Then::End => None,
+            Then::Break => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Some((Err(std::io::Error::other("connection broken")), None))
+            }
+            Then::Stall => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                None
+            }
+        }
+    });
+    Some(
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from_stream(body))
+            .unwrap(),
+    )
+}
+
+/// What a broken response does after its first bytes.
+#[derive(Clone, Copy)]
+enum Then {
+    End,
+    Break,
+    Stall,
 }

@@ -2,6 +2,7 @@
 //! runs the real `dsgw` binary.
 
 pub mod fake;
+pub mod faults;
 pub mod harness;
 pub mod prometheus_server;
 pub mod redis_server;

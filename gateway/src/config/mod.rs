@@ -8,8 +8,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+mod routing;
 mod spend;
 
+pub use routing::RoutingConfig;
 pub use spend::{
     BudgetConfig, BudgetPeriod, FailureMode, LedgerConfig, LimitConfig, LimitScope, RedisConfig,
     TokenCount,
@@ -59,6 +61,9 @@ pub struct Config {
     /// Spend budgets per team and per key.
     #[serde(default)]
     pub budgets: Vec<BudgetConfig>,
+    /// Retries, circuit breakers and affinity between a model's deployments.
+    #[serde(default)]
+    pub routing: RoutingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,6 +129,10 @@ pub struct ProviderConfig {
     /// Longest silence allowed between two body chunks (keep-alive comments count as traffic).
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// Deadline for a whole non-streaming call (headers and body). Streams have none: they are
+    /// bounded by the idle timeout instead.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
     /// Local only: a Hugging Face checkpoint directory (`config.json`, `*.safetensors`, and
     /// optionally `tokenizer.json`). Without it, a tiny built-in model with random weights, to
     /// exercise the whole path offline.
@@ -150,6 +159,9 @@ fn default_first_byte_timeout_ms() -> u64 {
 fn default_idle_timeout_ms() -> u64 {
     120_000
 }
+fn default_request_timeout_ms() -> u64 {
+    600_000
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,7 +186,10 @@ pub struct ModelConfig {
     /// Shown in `/v1/models` as `description`, for example to label a built-in test model.
     #[serde(default)]
     pub description: Option<String>,
-    /// Tried in order: a deployment that fails before the first byte falls through to the next.
+    /// Where the model is served. Deployments are tried by `priority` (lower first; by default
+    /// their position, so the list is an ordered fallback chain); deployments that share a
+    /// priority share its traffic by `weight`, with prefix-cache affinity. A deployment that
+    /// fails before the first byte reaches the client falls through to the next.
     pub deployments: Vec<DeploymentConfig>,
 }
 
@@ -195,6 +210,16 @@ pub struct DeploymentConfig {
     /// Price table name; default `deepseek-v3.2` for remote providers, `free` for the local engine.
     #[serde(default)]
     pub price: Option<String>,
+    /// Lower is tried first; default: the deployment's position in the list.
+    #[serde(default)]
+    pub priority: Option<u32>,
+    /// Share of its priority group's traffic.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -256,6 +281,7 @@ impl Config {
             connect_timeout_ms: default_connect_timeout_ms(),
             first_byte_timeout_ms: default_first_byte_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
             model_dir: None,
             max_batch: None,
             prefix_cache_entries: None,
@@ -281,12 +307,16 @@ impl Config {
                     provider: "deepseek".to_owned(),
                     model: model.to_owned(),
                     price: None,
+                    priority: None,
+                    weight: default_weight(),
                 });
             }
             d.push(DeploymentConfig {
                 provider: "local".to_owned(),
                 model: "builtin-tiny".to_owned(),
                 price: None,
+                priority: None,
+                weight: default_weight(),
             });
             d
         };
@@ -319,6 +349,7 @@ impl Config {
             prices: Vec::new(),
             ledger: LedgerConfig::default(),
             budgets: Vec::new(),
+            routing: RoutingConfig::default(),
         }
     }
 
@@ -373,6 +404,7 @@ impl Config {
                 ("connect_timeout_ms", p.connect_timeout_ms),
                 ("first_byte_timeout_ms", p.first_byte_timeout_ms),
                 ("idle_timeout_ms", p.idle_timeout_ms),
+                ("request_timeout_ms", p.request_timeout_ms),
             ] {
                 if ms == 0 {
                     return invalid(format!("{at}: `{field}` must be greater than 0"));
@@ -407,6 +439,11 @@ impl Config {
                         "{at}: deployments[{j}] names price {price:?}, which is neither built in nor in [[prices]]"
                     ));
                 }
+                if d.weight == 0 {
+                    return invalid(format!(
+                        "{at}: deployments[{j}]: `weight` must be at least 1 (remove the deployment to send it nothing)"
+                    ));
+                }
                 if !provider_names.contains(d.provider.as_str()) {
                     return invalid(format!(
                         "{at}: deployments[{j}] names provider {:?}, which is not in [[providers]]",
@@ -415,6 +452,7 @@ impl Config {
                 }
             }
         }
+        self.routing.validate().map_err(ConfigError::Invalid)?;
         if let Some(redis) = &self.redis {
             if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") {
                 return invalid("[redis]: `url` must start with redis:// or rediss://".to_owned());

@@ -23,6 +23,7 @@ pub struct HttpProvider {
     client: reqwest::Client,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
+    request_timeout: Duration,
     /// OpenRouter's `provider` object, pre-rendered as JSON.
     routing: Option<String>,
 }
@@ -87,12 +88,22 @@ impl HttpProvider {
             client,
             first_byte_timeout: Duration::from_millis(config.first_byte_timeout_ms),
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
             routing,
         })
     }
 
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
+    }
+
+    pub fn first_byte_timeout(&self) -> Duration {
+        self.first_byte_timeout
+    }
+
+    /// Deadline of a whole non-streaming call.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     /// The body this provider should receive for `request`.

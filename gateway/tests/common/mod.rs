@@ -112,6 +112,47 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// The gateway's ledger records, once at least `expected` are there (it commits in groups
+    /// every 20 ms), read again a moment later so a record written twice would show.
+    pub async fn ledger_records(&self, expected: usize) -> Vec<Value> {
+        let path = self
+            .config
+            .lines()
+            .find_map(|l| l.strip_prefix("path = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .expect("the test config names a ledger path")
+            .to_owned();
+        let read = || {
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).expect("ledger lines are JSON"))
+                .collect::<Vec<_>>()
+        };
+        for _ in 0..300 {
+            if read().len() >= expected {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        read()
+    }
+
+    /// The gateway's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.gw.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
 pub fn sse_data(text: &str) -> Vec<String> {
     text.split("\n\n")
         .filter_map(|event| event.strip_prefix("data: "))
