@@ -162,6 +162,9 @@ mod tests {
             key_sha256: Some(hex(&sha256(b"sk-alice"))),
             key_env: None,
             admin: false,
+            default_classification: crate::policy::Classification::Internal,
+            clearance: crate::policy::Classification::Restricted,
+            opt_ins: Vec::new(),
         }])
         .unwrap()
     }

@@ -4,12 +4,14 @@
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderValue, header};
+use http::{HeaderMap, HeaderValue, header};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::limits::{Demand, RateHeaders};
 use crate::models::ModelSpec;
+use crate::policy::gate::Gate;
+use crate::policy::redact::Vault;
 use crate::pricing::Price;
 use crate::raw_object::RawObject;
 use crate::relay::Relay;
@@ -19,7 +21,12 @@ use crate::settlement::{Outcome, Settlement};
 use crate::state::AppState;
 use crate::upstream::dialect::normalize_completion;
 
-pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Response {
+pub async fn complete(
+    state: &AppState,
+    principal: Principal,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
     let request = match ChatRequest::parse(&body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -38,6 +45,37 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
         }
     };
     settlement.estimate_from(body.clone(), thinking);
+    // Policies first: a request no deployment may receive is refused before it spends anything.
+    let gate = match state.policy() {
+        Some(engine) => {
+            match Gate::evaluate(
+                &engine,
+                &state.redactor,
+                &principal,
+                headers,
+                &request,
+                model,
+            ) {
+                Ok(gate) if gate.any_allowed() => Some(gate),
+                Ok(gate) => {
+                    let e = gate.refusal(model);
+                    state
+                        .audit
+                        .append(&gate.entry(&principal, model, "refused", None));
+                    state
+                        .metrics
+                        .rejection(&principal.team, &principal.key_id, "policy");
+                    settlement.finish(Outcome::from(&e));
+                    return e.into_response();
+                }
+                Err(e) => {
+                    settlement.finish(Outcome::from(&e));
+                    return e.into_response();
+                }
+            }
+        }
+        None => None,
+    };
     // Budgets fail closed: a request that would start over an exhausted budget never leaves.
     let budgets = match crate::budgets::current(
         &state.budgets,
@@ -90,20 +128,59 @@ pub async fn complete(state: &AppState, principal: Principal, body: Bytes) -> Re
             }
         }
     }
-    let mut response = answer(state, model, thinking, &request, settlement).await;
+    let routed = Routed {
+        model,
+        thinking,
+        gate: gate.as_ref(),
+        principal: &principal,
+    };
+    let mut response = answer(state, &routed, &request, settlement).await;
     rate_headers.apply(response.headers_mut());
+    if let Some(gate) = &gate
+        && let Ok(id) = HeaderValue::from_str(&gate.request_id)
+    {
+        response.headers_mut().insert("x-dsgw-request-id", id);
+    }
     response
+}
+
+/// What the request is routed with, once it passed the checks.
+struct Routed<'a> {
+    model: &'a ModelSpec,
+    thinking: bool,
+    gate: Option<&'a Gate>,
+    principal: &'a Principal,
 }
 
 async fn answer(
     state: &AppState,
-    model: &ModelSpec,
-    thinking: bool,
+    routed: &Routed<'_>,
     request: &ChatRequest,
     mut settlement: Settlement,
 ) -> Response {
+    let Routed {
+        model,
+        thinking,
+        gate,
+        principal,
+    } = *routed;
     settlement.upstream_started();
-    let dispatched = dispatch(model, thinking, request, &state.routing, &state.metrics).await;
+    let dispatched = dispatch(
+        model,
+        thinking,
+        request,
+        gate,
+        &state.routing,
+        &state.metrics,
+    )
+    .await;
+    let audit = |outcome, chosen| {
+        if let Some(gate) = gate {
+            state
+                .audit
+                .append(&gate.entry(principal, model, outcome, chosen));
+        }
+    };
     let Dispatched {
         deployment,
         answer,
@@ -111,10 +188,13 @@ async fn answer(
     } = match dispatched {
         Ok(ok) => ok,
         Err(e) => {
+            audit("failed", None);
             settlement.finish(Outcome::from(&e));
             return e.into_response();
         }
     };
+    audit("routed", Some(deployment.index));
+    let vault = gate.and_then(|g| g.reidentification(deployment.index));
     settlement.routed(deployment, attempts);
     match (answer, request.stream) {
         (Answer::Stream(provider, upstream), _) => {
@@ -125,10 +205,13 @@ async fn answer(
                 &model.name_json,
                 request.include_usage,
                 settlement,
-            );
+            )
+            .reidentifying(vault);
             sse_response(Body::from_stream(relay.into_stream()))
         }
-        (Answer::Json(_, raw), _) => remote_json(&raw, model, &deployment.price, settlement),
+        (Answer::Json(_, raw), _) => {
+            remote_json(&raw, model, &deployment.price, vault.as_deref(), settlement)
+        }
         (Answer::Local(run), true) => sse_response(Body::from_stream(run.into_sse(
             &model.name,
             request.include_usage,
@@ -178,11 +261,13 @@ fn priced(mut response: Response, settlement: Settlement) -> Response {
     response
 }
 
-/// A whole upstream completion, normalised to DeepSeek's shape and priced.
+/// A whole upstream completion, normalised to DeepSeek's shape, re-identified when a policy
+/// redacted the prompt, and priced.
 fn remote_json(
     raw: &RawObject,
     model: &ModelSpec,
     price: &Price,
+    vault: Option<&Vault>,
     mut settlement: Settlement,
 ) -> Response {
     settlement.upstream_finished();
@@ -190,10 +275,14 @@ fn remote_json(
     if let Some(usage) = normalized.usage {
         settlement.record_usage(usage);
     }
-    priced(
-        json_response(normalized.body.unwrap_or_default()),
-        settlement,
-    )
+    let mut body = normalized.body.unwrap_or_default();
+    if let Some(vault) = vault {
+        // Placeholders, and the values they stand for, hold nothing JSON escapes.
+        body = vault
+            .reidentify(&String::from_utf8_lossy(&body))
+            .into_bytes();
+    }
+    priced(json_response(body), settlement)
 }
 
 /// The model a request names, and its effective mode.

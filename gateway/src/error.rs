@@ -142,6 +142,11 @@ impl ApiError {
         )
     }
 
+    /// A data-residency policy allows no deployment for this request.
+    pub fn policy_denied(message: impl Into<String>) -> Self {
+        Self::forbidden(message).with_code("policy_denied")
+    }
+
     /// The caller's budget is spent: 402, with DeepSeek's message.
     pub fn insufficient_balance() -> Self {
         Self::new(

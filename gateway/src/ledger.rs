@@ -106,7 +106,9 @@ pub enum LedgerError {
 #[derive(Debug)]
 pub struct Ledger {
     book: Mutex<Book>,
-    writer: Option<Mutex<Sender<Record>>>,
+    /// The writer thread's queue (taken on close) and the thread, joined on close.
+    writer: Option<Mutex<Option<Sender<Record>>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// With Redis: the counters every replica's budgets read.
     shared: Option<SharedSpend>,
 }
@@ -132,6 +134,7 @@ impl Ledger {
         Self {
             book: Mutex::new(Book::default()),
             writer: None,
+            thread: Mutex::new(None),
             shared: None,
         }
     }
@@ -174,13 +177,14 @@ impl Ledger {
             }
         }
         let (tx, rx) = channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("dsgw-ledger".into())
             .spawn(move || write_loop(file, rx))
             .map_err(io)?;
         Ok(Self {
             book: Mutex::new(book),
-            writer: Some(Mutex::new(tx)),
+            writer: Some(Mutex::new(Some(tx))),
+            thread: Mutex::new(Some(thread)),
             shared: None,
         })
     }
@@ -204,10 +208,20 @@ impl Ledger {
             && writer
                 .lock()
                 .expect("ledger writer lock")
-                .send(record)
-                .is_err()
+                .as_ref()
+                .is_none_or(|tx| tx.send(record).is_err())
         {
             tracing::error!(target: "dsgw::ledger", "the ledger writer has stopped; spend is kept in memory only");
+        }
+    }
+
+    /// Commits every queued record and stops the writer (at shutdown, after the drain).
+    pub fn close(&self) {
+        if let Some(writer) = &self.writer {
+            writer.lock().expect("ledger writer lock").take();
+        }
+        if let Some(thread) = self.thread.lock().expect("ledger thread lock").take() {
+            let _ = thread.join();
         }
     }
 

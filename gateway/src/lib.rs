@@ -18,6 +18,7 @@ pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod models;
+pub mod policy;
 pub mod pricing;
 pub mod raw_object;
 pub mod redis_link;

@@ -1,6 +1,7 @@
 //! The `dsgw` command line: run the gateway, mint virtual keys, check a config file.
 
 mod engine_cmd;
+mod policy_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         command: engine_cmd::EngineCommand,
     },
+    /// Data-residency policies: check them, explain a decision, time their evaluation.
+    Policy {
+        #[command(subcommand)]
+        command: policy_cmd::PolicyCommand,
+    },
     /// Validate a configuration file and exit.
     Check {
         /// TOML configuration file.
@@ -75,6 +81,7 @@ fn main() -> ExitCode {
             command: KeysCommand::New { id, team },
         } => new_key(&id, &team),
         Command::Engine { command } => engine_cmd::run(command),
+        Command::Policy { command } => policy_cmd::run(command),
         Command::Check { config } => Config::load(&config)
             .map(|_| println!("{}: ok", config.display()))
             .map_err(Into::into),
@@ -128,7 +135,10 @@ fn serve(path: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> anyhow:
             .with_context(|| format!("binding {}", config.server.listen))?;
         let addr = listener.local_addr()?;
         announce(&config, path.is_none(), &state, addr);
-        server::serve(listener, state, drain).await?;
+        server::serve(listener, state.clone(), drain).await?;
+        // Commit what the last requests queued before the process goes.
+        state.ledger.close();
+        state.audit.close();
         tracing::info!("stopped");
         Ok(())
     })

@@ -21,6 +21,10 @@ pub struct Deployment {
     /// The model name the provider knows.
     pub upstream_model: String,
     pub price: Arc<Price>,
+    /// Position in its model's list.
+    pub index: usize,
+    /// `model/provider/upstream_model`: the entity policies decide on.
+    pub policy_id: String,
     /// Tried before higher values; equal values share traffic by `weight`.
     pub priority: u32,
     pub weight: u32,
@@ -131,6 +135,12 @@ impl Catalog {
                                 provider,
                                 upstream_model: d.model.clone(),
                                 price: Arc::new(price),
+                                index: position,
+                                policy_id: crate::policy::deployment_id(
+                                    &m.name,
+                                    &d.provider,
+                                    &d.model,
+                                ),
                                 priority: d.priority.unwrap_or(position as u32),
                                 weight: d.weight,
                                 id_hash: crate::routing::stable_hash(

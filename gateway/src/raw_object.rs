@@ -22,6 +22,15 @@ pub enum Edit {
     Remove(&'static str),
 }
 
+impl Edit {
+    /// The field the edit touches.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Set(k, _) | Self::Remove(k) => k,
+        }
+    }
+}
+
 impl RawObject {
     pub fn get(&self, key: &str) -> Option<&RawValue> {
         self.fields

@@ -11,6 +11,7 @@ use futures_util::{Stream, StreamExt};
 
 use crate::health::Health;
 use crate::models::Deployment;
+use crate::policy::redact::{StreamReidentifier, Vault};
 use crate::routing::dispatch::{ByteStream, out_of_capacity};
 
 use crate::error::ApiError;
@@ -31,6 +32,8 @@ pub struct Relay {
     price: Arc<Price>,
     /// Told when the stream breaks or the provider runs out of capacity mid-answer.
     health: Arc<Health>,
+    /// Puts personal data back into the answer when a policy redacted the prompt.
+    reidentify: Option<Reidentify>,
     /// `None` once the stream has ended; dropping it early records a client disconnect.
     settlement: Option<Settlement>,
 }
@@ -54,8 +57,19 @@ impl Relay {
             client_wants_usage,
             price: deployment.price.clone(),
             health: deployment.health.clone(),
+            reidentify: None,
             settlement: Some(settlement),
         }
+    }
+
+    /// Re-identifies the streamed text with `vault`'s originals.
+    pub fn reidentifying(mut self, vault: Option<Arc<Vault>>) -> Self {
+        self.reidentify = vault.map(|vault| Reidentify {
+            vault,
+            content: StreamReidentifier::default(),
+            reasoning: StreamReidentifier::default(),
+        });
+        self
     }
 
     /// The client-facing body stream.
@@ -146,10 +160,50 @@ impl Relay {
                     None => settlement.first_token(),
                 }
             }
-            if let Some(body) = normalized.body {
+            if let Some(mut body) = normalized.body {
+                if let Some(r) = self.reidentify.as_mut() {
+                    body = r.chunk(&body);
+                }
                 write_event(out, &body);
             }
         }
+    }
+}
+
+/// Stream re-identification state: placeholders may be split across deltas.
+struct Reidentify {
+    vault: Arc<Vault>,
+    content: StreamReidentifier,
+    reasoning: StreamReidentifier,
+}
+
+impl Reidentify {
+    /// A chunk with its deltas re-identified; held-back text is flushed on the finishing chunk.
+    fn chunk(&mut self, body: &[u8]) -> Vec<u8> {
+        let Ok(mut chunk) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return body.to_vec();
+        };
+        let Some(choice) = chunk.pointer_mut("/choices/0") else {
+            return body.to_vec();
+        };
+        let finished = !choice["finish_reason"].is_null();
+        for (field, state) in [
+            ("content", &mut self.content),
+            ("reasoning_content", &mut self.reasoning),
+        ] {
+            let delta = &mut choice["delta"];
+            let mut text = match delta.get(field).and_then(|v| v.as_str()) {
+                Some(t) => state.push(&self.vault, t),
+                None => String::new(),
+            };
+            if finished {
+                text.push_str(&state.finish(&self.vault));
+            }
+            if delta.get(field).is_some_and(|v| v.is_string()) || !text.is_empty() {
+                delta[field] = serde_json::Value::String(text);
+            }
+        }
+        serde_json::to_vec(&chunk).expect("a JSON value serialises")
     }
 }
 

@@ -138,7 +138,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, request: Request) 
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    chat::complete(&state, principal, body).await
+    chat::complete(&state, principal, &parts.headers, body).await
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
@@ -166,6 +166,7 @@ pub async fn serve(
         }
     });
     let (signalled_tx, mut signalled_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(reload_on_sighup(state.clone()));
     let app = router(state.clone());
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
@@ -185,6 +186,23 @@ pub async fn serve(
         () = deadline => {
             tracing::warn!("drain deadline passed with requests still open; exiting");
             Ok(())
+        }
+    }
+}
+
+/// SIGHUP re-reads the policy directory and swaps the policies in whole; a policy set that
+/// fails to load or validate is refused and the one in force stays.
+async fn reload_on_sighup(state: Arc<AppState>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match state.reload_policy() {
+            Ok(()) => tracing::info!("policies reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload refused; the previous policies stay")
+            }
         }
     }
 }

@@ -9,7 +9,8 @@
 //! a few chunks; `__slow__` streams a chunk every 20 ms for 10 s (for disconnect tests);
 //! `__drip__` streams a chunk every 20 ms for about 1 s; `__hold__` sends the first chunk, then
 //! only a keep-alive comment every second for 20 s (open idle streams, for memory benchmarks);
-//! `__hang__` never answers; `__long__` streams 200 content tokens.
+//! `__hang__` never answers; `__long__` streams 200 content tokens; `__echo__` answers with the
+//! words of the last message.
 //!
 //! A path of the form `/fault/{kind}/chat/completions` (DeepSeek dialect) fails every request
 //! in one way, whatever its content: see [`crate::faults`].
@@ -50,6 +51,8 @@ pub struct FakeState {
     /// Streams whose client went away before the end.
     pub disconnects: AtomicU64,
     pub last_body: Mutex<Option<Bytes>>,
+    /// Every request body, most recent last (bounded), for "this upstream never saw X" checks.
+    pub bodies: Mutex<std::collections::VecDeque<Bytes>>,
     pub last_auth: Mutex<Option<String>>,
     /// Token sequences of earlier prompts, for the context cache.
     seen_prompts: Mutex<Vec<Vec<String>>>,
@@ -108,6 +111,28 @@ impl FakeUpstream {
             .unwrap()
             .clone()
             .expect("a request was made")
+    }
+
+    /// Whether any request this fake received contained `needle`.
+    pub fn saw(&self, needle: &str) -> bool {
+        self.state
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| String::from_utf8_lossy(b).contains(needle))
+    }
+
+    /// The request bodies this fake received that contain `needle`.
+    pub fn bodies_with(&self, needle: &str) -> Vec<String> {
+        self.state
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .filter(|b| b.contains(needle))
+            .collect()
     }
 
     pub fn disconnects(&self) -> u64 {
@@ -238,6 +263,13 @@ async fn handle(
     let fault = fault.filter(|f| f.strikes());
     state.requests.fetch_add(1, Ordering::SeqCst);
     *state.last_body.lock().unwrap() = Some(body.clone());
+    {
+        let mut bodies = state.bodies.lock().unwrap();
+        if bodies.len() == 1000 {
+            bodies.pop_front();
+        }
+        bodies.push_back(body.clone());
+    }
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -383,6 +415,8 @@ async fn handle(
         Vec::new()
     } else if last["role"] == "tool" {
         words(&format!("The tool said: {last_text}"))
+    } else if last_text.contains("__echo__") {
+        words(&last_text.replace("__echo__", ""))
     } else if last_text.contains("__long__") {
         (0..200).map(|i| format!("w{i}")).collect()
     } else {

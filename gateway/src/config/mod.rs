@@ -12,6 +12,8 @@ mod routing;
 mod spend;
 
 pub use routing::RoutingConfig;
+
+use crate::policy::Classification;
 pub use spend::{
     BudgetConfig, BudgetPeriod, FailureMode, LedgerConfig, LimitConfig, LimitScope, RedisConfig,
     TokenCount,
@@ -64,6 +66,38 @@ pub struct Config {
     /// Retries, circuit breakers and affinity between a model's deployments.
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// Data-residency policies (Cedar): which deployments each request's data may reach.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// A directory of Cedar policies (`*.cedar`, optional `schema.cedarschema` and `tests.toml`),
+    /// for example `policies/examples/confidential-onprem`. Absent: every deployment is allowed.
+    pub dir: Option<String>,
+    /// The decision audit log (JSON lines). Default: `audit.jsonl` in the state directory
+    /// (`$XDG_STATE_HOME/dsgw`, `~/.local/state/dsgw`); `""` turns auditing off.
+    pub audit_log: Option<String>,
+    /// The audit log rotates past this size, keeping `audit_keep` old files.
+    pub audit_max_bytes: u64,
+    pub audit_keep: usize,
+    /// Environment variable with the key that makes redaction placeholders the same on every
+    /// replica (and across restarts). Absent: a random key per process.
+    pub redaction_key_env: Option<String>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            audit_log: None,
+            audit_max_bytes: 64 * 1024 * 1024,
+            audit_keep: 5,
+            redaction_key_env: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,10 +154,21 @@ pub struct ProviderConfig {
     /// Free label that residency policies match on (for example "cn", "eu", "on-prem").
     #[serde(default)]
     pub region: Option<String>,
+    /// The provider runs on the premises (a `local` provider always does): policies see
+    /// `resource.kind == "onprem"`.
+    #[serde(default)]
+    pub onprem: bool,
+    /// The provider keeps no prompts or outputs.
+    #[serde(default)]
+    pub zero_retention: bool,
+    /// The provider may train on what it receives.
+    #[serde(default)]
+    pub trains_on_data: bool,
     /// Deadline for the TCP + TLS connection.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    /// Deadline for the response headers after the request is sent.
+    /// Deadline for the response headers after the request is sent (and for streams, for the
+    /// first event: keep-alive comments while a provider queues the request do not count).
     #[serde(default = "default_first_byte_timeout_ms")]
     pub first_byte_timeout_ms: u64,
     /// Longest silence allowed between two body chunks (keep-alive comments count as traffic).
@@ -237,6 +282,22 @@ pub struct KeyConfig {
     /// May read every key's spend (`/v1/admin/usage`).
     #[serde(default)]
     pub admin: bool,
+    /// The classification of requests without an `x-data-classification` header.
+    #[serde(default = "default_classification")]
+    pub default_classification: Classification,
+    /// The highest classification the key may send (policies read `principal.clearance`).
+    #[serde(default = "max_clearance")]
+    pub clearance: Classification,
+    /// Labels the key opted in to, for policies to read (for example "region:cn").
+    #[serde(default)]
+    pub opt_ins: Vec<String>,
+}
+
+fn default_classification() -> Classification {
+    Classification::Internal
+}
+fn max_clearance() -> Classification {
+    Classification::Restricted
 }
 
 impl Config {
@@ -278,6 +339,9 @@ impl Config {
             base_url: None,
             api_key_env: None,
             region: None,
+            onprem: false,
+            zero_retention: false,
+            trains_on_data: false,
             connect_timeout_ms: default_connect_timeout_ms(),
             first_byte_timeout_ms: default_first_byte_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
@@ -350,6 +414,7 @@ impl Config {
             ledger: LedgerConfig::default(),
             budgets: Vec::new(),
             routing: RoutingConfig::default(),
+            policy: PolicyConfig::default(),
         }
     }
 

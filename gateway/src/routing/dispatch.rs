@@ -16,6 +16,8 @@ use crate::config::RoutingConfig;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::models::{Deployment, ModelSpec};
+use crate::policy::gate::Gate;
+use crate::raw_object::Edit;
 use crate::raw_object::RawObject;
 use crate::request::ChatRequest;
 use crate::sse::SseParser;
@@ -44,6 +46,7 @@ pub async fn dispatch<'a>(
     model: &'a ModelSpec,
     thinking: bool,
     request: &ChatRequest,
+    gate: Option<&Gate>,
     config: &RoutingConfig,
     metrics: &Metrics,
 ) -> Result<Dispatched<'a>, ApiError> {
@@ -53,7 +56,13 @@ pub async fn dispatch<'a>(
             model.name
         )));
     }
-    let order = super::plan(model, &request.raw, config);
+    // Deployments the policies forbid are never candidates: not tried, not even as a fallback.
+    let allowed: Vec<&Deployment> = model
+        .deployments
+        .iter()
+        .filter(|d| gate.is_none_or(|g| g.allows(d.index)))
+        .collect();
+    let order = super::plan(allowed, &request.raw, config);
     let mut attempts = 0u32;
     let mut last_error: Option<ApiError> = None;
     let mut fallback: Option<(&Deployment, &HttpProvider, RawObject)> = None;
@@ -84,7 +93,7 @@ pub async fn dispatch<'a>(
             attempts += 1;
             let provider = &deployment.provider;
             let started = Instant::now();
-            let outcome = match attempt(deployment, thinking, request).await {
+            let outcome = match attempt(deployment, thinking, request, gate).await {
                 // A completion cut short by the provider's capacity is a provider fault, yet
                 // still better than an error if no other deployment does better.
                 Ok(Answer::Json(remote, raw)) if out_of_capacity(&raw) => {
@@ -152,11 +161,25 @@ async fn attempt<'a>(
     deployment: &'a Deployment,
     thinking: bool,
     request: &ChatRequest,
+    gate: Option<&Gate>,
 ) -> Result<Answer<'a>, ApiError> {
     match &deployment.provider.transport {
+        // On the premises: policies' redaction obligations are for remote providers.
         Transport::Local(local) => Ok(Answer::Local(local.start(request, thinking)?)),
         Transport::Remote(remote) => {
-            let body = remote.render(request, &deployment.upstream_model, thinking);
+            let mut overrides = Vec::new();
+            if let Some(gate) = gate {
+                if let Some(messages) = gate.redacted_messages(deployment.index) {
+                    overrides.push(Edit::Set("messages", messages.to_owned()));
+                }
+                if let Some(provider) = gate
+                    .obligations(deployment.index)
+                    .and_then(|o| remote.provider_object(o))
+                {
+                    overrides.push(Edit::Set("provider", provider));
+                }
+            }
+            let body = remote.render(request, &deployment.upstream_model, thinking, overrides);
             if request.stream {
                 let response = remote.send(body, true).await?;
                 let deadline = tokio::time::Instant::now() + remote.first_byte_timeout();

@@ -15,16 +15,15 @@ use std::time::Duration;
 pub use affinity::stable_hash;
 
 use crate::config::RoutingConfig;
-use crate::models::{Deployment, ModelSpec};
+use crate::models::Deployment;
 use crate::raw_object::RawObject;
 
-/// The deployments to try, in order.
+/// The order in which to try `candidates` (a model's deployments the policies allow).
 pub fn plan<'a>(
-    model: &'a ModelSpec,
+    mut order: Vec<&'a Deployment>,
     raw: &RawObject,
     config: &RoutingConfig,
 ) -> Vec<&'a Deployment> {
-    let mut order: Vec<&Deployment> = model.deployments.iter().collect();
     order.sort_by_key(|d| d.priority);
     let shared = order.windows(2).any(|w| w[0].priority == w[1].priority);
     if !shared {
@@ -133,7 +132,11 @@ deployments = [{deployments}]
             r#"{ provider = "c", model = "x" }, { provider = "a", model = "x" }, { provider = "b", model = "x", priority = 0 }"#,
         );
         let m = c.get("m").unwrap();
-        let order = plan(m, &request("hi", ""), &RoutingConfig::default());
+        let order = plan(
+            m.deployments.iter().collect(),
+            &request("hi", ""),
+            &RoutingConfig::default(),
+        );
         // b shares priority 0 with c: the pair comes first, then a (position 1).
         assert_eq!(order.len(), 3);
         assert_eq!(order[2].provider.name, "a");
@@ -149,13 +152,22 @@ deployments = [{deployments}]
         let mut firsts = std::collections::HashSet::new();
         for conversation in 0..60 {
             let opener = format!("conversation {conversation}");
-            let first = names(&plan(m, &request(&opener, ""), &config))[0].clone();
+            let first = names(&plan(
+                m.deployments.iter().collect(),
+                &request(&opener, ""),
+                &config,
+            ))[0]
+                .clone();
             for turn in 1..4 {
                 let later = format!(
                     r#",{{"role":"assistant","content":"ok"}},{{"role":"user","content":"turn {turn}"}}"#
                 );
                 assert_eq!(
-                    names(&plan(m, &request(&opener, &later), &config))[0],
+                    names(&plan(
+                        m.deployments.iter().collect(),
+                        &request(&opener, &later),
+                        &config
+                    ))[0],
                     first
                 );
             }
@@ -175,7 +187,14 @@ deployments = [{deployments}]
             ..RoutingConfig::default()
         };
         let firsts: std::collections::HashSet<String> = (0..64)
-            .map(|_| names(&plan(m, &request("same", ""), &config))[0].clone())
+            .map(|_| {
+                names(&plan(
+                    m.deployments.iter().collect(),
+                    &request("same", ""),
+                    &config,
+                ))[0]
+                    .clone()
+            })
             .collect();
         assert_eq!(firsts.len(), 2);
     }
@@ -192,7 +211,11 @@ deployments = [{deployments}]
         a.health.ttfb.observe(Duration::from_secs(3));
         b.health.ttfb.observe(Duration::from_millis(100));
         for i in 0..32 {
-            let order = names(&plan(m, &request(&format!("c{i}"), ""), &config));
+            let order = names(&plan(
+                m.deployments.iter().collect(),
+                &request(&format!("c{i}"), ""),
+                &config,
+            ));
             assert_eq!(order, ["b", "a", "c"]);
         }
     }

@@ -9,6 +9,7 @@ use super::dialect;
 use super::{ProviderError, Secret};
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::error::ApiError;
+use crate::policy::Obligations;
 use crate::raw_object::Edit;
 use crate::request::ChatRequest;
 
@@ -106,9 +107,16 @@ impl HttpProvider {
         self.request_timeout
     }
 
-    /// The body this provider should receive for `request`.
-    pub fn render(&self, request: &ChatRequest, upstream_model: &str, thinking: bool) -> Vec<u8> {
-        let edits: Vec<Edit> = dialect::request_edits(
+    /// The body this provider should receive for `request`; `overrides` (a redacted prompt, a
+    /// policy's provider preferences) replace the fields they name.
+    pub fn render(
+        &self,
+        request: &ChatRequest,
+        upstream_model: &str,
+        thinking: bool,
+        mut overrides: Vec<Edit>,
+    ) -> Vec<u8> {
+        let edits = dialect::request_edits(
             self.kind,
             &request.raw,
             upstream_model,
@@ -116,7 +124,37 @@ impl HttpProvider {
             request.stream,
             self.routing.as_deref(),
         );
-        request.raw.render(&edits)
+        let overridden = |e: &Edit| overrides.iter().any(|o| o.key() == e.key());
+        let kept: Vec<Edit> = edits.into_iter().filter(|e| !overridden(e)).collect();
+        overrides.extend(kept);
+        request.raw.render(&overrides)
+    }
+
+    /// OpenRouter's `provider` object with a policy's obligations merged into the configured
+    /// one, or `None` when there is nothing to say (or the provider is not OpenRouter).
+    pub fn provider_object(&self, obligations: &Obligations) -> Option<String> {
+        let asks = obligations.provider_zdr
+            || obligations.provider_data_collection.is_some()
+            || !obligations.provider_only.is_empty();
+        if self.kind != ProviderKind::Openrouter || !asks {
+            return None;
+        }
+        let mut object: serde_json::Map<String, serde_json::Value> = self
+            .routing
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok())
+            .unwrap_or_default();
+        if !obligations.provider_only.is_empty() {
+            object.insert("only".into(), serde_json::json!(obligations.provider_only));
+            object.insert("allow_fallbacks".into(), false.into());
+        }
+        if let Some(d) = &obligations.provider_data_collection {
+            object.insert("data_collection".into(), d.as_str().into());
+        }
+        if obligations.provider_zdr {
+            object.insert("zdr".into(), true.into());
+        }
+        Some(serde_json::Value::Object(object).to_string())
     }
 
     /// Sends a request and waits for a success status. Every failure is mapped to the status the
