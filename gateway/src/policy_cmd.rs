@@ -240,5 +240,22 @@ fn bench(dir: &Path, candidates: usize, requests: usize) -> anyhow::Result<()> {
         cold * 1e6 / candidates as f64,
         warm * 1e6,
     );
+    // What the gate adds per request besides the decisions: the personal-data scan of the prompt.
+    let text = "Please review the deployment notes for the staging cluster and summarise them. ".repeat(50);
+    let messages = serde_json::json!([
+        {"role": "system", "content": "You are a careful assistant."},
+        {"role": "user", "content": text},
+    ])
+    .to_string();
+    let rounds = 2000;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(dsgw::policy::redact::messages_have_personal_data(&messages));
+    }
+    println!(
+        "personal-data scan of a {:.1} KiB prompt: {:.1} us",
+        messages.len() as f64 / 1024.0,
+        started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
+    );
     Ok(())
 }
