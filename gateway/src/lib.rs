@@ -7,6 +7,7 @@
 //! usage from [`usage`]).
 
 pub mod account;
+pub mod anthropic;
 pub mod auth;
 pub mod budgets;
 pub mod chat;

@@ -241,7 +241,8 @@ fn bench(dir: &Path, candidates: usize, requests: usize) -> anyhow::Result<()> {
         warm * 1e6,
     );
     // What the gate adds per request besides the decisions: the personal-data scan of the prompt.
-    let text = "Please review the deployment notes for the staging cluster and summarise them. ".repeat(50);
+    let text = "Please review the deployment notes for the staging cluster and summarise them. "
+        .repeat(50);
     let messages = serde_json::json!([
         {"role": "system", "content": "You are a careful assistant."},
         {"role": "user", "content": text},

@@ -40,8 +40,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/deployments", get(account::deployments))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
 
+    // Anthropic's Messages API: the same keys (`x-api-key` or Bearer), its own error shape.
+    let anthropic = Router::new()
+        .route("/anthropic/v1/messages", post(crate::anthropic::messages))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn(crate::anthropic::anthropic_errors));
+
     public
         .merge(authenticated)
+        .merge(anthropic)
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state)
@@ -141,7 +148,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, request: Request) 
     chat::complete(&state, principal, &parts.headers, body).await
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {

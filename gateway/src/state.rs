@@ -54,6 +54,8 @@ pub struct AppState {
     pub ledger: Arc<Ledger>,
     pub budgets: Vec<Budget>,
     pub routing: RoutingConfig,
+    /// Where Anthropic requests naming a model that is not served here go.
+    pub anthropic_default_model: String,
     /// The data-residency policies; swapped whole when they are reloaded (SIGHUP).
     policy: RwLock<Option<Arc<PolicyEngine>>>,
     pub audit: AuditLog,
@@ -135,6 +137,7 @@ impl AppState {
                 .map(|b| Budget::from_config(b, &config.keys))
                 .collect(),
             routing: config.routing.clone(),
+            anthropic_default_model: config.anthropic_default_model(),
             policy: RwLock::new(policy),
             audit,
             redactor,

@@ -104,6 +104,14 @@ deployments = [{{ provider = "deepseek", model = "deepseek-reasoner" }}]
 id = "alice"
 team = "research"
 key_sha256 = "{alice}"
+
+# Tests provoke upstream failures on purpose, one request each: no retries (each failure reaches
+# the SDK as it is), and no circuit opening on the one shared deployment.
+[routing]
+max_attempts = 1
+failures_to_open = 1000
+error_rate_to_open = 1.0
+error_rate_window = 64
 """
     yield from serve(config)
 

@@ -69,6 +69,35 @@ pub struct Config {
     /// Data-residency policies (Cedar): which deployments each request's data may reach.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// The Anthropic Messages endpoint (`/anthropic/v1/messages`).
+    #[serde(default)]
+    pub anthropic: AnthropicConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnthropicConfig {
+    /// The model that serves requests naming a model not served here (`claude-...`), as
+    /// DeepSeek's own Anthropic endpoint does. Default: `deepseek-chat` when served, else the
+    /// first model.
+    pub default_model: Option<String>,
+}
+
+impl Config {
+    /// The model Anthropic requests for unknown names go to.
+    pub fn anthropic_default_model(&self) -> String {
+        self.anthropic
+            .default_model
+            .clone()
+            .or_else(|| {
+                self.models
+                    .iter()
+                    .find(|m| m.name == "deepseek-chat")
+                    .or(self.models.first())
+                    .map(|m| m.name.clone())
+            })
+            .unwrap_or_else(|| "deepseek-chat".to_owned())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -415,6 +444,7 @@ impl Config {
             budgets: Vec::new(),
             routing: RoutingConfig::default(),
             policy: PolicyConfig::default(),
+            anthropic: AnthropicConfig::default(),
         }
     }
 
@@ -518,6 +548,13 @@ impl Config {
             }
         }
         self.routing.validate().map_err(ConfigError::Invalid)?;
+        if let Some(name) = &self.anthropic.default_model
+            && !self.models.iter().any(|m| &m.name == name)
+        {
+            return invalid(format!(
+                "[anthropic]: default_model {name:?} is not one of the [[models]]"
+            ));
+        }
         if let Some(redis) = &self.redis {
             if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") {
                 return invalid("[redis]: `url` must start with redis:// or rediss://".to_owned());
