@@ -6,6 +6,9 @@ use std::path::Path;
 /// The V3.2 `tokenizer.json`, embedded so the built-in model works offline.
 pub const EMBEDDED: &[u8] = include_bytes!("../tokenizer/deepseek-v3.2/tokenizer.json");
 
+/// Each id's raw bytes; `None` for special tokens.
+pub type TokenBytes = Vec<Option<Box<[u8]>>>;
+
 #[derive(Debug, thiserror::Error)]
 #[error("tokenizer: {0}")]
 pub struct TokenizerError(String);
@@ -74,6 +77,45 @@ impl Tokenizer {
             .encode(text, false)
             .map_err(|e| TokenizerError(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The id of a token written out (`</think>`), if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Every id's raw bytes (byte-level BPE undone), `None` for special tokens: what a grammar
+    /// constraint checks candidate tokens against.
+    pub fn token_bytes(&self) -> TokenBytes {
+        // GPT-2's byte-to-character table, inverted: printable Latin-1 bytes stand for
+        // themselves, the rest were shifted to 256 and up in order.
+        let mut byte_of = std::collections::HashMap::new();
+        let mut shifted = 0u32;
+        for b in 0u32..=255 {
+            let printable =
+                (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+            let c = if printable {
+                b
+            } else {
+                shifted += 1;
+                255 + shifted
+            };
+            byte_of.insert(char::from_u32(c).expect("a valid char"), b as u8);
+        }
+        let special = self.inner.get_added_tokens_decoder();
+        (0..self.vocab_size() as u32)
+            .map(|id| {
+                if special.get(&id).is_some_and(|t| t.special) {
+                    return None;
+                }
+                let token = self.inner.id_to_token(id)?;
+                token
+                    .chars()
+                    .map(|c| byte_of.get(&c).copied())
+                    .collect::<Option<Vec<u8>>>()
+                    .map(Vec::into_boxed_slice)
+            })
+            .collect()
     }
 
     /// Decodes ids, keeping special tokens as text (the chat parser needs `</think>`).

@@ -5,8 +5,8 @@ use std::sync::OnceLock;
 use dsgw_engine::backend::cpu::Cpu;
 use dsgw_engine::checkpoint::Checkpoint;
 use dsgw_engine::generate::{
-    Engine, EngineError, EngineOptions, Event, FinishReason, GenerationRequest, GenerationUsage,
-    SamplingParams,
+    Constraint, Engine, EngineError, EngineOptions, Event, FinishReason, GenerationRequest,
+    GenerationUsage, SamplingParams,
 };
 use dsgw_engine::model::Model;
 use dsgw_engine::tiny::{TinySpec, write_model};
@@ -183,4 +183,55 @@ fn a_dropped_receiver_cancels_without_disturbing_others() {
     drop(rx);
     let (_, reason, _) = run(&prompt(10, 7), greedy(3));
     assert_eq!(reason, FinishReason::Length);
+}
+
+#[test]
+fn json_mode_makes_a_random_model_answer_a_json_object() {
+    // Random weights would never write JSON on their own: every answer here is the constraint's.
+    for seed in 0..6 {
+        let params = SamplingParams {
+            seed: Some(seed),
+            temperature: 1.0,
+            max_tokens: 60,
+            constraint: Constraint::JsonObject,
+            ..SamplingParams::default()
+        };
+        let (text, reason, usage) = run(&prompt(12, seed as u32), params);
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("seed {seed}: not JSON ({e}): {text:?}"));
+        assert!(value.is_object(), "{text}");
+        assert_eq!(reason, FinishReason::Stop, "{text}");
+        assert!(usage.completion_tokens <= 60);
+    }
+    // Even a budget too small for a free answer closes the object.
+    let params = SamplingParams {
+        seed: Some(1),
+        max_tokens: 4,
+        constraint: Constraint::JsonObject,
+        ..SamplingParams::default()
+    };
+    let (text, _, _) = run(&prompt(12, 1), params);
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&text).is_ok(),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn token_bytes_undo_the_byte_level_encoding() {
+    let t = Tokenizer::deepseek_v32().unwrap();
+    let table = t.token_bytes();
+    assert_eq!(table.len(), t.vocab_size());
+    for text in ["{\"name\": \"Zoë\", \"n\": 12}", " hello\n\tworld"] {
+        let ids = t.encode(text).unwrap();
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| table[id as usize].as_deref().unwrap().to_vec())
+            .collect();
+        assert_eq!(bytes, text.as_bytes());
+    }
+    assert!(
+        table[t.eos() as usize].is_none(),
+        "special tokens have no bytes"
+    );
 }

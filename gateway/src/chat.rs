@@ -15,7 +15,7 @@ use crate::policy::redact::Vault;
 use crate::pricing::Price;
 use crate::raw_object::RawObject;
 use crate::relay::Relay;
-use crate::request::ChatRequest;
+use crate::request::{ChatRequest, Surface};
 use crate::routing::dispatch::{Answer, Dispatched, dispatch};
 use crate::settlement::{Outcome, Settlement};
 use crate::state::AppState;
@@ -26,8 +26,9 @@ pub async fn complete(
     principal: Principal,
     headers: &HeaderMap,
     body: Bytes,
+    surface: Surface,
 ) -> Response {
-    let request = match ChatRequest::parse(&body) {
+    let request = match ChatRequest::parse_as(&body, surface) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };

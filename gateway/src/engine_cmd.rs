@@ -147,7 +147,7 @@ pub fn run(command: EngineCommand) -> anyhow::Result<()> {
                 top_p: 1.0,
                 seed,
                 max_tokens,
-                stop: Vec::new(),
+                ..SamplingParams::default()
             };
             let mut events = engine.submit(GenerationRequest {
                 prompt: ids,

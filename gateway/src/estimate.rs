@@ -40,6 +40,13 @@ pub fn prompt_tokens(body: &[u8], thinking: bool) -> u64 {
     let Ok(request) = serde_json::from_slice::<Value>(body) else {
         return 0;
     };
+    if let Some(prompt) = request["prompt"].as_str() {
+        // Fill in the middle: the prompt and the suffix, around the model's FIM markers.
+        let text = format!("{prompt}{}", request["suffix"].as_str().unwrap_or(""));
+        return tokenizer()
+            .and_then(|t| t.encode(&text).ok())
+            .map_or(0, |ids| ids.len() as u64 + 4);
+    }
     let messages = request["messages"]
         .as_array()
         .map(|ms| {

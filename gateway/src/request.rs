@@ -25,9 +25,24 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     pub message_count: usize,
     pub raw: RawObject,
+    /// Which API the request came in on.
+    pub surface: Surface,
+    /// The last message is an assistant message with `prefix: true`: the model continues it.
+    pub prefix: bool,
 }
 
-#[derive(Debug, Deserialize)]
+/// The API a request came in on: they share validation, routing and accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// `/chat/completions`.
+    Chat,
+    /// `/beta/chat/completions`: chat prefix completion and strict function calling.
+    BetaChat,
+    /// `/beta/completions`: fill in the middle (`prompt`, `suffix`), non-thinking only.
+    Fim,
+}
+
+#[derive(Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Role {
     System,
@@ -48,6 +63,8 @@ struct Message {
     tool_calls: Option<Vec<serde::de::IgnoredAny>>,
     #[serde(default)]
     reasoning_content: Option<String>,
+    #[serde(default)]
+    prefix: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,10 +123,17 @@ struct Tool {
 #[derive(Debug, Deserialize)]
 struct Function {
     name: String,
+    #[serde(default)]
+    strict: Option<bool>,
+    #[serde(default)]
+    parameters: Option<serde_json::Value>,
 }
 
 /// Deserialises one top-level field, mapping a type error to a 422 that names it.
-fn field<T: DeserializeOwned>(raw: &RawObject, name: &str) -> Result<Option<T>, ApiError> {
+pub(crate) fn field<T: DeserializeOwned>(
+    raw: &RawObject,
+    name: &str,
+) -> Result<Option<T>, ApiError> {
     let Some(value) = raw.get(name) else {
         return Ok(None);
     };
@@ -124,7 +148,7 @@ fn field<T: DeserializeOwned>(raw: &RawObject, name: &str) -> Result<Option<T>, 
     })
 }
 
-fn range(name: &str, value: Option<f64>, lo: f64, hi: f64) -> Result<(), ApiError> {
+pub(crate) fn range(name: &str, value: Option<f64>, lo: f64, hi: f64) -> Result<(), ApiError> {
     match value {
         Some(v) if !(lo..=hi).contains(&v) => Err(ApiError::invalid_parameter(
             name,
@@ -135,8 +159,14 @@ fn range(name: &str, value: Option<f64>, lo: f64, hi: f64) -> Result<(), ApiErro
 }
 
 impl ChatRequest {
-    /// Parses the body. Mode-dependent checks happen in [`ChatRequest::check_against`].
+    /// Parses a `/chat/completions` body. Mode-dependent checks happen in
+    /// [`ChatRequest::check_against`].
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        Self::parse_as(body, Surface::Chat)
+    }
+
+    /// Parses a body that came in on `surface`.
+    pub fn parse_as(body: &[u8], surface: Surface) -> Result<Self, ApiError> {
         let raw: RawObject = serde_json::from_slice(body).map_err(|e| match e.classify() {
             serde_json::error::Category::Data => ApiError::invalid_parameter(
                 "body",
@@ -148,10 +178,14 @@ impl ChatRequest {
         let model: String = field(&raw, "model")?.ok_or_else(|| {
             ApiError::invalid_parameter("model", "Missing required parameter: `model`")
         })?;
+        if surface == Surface::Fim {
+            return crate::fim::parse(raw, model);
+        }
         let messages: Vec<Message> = field(&raw, "messages")?.ok_or_else(|| {
             ApiError::invalid_parameter("messages", "Missing required parameter: `messages`")
         })?;
         validate_messages(&messages)?;
+        let prefix = validate_prefix(&messages, surface)?;
 
         let stream = field::<bool>(&raw, "stream")?.unwrap_or(false);
         let include_usage = field::<StreamOptions>(&raw, "stream_options")?
@@ -215,6 +249,19 @@ impl ChatRequest {
             ));
         }
         for (i, tool) in tools.iter().enumerate() {
+            if tool.function.strict == Some(true) {
+                if surface != Surface::BetaChat {
+                    return Err(ApiError::bad_request(format!(
+                        "tools[{i}]: strict function calling is a beta feature: send the request to /beta/chat/completions"
+                    ))
+                    .with_param("tools"));
+                }
+                let schema = tool.function.parameters.clone().unwrap_or_default();
+                crate::strict_schema::validate(&schema).map_err(|why| {
+                    ApiError::bad_request(format!("tools[{i}] ({}): {why}", tool.function.name))
+                        .with_param("tools")
+                })?;
+            }
             if tool.kind != "function" || tool.function.name.is_empty() {
                 return Err(ApiError::invalid_parameter(
                     "tools",
@@ -257,6 +304,8 @@ impl ChatRequest {
             max_tokens,
             message_count: messages.len(),
             raw,
+            surface,
+            prefix,
         })
     }
 
@@ -305,6 +354,26 @@ impl ChatRequest {
         }
         Ok(thinking)
     }
+}
+
+/// `prefix: true` is for the last message only, an assistant one, on the beta endpoint.
+fn validate_prefix(messages: &[Message], surface: Surface) -> Result<bool, ApiError> {
+    let Some(at) = messages.iter().position(|m| m.prefix == Some(true)) else {
+        return Ok(false);
+    };
+    let bad = |why: String| Err(ApiError::bad_request(why).with_param("messages"));
+    if surface != Surface::BetaChat {
+        return bad(
+            "Chat prefix completion is a beta feature: send the request to /beta/chat/completions"
+                .to_owned(),
+        );
+    }
+    if at + 1 != messages.len() || messages[at].role != Role::Assistant {
+        return bad(format!(
+            "messages[{at}]: only the last message, an assistant message, may set `prefix: true`"
+        ));
+    }
+    Ok(true)
 }
 
 fn validate_messages(messages: &[Message]) -> Result<(), ApiError> {

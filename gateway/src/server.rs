@@ -18,6 +18,7 @@ use crate::account;
 use crate::auth::{Principal, bearer_token};
 use crate::chat;
 use crate::error::ApiError;
+use crate::request::Surface;
 use crate::state::AppState;
 
 /// The whole stack, read top to bottom.
@@ -32,6 +33,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let authenticated = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/chat/completions", post(chat_completions))
+        .route("/beta/chat/completions", post(beta_chat_completions))
+        .route("/beta/completions", post(fim_completions))
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .route("/user/balance", get(account::balance))
@@ -130,7 +133,23 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
     response
 }
 
-async fn chat_completions(State(state): State<Arc<AppState>>, request: Request) -> Response {
+async fn chat_completions(state: State<Arc<AppState>>, request: Request) -> Response {
+    serve_surface(state, request, Surface::Chat).await
+}
+
+async fn beta_chat_completions(state: State<Arc<AppState>>, request: Request) -> Response {
+    serve_surface(state, request, Surface::BetaChat).await
+}
+
+async fn fim_completions(state: State<Arc<AppState>>, request: Request) -> Response {
+    serve_surface(state, request, Surface::Fim).await
+}
+
+async fn serve_surface(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    surface: Surface,
+) -> Response {
     let (parts, body) = request.into_parts();
     let principal = parts
         .extensions
@@ -145,7 +164,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, request: Request) 
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    chat::complete(&state, principal, &parts.headers, body).await
+    chat::complete(&state, principal, &parts.headers, body, surface).await
 }
 
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {

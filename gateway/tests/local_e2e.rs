@@ -156,3 +156,120 @@ async fn local_client_disconnect_cancels_generation() {
     let (status, _) = post(&gw, json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})).await;
     assert_eq!(status, 200);
 }
+
+async fn post_to(gw: &Gateway, path: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(gw.url(path))
+        .bearer_auth("anything")
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_engine_serves_fim_prefix_completion_and_enforced_json_mode() {
+    let gw = start();
+    let tokenizer = dsgw_engine::tokenizer::Tokenizer::deepseek_v32().unwrap();
+
+    // Fill in the middle: DeepSeek-V3's FIM markers around the hole, answered as text_completion.
+    let (status, v) = post_to(
+        &gw,
+        "/beta/completions",
+        json!({"model": "deepseek-chat", "prompt": "def add(a, b):", "suffix": "    return c", "max_tokens": 5, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    assert!(v["choices"][0]["text"].is_string());
+    let expected = tokenizer
+        .encode("<｜begin▁of▁sentence｜><｜fim▁begin｜>def add(a, b):<｜fim▁hole｜>    return c<｜fim▁end｜>")
+        .unwrap()
+        .len();
+    assert_eq!(v["usage"]["prompt_tokens"], expected as u64, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+
+    // Prefix completion: the prompt ends with the assistant's prefix, which the model continues.
+    let ask = |prefix: Option<&str>| {
+        let mut messages = vec![json!({"role": "user", "content": "Write quick sort"})];
+        if let Some(p) = prefix {
+            messages.push(json!({"role": "assistant", "content": p, "prefix": true}));
+        }
+        json!({"model": "deepseek-chat", "messages": messages, "max_tokens": 3, "temperature": 0})
+    };
+    let (status, plain) = post_to(&gw, "/beta/chat/completions", ask(None)).await;
+    assert_eq!(status, 200, "{plain}");
+    let (status, prefixed) = post_to(&gw, "/beta/chat/completions", ask(Some("```python\n"))).await;
+    assert_eq!(status, 200, "{prefixed}");
+    let prefix_tokens = tokenizer.encode("```python\n").unwrap().len() as u64;
+    assert_eq!(
+        prefixed["usage"]["prompt_tokens"].as_u64().unwrap(),
+        plain["usage"]["prompt_tokens"].as_u64().unwrap() + prefix_tokens
+    );
+
+    // JSON mode is enforced: random weights, and still a JSON object every time.
+    for seed in 0..3 {
+        for stream in [false, true] {
+            let body = json!({
+                "model": "deepseek-chat", "response_format": {"type": "json_object"}, "seed": seed,
+                "stream": stream, "max_tokens": 40,
+                "messages": [{"role": "user", "content": "Reply in json"}],
+            });
+            let content = if stream {
+                let r = reqwest::Client::new()
+                    .post(gw.url("/v1/chat/completions"))
+                    .bearer_auth("anything")
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let text = r.text().await.unwrap();
+                text.split("\n\n")
+                    .filter_map(|e| e.strip_prefix("data: "))
+                    .filter(|d| *d != "[DONE]")
+                    .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                    .filter_map(|c| {
+                        c["choices"][0]["delta"]["content"]
+                            .as_str()
+                            .map(str::to_owned)
+                    })
+                    .collect::<String>()
+            } else {
+                let (status, v) = post_to(&gw, "/v1/chat/completions", body).await;
+                assert_eq!(status, 200, "{v}");
+                v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            };
+            let parsed: Value = serde_json::from_str(&content)
+                .unwrap_or_else(|e| panic!("seed {seed}, stream {stream}: {e}: {content:?}"));
+            assert!(parsed.is_object());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_engine_answers_anthropic_messages() {
+    let gw = start();
+    let r = reqwest::Client::new()
+        .post(gw.url("/anthropic/v1/messages"))
+        .header("x-api-key", "anything")
+        .json(&json!({"model": "claude-haiku-5", "max_tokens": 4, "messages": [{"role": "user", "content": "Hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["model"], "claude-haiku-5");
+    assert_eq!(v["stop_reason"], "max_tokens");
+    assert_eq!(v["usage"]["output_tokens"], 4);
+}

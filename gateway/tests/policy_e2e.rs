@@ -215,6 +215,27 @@ async fn forbidden_upstreams_never_see_the_prompt_and_every_decision_is_audited(
             );
             assert!(!sent.to_string().contains("ops@corp"));
             expected_audit.push((None, "routed", Some("eu")));
+
+            // Fill in the middle is redacted too: prompt and suffix.
+            let r = http
+                .post(gw.url("/beta/completions"))
+                .bearer_auth("sk-alice")
+                .json(&json!({"model": "m", "prompt": "fim-marker mail jane.doe@example.com", "suffix": "10.0.0.7 end"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let answer: Value = r.json().await.unwrap();
+            assert_eq!(
+                answer["choices"][0]["text"], "filled jane.doe@example.com to 10.0.0.7",
+                "re-identified for the caller"
+            );
+            let sent = &u.cn.bodies_with("fim-marker")[0];
+            assert!(
+                !sent.contains("jane.doe") && !sent.contains("10.0.0.7"),
+                "{sent}"
+            );
+            expected_audit.push((None, "routed", Some("cn")));
         }
         // Classification comes from the key when the header is absent; a bad header is a 400.
         let r = http

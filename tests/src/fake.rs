@@ -151,12 +151,18 @@ pub fn router(state: Arc<FakeState>) -> Router {
         .route("/openai/v1/chat/completions", post(openai))
         .route("/openrouter/api/v1/chat/completions", post(openrouter))
         .route("/fault/{kind}/chat/completions", post(faulty))
+        .route("/beta/chat/completions", post(deepseek_beta))
+        .route("/beta/completions", post(fim))
+        .route("/openai/v1/completions", post(fim))
         .route("/_fake/state", get(inspect))
         .with_state(state)
 }
 
 async fn deepseek(s: State<Arc<FakeState>>, h: HeaderMap, b: Bytes) -> Response {
     handle(s.0, Dialect::Deepseek, None, h, b).await
+}
+async fn deepseek_beta(s: State<Arc<FakeState>>, h: HeaderMap, b: Bytes) -> Response {
+    handle_as(s.0, Dialect::Deepseek, None, h, b, true).await
 }
 async fn openai(s: State<Arc<FakeState>>, h: HeaderMap, b: Bytes) -> Response {
     handle(s.0, Dialect::Openai, None, h, b).await
@@ -259,8 +265,11 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    // A flaky fault that does not strike this time is no fault at all.
-    let fault = fault.filter(|f| f.strikes());
+    handle_as(state, dialect, fault, headers, body, false).await
+}
+
+/// Records a request and checks its key; `Some` is the refusal to answer instead.
+fn receive(state: &FakeState, headers: &HeaderMap, body: &Bytes) -> Option<Response> {
     state.requests.fetch_add(1, Ordering::SeqCst);
     *state.last_body.lock().unwrap() = Some(body.clone());
     {
@@ -276,13 +285,102 @@ async fn handle(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
     *state.last_auth.lock().unwrap() = auth.clone();
-    if let Some(expected) = &state.expected_key
-        && auth.as_deref() != Some(expected.as_str())
-    {
-        return error(
+    match &state.expected_key {
+        Some(expected) if auth.as_deref() != Some(expected.as_str()) => Some(error(
             StatusCode::UNAUTHORIZED,
             "Authentication Fails, Your api key is invalid",
+        )),
+        _ => None,
+    }
+}
+
+/// DeepSeek's fill-in-the-middle (`/beta/completions`; vLLM's `/v1/completions` alike): the
+/// completion names the last word of the prompt and the first of the suffix.
+async fn fim(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = receive(&state, &headers, &body) {
+        return r;
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Failed to parse the request body as JSON",
         );
+    };
+    let Some(prompt) = request["prompt"].as_str() else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "prompt: missing field `prompt`",
+        );
+    };
+    let suffix = request["suffix"].as_str().unwrap_or("");
+    let before = words(prompt).pop().unwrap_or_default();
+    let after = words(suffix).first().cloned().unwrap_or_default();
+    let mut text = vec!["filled".to_owned(), before, "to".to_owned(), after];
+    text.retain(|w| !w.is_empty());
+    let prompt_tokens = (words(prompt).len() + words(suffix).len()) as u64;
+    let usage = json!({
+        "prompt_tokens": prompt_tokens, "completion_tokens": text.len(),
+        "total_tokens": prompt_tokens + text.len() as u64,
+        "prompt_cache_hit_tokens": 0, "prompt_cache_miss_tokens": prompt_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    });
+    let model = request["model"]
+        .as_str()
+        .unwrap_or("deepseek-chat")
+        .to_owned();
+    let id = format!("fake-cmpl-{:08x}", counter());
+    let echo = if request["echo"].as_bool() == Some(true) {
+        prompt.to_owned()
+    } else {
+        String::new()
+    };
+    if request["stream"].as_bool() != Some(true) {
+        let body = json!({
+            "id": id, "object": "text_completion", "created": 1766977481, "model": model,
+            "choices": [{"index": 0, "text": format!("{echo}{}", text.join(" ")), "logprobs": null, "finish_reason": "stop"}],
+            "usage": usage,
+        });
+        return json_response(StatusCode::OK, body.to_string());
+    }
+    let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
+    let mut frames: Vec<String> = Vec::new();
+    let chunk = |t: &str, finish: Option<&str>| {
+        let c = json!({"id": id, "object": "text_completion", "created": 1766977481, "model": model,
+            "choices": [{"index": 0, "text": t, "logprobs": null, "finish_reason": finish}]});
+        format!("data: {c}\n\n")
+    };
+    if !echo.is_empty() {
+        frames.push(chunk(&echo, None));
+    }
+    for (i, w) in text.iter().enumerate() {
+        let t = if i == 0 { w.clone() } else { format!(" {w}") };
+        frames.push(chunk(&t, None));
+    }
+    frames.push(chunk("", Some("stop")));
+    if include_usage {
+        let c = json!({"id": id, "object": "text_completion", "created": 1766977481, "model": model, "choices": [], "usage": usage});
+        frames.push(format!("data: {c}\n\n"));
+    }
+    frames.push("data: [DONE]\n\n".to_owned());
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from(frames.concat()))
+        .unwrap()
+}
+
+async fn handle_as(
+    state: Arc<FakeState>,
+    dialect: Dialect,
+    fault: Option<Fault>,
+    headers: HeaderMap,
+    body: Bytes,
+    beta: bool,
+) -> Response {
+    // A flaky fault that does not strike this time is no fault at all.
+    let fault = fault.filter(|f| f.strikes());
+    if let Some(r) = receive(&state, &headers, &body) {
+        return r;
     }
     match fault {
         Some(Fault::Status(429)) => {
@@ -343,6 +441,17 @@ async fn handle(
     };
     let last = messages.last().unwrap();
     let last_text = text_of(last);
+    // DeepSeek serves chat prefix completion and strict tools only under /beta.
+    let prefix = last["prefix"].as_bool() == Some(true);
+    let strict = request["tools"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|t| t["function"]["strict"] == true));
+    if (prefix || strict) && !beta && dialect == Dialect::Deepseek {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "prefix completion and strict tools need the beta endpoint (base_url https://api.deepseek.com/beta)",
+        );
+    }
 
     if let Some(code) = last_text
         .split("__status_")
@@ -411,7 +520,10 @@ async fn handle(
         )),
         _ => None,
     };
-    let content = if tool_call.is_some() {
+    let content = if prefix {
+        // The continuation of the assistant's prefix, without the prefix itself.
+        words("and so it continues.")
+    } else if tool_call.is_some() {
         Vec::new()
     } else if last["role"] == "tool" {
         words(&format!("The tool said: {last_text}"))

@@ -2,12 +2,14 @@
 //! together in one batch (continuous batching), and prompts that share a prefix with an earlier
 //! one reuse its KV cache in 64-token blocks, as DeepSeek bills cache hits.
 
+mod json_constraint;
 mod prefix_cache;
 mod sampling;
 mod service;
 
+pub use json_constraint::JsonState;
 pub use prefix_cache::{BLOCK, PrefixCache};
-pub use sampling::{Sampler, SamplingParams};
+pub use sampling::{Constraint, Sampler, SamplingParams};
 pub use service::{
     Engine, EngineError, EngineOptions, Event, FinishReason, GenerationRequest, GenerationUsage,
 };

@@ -12,6 +12,19 @@ pub struct SamplingParams {
     pub max_tokens: usize,
     /// Generation ends before the first of these strings; it is not part of the output.
     pub stop: Vec<String>,
+    /// A grammar the output must follow.
+    pub constraint: Constraint,
+}
+
+/// What the output must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Constraint {
+    #[default]
+    None,
+    /// One JSON object (`response_format: {"type": "json_object"}`).
+    JsonObject,
+    /// One JSON object after the reasoning (thinking mode: from `</think>` on).
+    JsonObjectAfterThinking,
 }
 
 impl Default for SamplingParams {
@@ -22,6 +35,7 @@ impl Default for SamplingParams {
             seed: None,
             max_tokens: 256,
             stop: Vec::new(),
+            constraint: Constraint::None,
         }
     }
 }
@@ -83,6 +97,43 @@ impl Sampler {
     }
 }
 
+/// How many of the likeliest tokens a constrained step looks at before scanning them all.
+const CONSTRAINED_CANDIDATES: usize = 256;
+
+impl Sampler {
+    /// Samples among the tokens `accept` allows (temperature and top-p applied among them);
+    /// `None` when it allows none.
+    pub fn sample_constrained(
+        &mut self,
+        logits: &[f32],
+        accept: &dyn Fn(u32) -> bool,
+    ) -> Option<u32> {
+        let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+        let k = CONSTRAINED_CANDIDATES.min(ids.len());
+        if k < ids.len() {
+            ids.select_nth_unstable_by(k, |&a, &b| {
+                logits[b as usize].total_cmp(&logits[a as usize])
+            });
+        }
+        let mut allowed: Vec<u32> = ids[..k].iter().copied().filter(|&id| accept(id)).collect();
+        if allowed.is_empty() {
+            // Rare: none of the likeliest fits; take the likeliest that does.
+            allowed = ids[k..]
+                .iter()
+                .copied()
+                .filter(|&id| accept(id))
+                .max_by(|&a, &b| logits[a as usize].total_cmp(&logits[b as usize]))
+                .into_iter()
+                .collect();
+        }
+        let restricted: Vec<f32> = allowed.iter().map(|&id| logits[id as usize]).collect();
+        if restricted.is_empty() {
+            return None;
+        }
+        Some(allowed[self.sample(&restricted) as usize])
+    }
+}
+
 pub fn argmax(logits: &[f32]) -> u32 {
     logits
         .iter()
@@ -96,6 +147,26 @@ pub fn argmax(logits: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constrained_sampling_only_takes_allowed_tokens() {
+        let logits: Vec<f32> = (0..1000).map(|i| (i % 17) as f32).collect();
+        for temperature in [0.0, 1.0] {
+            let mut s = Sampler::new(&SamplingParams {
+                temperature,
+                seed: Some(7),
+                ..Default::default()
+            });
+            for _ in 0..50 {
+                let id = s.sample_constrained(&logits, &|id| id % 7 == 3).unwrap();
+                assert_eq!(id % 7, 3);
+            }
+            // Allowed only outside the likeliest 256: still found.
+            let rare = |id: u32| id == 999;
+            assert_eq!(s.sample_constrained(&logits, &rare), Some(999));
+            assert_eq!(s.sample_constrained(&logits, &|_| false), None);
+        }
+    }
 
     #[test]
     fn temperature_zero_is_greedy() {

@@ -8,12 +8,14 @@ use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+use super::json_constraint::JsonState;
 use super::prefix_cache::PrefixCache;
-use super::sampling::{Sampler, SamplingParams};
+use super::sampling::{Constraint, Sampler, SamplingParams};
 use crate::backend::Backend;
 use crate::cache::KvCache;
 use crate::chat::partial_marker_len;
 use crate::model::{Logits, Model, Segment};
+use crate::tokenizer::TokenBytes;
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +151,14 @@ struct Sequence<B: Backend> {
     held: String,
     usage: GenerationUsage,
     next: u32,
+    /// The JSON grammar, when the output must be a JSON object.
+    json: Option<JsonGuard>,
+}
+
+/// A JSON-mode sequence's grammar state; inactive while the model is still reasoning.
+struct JsonGuard {
+    state: JsonState,
+    active: bool,
 }
 
 struct Scheduler<B: Backend> {
@@ -158,6 +168,9 @@ struct Scheduler<B: Backend> {
     prefix: PrefixCache<B>,
     stop_ids: Vec<u32>,
     running: Vec<Sequence<B>>,
+    /// Token bytes for grammar constraints, built on the first constrained request.
+    token_bytes: Option<Arc<TokenBytes>>,
+    think_end: Option<u32>,
 }
 
 enum Step {
@@ -169,14 +182,19 @@ impl<B: Backend> Scheduler<B> {
     fn new(model: Model<B>, tokenizer: Arc<Tokenizer>, options: EngineOptions) -> Self {
         let mut stop_ids = model.config.eos_token_ids.clone();
         stop_ids.push(tokenizer.eos());
-        Self {
+        let think_end = tokenizer.token_id(crate::chat::THINK_END);
+        let mut scheduler = Self {
             prefix: PrefixCache::new(options.prefix_cache_entries),
             model,
             tokenizer,
             options,
             stop_ids,
             running: Vec::new(),
-        }
+            token_bytes: None,
+            think_end: None,
+        };
+        scheduler.think_end = think_end;
+        scheduler
     }
 
     fn run(mut self, queue: Receiver<Job>) {
@@ -215,8 +233,19 @@ impl<B: Backend> Scheduler<B> {
             .model
             .forward(&prompt[cached..], &mut cache, Logits::Last);
         self.prefix.insert(backend, prompt, &cache);
-        let mut sampler = Sampler::new(&job.request.params);
-        let next = sampler.sample(&logits);
+        let json = match job.request.params.constraint {
+            Constraint::None => None,
+            constraint => {
+                if self.token_bytes.is_none() {
+                    self.token_bytes = Some(Arc::new(self.tokenizer.token_bytes()));
+                }
+                Some(JsonGuard {
+                    state: JsonState::default(),
+                    active: constraint == Constraint::JsonObject,
+                })
+            }
+        };
+        let sampler = Sampler::new(&job.request.params);
         let mut seq = Sequence {
             cache,
             events: job.events,
@@ -229,8 +258,10 @@ impl<B: Backend> Scheduler<B> {
                 cached_tokens: cached,
                 completion_tokens: 0,
             },
-            next,
+            next: 0,
+            json,
         };
+        seq.next = self.choose(&mut seq, &logits);
         match self.accept(&mut seq) {
             Step::Continue => self.running.push(seq),
             Step::Finished(reason) => finish(&mut seq, reason),
@@ -253,8 +284,11 @@ impl<B: Backend> Scheduler<B> {
         let vocab = self.model.config.vocab_size;
         let mut finished = Vec::new();
         for (i, row) in logits.chunks_exact(vocab).enumerate() {
-            let seq = &mut self.running[i];
-            seq.next = seq.sampler.sample(row);
+            let mut seq = self.running.swap_remove(i);
+            seq.next = self.choose(&mut seq, row);
+            self.running.push(seq);
+            let last = self.running.len() - 1;
+            self.running.swap(i, last);
             if let Step::Finished(reason) = self.accept_at(i) {
                 finished.push((i, reason));
             }
@@ -265,22 +299,58 @@ impl<B: Backend> Scheduler<B> {
         }
     }
 
-    fn accept_at(&mut self, i: usize) -> Step {
-        let limits = Limits {
-            tokenizer: &self.tokenizer,
-            stop_ids: &self.stop_ids,
-            max_positions: self.model.config.max_position_embeddings,
+    /// The next token: sampled, or, in JSON mode, sampled among the tokens that keep the
+    /// output valid JSON (only the shortest closing once the budget runs low; the end of
+    /// sentence once the object is closed).
+    fn choose(&self, seq: &mut Sequence<B>, logits: &[f32]) -> u32 {
+        let eos = self.tokenizer.eos();
+        let (Some(guard), Some(table)) = (&seq.json, &self.token_bytes) else {
+            return seq.sampler.sample(logits);
         };
-        limits.accept(&mut self.running[i])
+        if !guard.active {
+            return seq.sampler.sample(logits);
+        }
+        if guard.state.is_complete() {
+            return eos;
+        }
+        let remaining = seq
+            .params
+            .max_tokens
+            .saturating_sub(seq.usage.completion_tokens);
+        let closing = guard.state.closing();
+        let tight = remaining <= closing.len() + 1;
+        let state = &guard.state;
+        let accept = |id: u32| match table.get(id as usize).and_then(Option::as_ref) {
+            Some(bytes) if tight => !bytes.is_empty() && closing.starts_with(bytes),
+            Some(bytes) => state.accepts(bytes),
+            None => false,
+        };
+        seq.sampler
+            .sample_constrained(logits, &accept)
+            .unwrap_or(eos)
     }
 
-    fn accept(&self, seq: &mut Sequence<B>) -> Step {
+    fn limits(&self) -> Limits<'_> {
         Limits {
             tokenizer: &self.tokenizer,
             stop_ids: &self.stop_ids,
             max_positions: self.model.config.max_position_embeddings,
+            token_bytes: self.token_bytes.as_deref().map(Vec::as_slice),
+            think_end: self.think_end,
         }
-        .accept(seq)
+    }
+
+    fn accept_at(&mut self, i: usize) -> Step {
+        let mut seq = self.running.swap_remove(i);
+        let step = self.limits().accept(&mut seq);
+        self.running.push(seq);
+        let last = self.running.len() - 1;
+        self.running.swap(i, last);
+        step
+    }
+
+    fn accept(&self, seq: &mut Sequence<B>) -> Step {
+        self.limits().accept(seq)
     }
 }
 
@@ -289,6 +359,8 @@ struct Limits<'a> {
     tokenizer: &'a Tokenizer,
     stop_ids: &'a [u32],
     max_positions: usize,
+    token_bytes: Option<&'a [Option<Box<[u8]>>]>,
+    think_end: Option<u32>,
 }
 
 impl Limits<'_> {
@@ -300,6 +372,21 @@ impl Limits<'_> {
         seq.usage.completion_tokens += 1;
         if let Ok(piece) = seq.detokenizer.push(self.tokenizer, seq.next) {
             seq.held.push_str(&piece);
+        }
+        let mut json_done = false;
+        if let Some(guard) = seq.json.as_mut() {
+            if guard.active {
+                let bytes = self
+                    .token_bytes
+                    .and_then(|t| t.get(seq.next as usize))
+                    .and_then(Option::as_ref);
+                if let Some(bytes) = bytes {
+                    guard.state.push(bytes);
+                }
+                json_done = guard.state.is_complete();
+            } else if Some(seq.next) == self.think_end {
+                guard.active = true;
+            }
         }
         if let Some(at) = seq
             .params
@@ -321,6 +408,10 @@ impl Limits<'_> {
         if seq.held.len() > keep {
             let ready: String = seq.held.drain(..seq.held.len() - keep).collect();
             let _ = seq.events.send(Event::Text(ready));
+        }
+        if json_done {
+            // The object is closed: nothing may follow it.
+            return Step::Finished(FinishReason::Stop);
         }
         let at_limit = seq.usage.completion_tokens >= seq.params.max_tokens
             || seq.cache.len() + 1 >= self.max_positions;

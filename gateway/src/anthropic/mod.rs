@@ -46,6 +46,7 @@ pub async fn messages(State(state): State<Arc<AppState>>, request: Request) -> R
         principal,
         &parts.headers,
         translated.chat_body.into(),
+        crate::request::Surface::Chat,
     )
     .await;
     if !answer.status().is_success() {

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use http::HeaderMap;
 
 use super::audit::{Candidate, Entry};
-use super::redact::{Redactor, Vault, messages_have_personal_data, redact_messages};
+use super::redact::{
+    Redactor, Vault, contains_personal_data, messages_have_personal_data, redact_messages,
+};
 use super::{Classification, Obligations, PolicyEngine, RequestFacts, Verdict};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::models::ModelSpec;
-use crate::request::ChatRequest;
+use crate::request::{ChatRequest, Surface};
 
 /// The header a client sets to classify a request's data.
 pub const CLASSIFICATION_HEADER: &str = "x-data-classification";
@@ -24,8 +26,17 @@ pub struct Gate {
     pub personal_data: bool,
     /// One per deployment of the model, in configuration order.
     pub verdicts: Vec<Arc<Verdict>>,
-    /// `messages` with personal data replaced, when an allowed deployment must not see it.
-    pub redacted: Option<(String, Arc<Vault>)>,
+    /// The prompt fields (`messages`, or FIM's `prompt` and `suffix`) as JSON with personal data
+    /// replaced, when an allowed deployment must not see it.
+    pub redacted: Option<Redacted>,
+}
+
+/// Prompt fields with personal data replaced, and the originals behind the placeholders.
+#[derive(Debug)]
+pub struct Redacted {
+    /// Field name and its new JSON text.
+    pub fields: Vec<(&'static str, String)>,
+    pub vault: Arc<Vault>,
 }
 
 impl Gate {
@@ -52,8 +63,12 @@ impl Gate {
                 .default_classification(&principal.key_id)
                 .unwrap_or(Classification::Internal),
         };
+        let fim_texts = (request.surface == Surface::Fim).then(|| crate::fim::texts(request));
         let messages = request.raw.get("messages").map_or("[]", |m| m.get());
-        let personal_data = messages_have_personal_data(messages);
+        let personal_data = match &fim_texts {
+            Some(texts) => contains_personal_data(texts.iter().map(|(_, t)| t.as_str())),
+            None => messages_have_personal_data(messages),
+        };
         let facts = RequestFacts {
             classification,
             model: &model.name,
@@ -65,10 +80,30 @@ impl Gate {
             .map(|d| engine.decide(&principal.key_id, &d.policy_id, facts))
             .collect();
         let must_redact = verdicts.iter().any(|v| v.allowed && v.obligations.redact);
-        let redacted = (personal_data && must_redact)
-            .then(|| redact_messages(messages, redactor))
-            .flatten()
-            .map(|(text, vault)| (text, Arc::new(vault)));
+        let redacted = if !(personal_data && must_redact) {
+            None
+        } else if let Some(texts) = fim_texts {
+            let mut vault = Vault::default();
+            let fields = texts
+                .into_iter()
+                .map(|(name, text)| {
+                    let redacted = redactor.redact(&text, &mut vault);
+                    (
+                        name,
+                        serde_json::to_string(&redacted).expect("a string serialises"),
+                    )
+                })
+                .collect();
+            Some(Redacted {
+                fields,
+                vault: Arc::new(vault),
+            })
+        } else {
+            redact_messages(messages, redactor).map(|(text, vault)| Redacted {
+                fields: vec![("messages", text)],
+                vault: Arc::new(vault),
+            })
+        };
         Ok(Self {
             request_id: format!("{:016x}", crate::routing::backoff::random_u64()),
             classification,
@@ -89,11 +124,11 @@ impl Gate {
             .map(|v| &v.obligations)
     }
 
-    /// The prompt a deployment must receive instead of the original, if any.
-    pub fn redacted_messages(&self, deployment: usize) -> Option<&str> {
+    /// The prompt fields a deployment must receive instead of the originals, if any.
+    pub fn redacted_fields(&self, deployment: usize) -> Option<&[(&'static str, String)]> {
         let o = self.obligations(deployment)?;
         o.redact
-            .then_some(self.redacted.as_ref().map(|(m, _)| m.as_str()))
+            .then_some(self.redacted.as_ref().map(|r| r.fields.as_slice()))
             .flatten()
     }
 
@@ -101,7 +136,7 @@ impl Gate {
     pub fn reidentification(&self, deployment: usize) -> Option<Arc<Vault>> {
         let o = self.obligations(deployment)?;
         (o.redact && o.reidentify)
-            .then(|| self.redacted.as_ref().map(|(_, v)| v.clone()))
+            .then(|| self.redacted.as_ref().map(|r| r.vault.clone()))
             .flatten()
     }
 
@@ -149,9 +184,9 @@ impl Gate {
                 error: v.error.clone(),
             })
             .collect();
-        let redacted_for_chosen = chosen.is_some_and(|i| self.redacted_messages(i).is_some());
+        let redacted_for_chosen = chosen.is_some_and(|i| self.redacted_fields(i).is_some());
         let redactions = match &self.redacted {
-            Some((_, vault)) if redacted_for_chosen => vault.len(),
+            Some(r) if redacted_for_chosen => r.vault.len(),
             _ => 0,
         };
         Entry {

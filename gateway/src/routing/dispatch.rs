@@ -169,8 +169,8 @@ async fn attempt<'a>(
         Transport::Remote(remote) => {
             let mut overrides = Vec::new();
             if let Some(gate) = gate {
-                if let Some(messages) = gate.redacted_messages(deployment.index) {
-                    overrides.push(Edit::Set("messages", messages.to_owned()));
+                for (field, value) in gate.redacted_fields(deployment.index).unwrap_or_default() {
+                    overrides.push(Edit::Set(field, value.clone()));
                 }
                 if let Some(provider) = gate
                     .obligations(deployment.index)
@@ -181,7 +181,7 @@ async fn attempt<'a>(
             }
             let body = remote.render(request, &deployment.upstream_model, thinking, overrides);
             if request.stream {
-                let response = remote.send(body, true).await?;
+                let response = remote.send(body, true, request.surface).await?;
                 let deadline = tokio::time::Instant::now() + remote.first_byte_timeout();
                 Ok(Answer::Stream(
                     remote,
@@ -189,7 +189,7 @@ async fn attempt<'a>(
                 ))
             } else {
                 let call = async {
-                    let response = remote.send(body, false).await?;
+                    let response = remote.send(body, false, request.surface).await?;
                     remote.read_body(response).await
                 };
                 let body = tokio::time::timeout(remote.request_timeout(), call)

@@ -12,7 +12,8 @@ use dsgw_engine::backend::cpu::Cpu;
 use dsgw_engine::chat::{self, Conversation, Delta, Message, Role, StreamParser, ToolCall};
 use dsgw_engine::checkpoint::Checkpoint;
 use dsgw_engine::generate::{
-    Engine, EngineError, EngineOptions, Event, FinishReason, GenerationRequest, SamplingParams,
+    Constraint, Engine, EngineError, EngineOptions, Event, FinishReason, GenerationRequest,
+    SamplingParams,
 };
 use dsgw_engine::model::Model;
 use dsgw_engine::tiny::{TinySpec, write_model};
@@ -26,7 +27,7 @@ use super::ProviderError;
 use crate::config::ProviderConfig;
 use crate::error::ApiError;
 use crate::pricing::Price;
-use crate::request::ChatRequest;
+use crate::request::{ChatRequest, Surface};
 use crate::settlement::{Outcome, Settlement};
 use crate::usage::Usage;
 
@@ -109,9 +110,10 @@ impl LocalProvider {
 
     /// Encodes and submits the request; generation starts at once.
     pub fn start(&self, request: &ChatRequest, thinking: bool) -> Result<LocalRun, ApiError> {
-        let conversation = conversation(request, thinking)?;
-        let prompt_text = chat::encode(&conversation)
-            .map_err(|e| ApiError::bad_request(e.to_string()).with_param("messages"))?;
+        let (prompt_text, parse_thinking) = match request.surface {
+            Surface::Fim => (crate::fim::local_prompt(request), false),
+            Surface::Chat | Surface::BetaChat => chat_prompt(request, thinking)?,
+        };
         let prompt = self
             .tokenizer
             .encode(&prompt_text)
@@ -129,15 +131,62 @@ impl LocalProvider {
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let echo = (request.surface == Surface::Fim
+            && field::<bool>(request, "echo").unwrap_or(false))
+        .then(|| field::<String>(request, "prompt").unwrap_or_default());
         Ok(LocalRun {
             events,
-            parser: StreamParser::new(thinking),
-            thinking,
+            parser: StreamParser::new(parse_thinking),
+            thinking: parse_thinking,
+            fim: request.surface == Surface::Fim,
+            echo,
             tokenizer: self.tokenizer.clone(),
-            id: format!("chatcmpl-{}", random_hex(12)),
+            id: format!(
+                "{}-{}",
+                if request.surface == Surface::Fim {
+                    "cmpl"
+                } else {
+                    "chatcmpl"
+                },
+                random_hex(12)
+            ),
             created,
             reasoning: String::new(),
         })
+    }
+}
+
+/// The chat prompt and whether generation starts inside the reasoning. With `prefix: true` on
+/// the last (assistant) message, the prompt ends with that message's text and the model
+/// continues it, as DeepSeek's chat prefix completion does.
+fn chat_prompt(request: &ChatRequest, thinking: bool) -> Result<(String, bool), ApiError> {
+    let mut conversation = conversation(request, thinking)?;
+    let prefix = if request.prefix {
+        conversation.messages.pop()
+    } else {
+        None
+    };
+    let mut prompt = chat::encode(&conversation)
+        .map_err(|e| ApiError::bad_request(e.to_string()).with_param("messages"))?;
+    let Some(prefix) = prefix else {
+        return Ok((prompt, thinking));
+    };
+    if !thinking {
+        prompt.push_str(&prefix.content);
+        return Ok((prompt, false));
+    }
+    // The prompt ends inside <think>: continue the reasoning, or close it and continue the answer.
+    match prefix.reasoning {
+        Some(reasoning) if prefix.content.is_empty() => {
+            prompt.push_str(&reasoning);
+            Ok((prompt, true))
+        }
+        reasoning => {
+            prompt.push_str(reasoning.as_deref().unwrap_or(""));
+            prompt.push_str(chat::THINK_END);
+            prompt.push_str(&prefix.content);
+            Ok((prompt, false))
+        }
     }
 }
 
@@ -269,12 +318,23 @@ fn sampling(
             field::<f32>(request, "top_p").unwrap_or(1.0),
         )
     };
+    // JSON mode is enforced here, not just asked for: the sampler only takes tokens that keep
+    // the answer a JSON object (after the reasoning, in thinking mode).
+    let json_mode = request.surface != Surface::Fim
+        && field::<Value>(request, "response_format")
+            .is_some_and(|f| f.get("type").and_then(Value::as_str) == Some("json_object"));
+    let constraint = match (json_mode, thinking) {
+        (false, _) => Constraint::None,
+        (true, false) => Constraint::JsonObject,
+        (true, true) => Constraint::JsonObjectAfterThinking,
+    };
     Ok(SamplingParams {
         temperature,
         top_p,
         seed: field::<u64>(request, "seed"),
         max_tokens,
         stop,
+        constraint,
     })
 }
 
@@ -283,6 +343,10 @@ pub struct LocalRun {
     events: UnboundedReceiver<Event>,
     parser: StreamParser,
     thinking: bool,
+    /// A fill-in-the-middle run: answered as `text_completion`.
+    fim: bool,
+    /// FIM with `echo: true`: the prompt, sent back before the completion.
+    echo: Option<String>,
     tokenizer: Arc<Tokenizer>,
     id: String,
     created: u64,
@@ -363,6 +427,16 @@ impl LocalRun {
             }
         };
         collect(&ending.rest, &mut content);
+        if self.fim {
+            let text = format!("{}{content}", self.echo.as_deref().unwrap_or(""));
+            let body = json!({
+                "id": self.id, "object": "text_completion", "created": self.created, "model": model_name,
+                "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": ending.finish_reason}],
+                "usage": usage_json(&ending.usage, price),
+                "system_fingerprint": "fp_dsgw_local",
+            });
+            return (serde_json::to_vec(&body).expect("JSON"), ending.usage);
+        }
         let mut message = json!({"role": "assistant", "content": content});
         if self.thinking {
             message["reasoning_content"] = json!(self.reasoning);
@@ -442,6 +516,17 @@ struct SseState {
 
 impl SseState {
     fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> String {
+        if self.run.fim {
+            let text = delta.get("content").and_then(Value::as_str).unwrap_or("");
+            let mut c = json!({
+                "id": self.run.id, "object": "text_completion", "created": self.run.created, "model": self.model,
+                "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason}],
+            });
+            if self.include_usage {
+                c["usage"] = Value::Null;
+            }
+            return format!("data: {c}\n\n");
+        }
         let mut c = json!({
             "id": self.run.id, "object": "chat.completion.chunk", "created": self.run.created, "model": self.model,
             "system_fingerprint": "fp_dsgw_local",
@@ -456,6 +541,12 @@ impl SseState {
     async fn next_frame(&mut self) -> Option<Bytes> {
         self.settlement.as_ref()?;
         let mut out = String::new();
+        if !self.started && self.run.fim {
+            self.started = true;
+            if let Some(prompt) = self.run.echo.clone() {
+                out.push_str(&self.chunk(json!({"content": prompt}), None));
+            }
+        }
         if !self.started {
             self.started = true;
             let first = if self.run.thinking {
@@ -490,8 +581,13 @@ impl SseState {
                     }
                     out.push_str(&self.chunk(json!({"content": ""}), Some(ending.finish_reason)));
                     if self.include_usage {
+                        let object = if self.run.fim {
+                            "text_completion"
+                        } else {
+                            "chat.completion.chunk"
+                        };
                         let c = json!({
-                            "id": self.run.id, "object": "chat.completion.chunk", "created": self.run.created,
+                            "id": self.run.id, "object": object, "created": self.run.created,
                             "model": self.model, "system_fingerprint": "fp_dsgw_local",
                             "choices": [], "usage": usage_json(&ending.usage, &self.price),
                         });

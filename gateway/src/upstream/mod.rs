@@ -51,7 +51,7 @@ pub enum ProviderError {
 /// How a provider is reached.
 #[derive(Debug)]
 pub enum Transport {
-    Remote(HttpProvider),
+    Remote(Box<HttpProvider>),
     Local(LocalProvider),
 }
 
@@ -69,7 +69,7 @@ impl Provider {
     pub fn from_config(index: usize, config: &ProviderConfig) -> Result<Self, ProviderError> {
         let transport = match config.kind {
             ProviderKind::Local => Transport::Local(LocalProvider::from_config(index, config)?),
-            _ => Transport::Remote(HttpProvider::from_config(index, config)?),
+            _ => Transport::Remote(Box::new(HttpProvider::from_config(index, config)?)),
         };
         Ok(Self {
             name: config.name.clone(),

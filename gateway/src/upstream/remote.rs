@@ -11,7 +11,7 @@ use crate::config::{ProviderConfig, ProviderKind};
 use crate::error::ApiError;
 use crate::policy::Obligations;
 use crate::raw_object::Edit;
-use crate::request::ChatRequest;
+use crate::request::{ChatRequest, Surface};
 
 /// An upstream that speaks the OpenAI chat-completions API in one of its dialects.
 #[derive(Debug)]
@@ -20,6 +20,10 @@ pub struct HttpProvider {
     pub kind: ProviderKind,
     /// Parsed once: parsing (and IDNA-normalising) a URL string per request shows in profiles.
     chat_url: reqwest::Url,
+    /// Chat prefix completion and strict tools: DeepSeek serves them under `/beta`.
+    beta_chat_url: reqwest::Url,
+    /// Fill in the middle: DeepSeek's `/beta/completions`, a vLLM / SGLang `/completions`.
+    fim_url: reqwest::Url,
     auth: Option<HeaderValue>,
     client: reqwest::Client,
     first_byte_timeout: Duration,
@@ -67,9 +71,17 @@ impl HttpProvider {
             .as_deref()
             .ok_or_else(|| invalid("`base_url` is required".into()))?;
         install_tls();
-        let chat_url =
-            reqwest::Url::parse(&format!("{}/chat/completions", base.trim_end_matches('/')))
-                .map_err(|e| invalid(format!("`base_url` is not a valid URL: {e}")))?;
+        let base = base.trim_end_matches('/');
+        let url = |path: &str| {
+            reqwest::Url::parse(&format!("{base}{path}"))
+                .map_err(|e| invalid(format!("`base_url` is not a valid URL: {e}")))
+        };
+        let chat_url = url("/chat/completions")?;
+        let (beta_chat_url, fim_url) = if config.kind == ProviderKind::Deepseek {
+            (url("/beta/chat/completions")?, url("/beta/completions")?)
+        } else {
+            (chat_url.clone(), url("/completions")?)
+        };
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
             .tcp_nodelay(true)
@@ -85,6 +97,8 @@ impl HttpProvider {
             name: config.name.clone(),
             kind: config.kind,
             chat_url,
+            beta_chat_url,
+            fim_url,
             auth,
             client,
             first_byte_timeout: Duration::from_millis(config.first_byte_timeout_ms),
@@ -116,14 +130,33 @@ impl HttpProvider {
         thinking: bool,
         mut overrides: Vec<Edit>,
     ) -> Vec<u8> {
-        let edits = dialect::request_edits(
-            self.kind,
-            &request.raw,
-            upstream_model,
-            thinking,
-            request.stream,
-            self.routing.as_deref(),
-        );
+        let mut edits = match request.surface {
+            // A completions endpoint has no chat mode switches: only the model and stream usage.
+            Surface::Fim => dialect::request_edits(
+                ProviderKind::Deepseek,
+                &request.raw,
+                upstream_model,
+                false,
+                request.stream,
+                None,
+            )
+            .into_iter()
+            .filter(|e| matches!(e.key(), "model" | "stream_options"))
+            .collect(),
+            Surface::Chat | Surface::BetaChat => dialect::request_edits(
+                self.kind,
+                &request.raw,
+                upstream_model,
+                thinking,
+                request.stream,
+                self.routing.as_deref(),
+            ),
+        };
+        if request.prefix && self.kind == ProviderKind::Openai {
+            // vLLM and SGLang continue the last assistant message this way.
+            edits.push(Edit::Set("continue_final_message", "true".into()));
+            edits.push(Edit::Set("add_generation_prompt", "false".into()));
+        }
         let overridden = |e: &Edit| overrides.iter().any(|o| o.key() == e.key());
         let kept: Vec<Edit> = edits.into_iter().filter(|e| !overridden(e)).collect();
         overrides.extend(kept);
@@ -159,10 +192,20 @@ impl HttpProvider {
 
     /// Sends a request and waits for a success status. Every failure is mapped to the status the
     /// client should see and marked retryable when another deployment may succeed.
-    pub async fn send(&self, body: Vec<u8>, stream: bool) -> Result<reqwest::Response, ApiError> {
+    pub async fn send(
+        &self,
+        body: Vec<u8>,
+        stream: bool,
+        surface: Surface,
+    ) -> Result<reqwest::Response, ApiError> {
+        let url = match surface {
+            Surface::Chat => &self.chat_url,
+            Surface::BetaChat => &self.beta_chat_url,
+            Surface::Fim => &self.fim_url,
+        };
         let mut request = self
             .client
-            .post(self.chat_url.clone())
+            .post(url.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(
                 header::ACCEPT,
