@@ -10,6 +10,7 @@ pub mod cache;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
+pub mod device_check;
 pub mod generate;
 pub mod model;
 pub mod rope;

@@ -78,6 +78,16 @@ pub enum EngineCommand {
         #[arg(long, default_value_t = 1024)]
         prefill: usize,
     },
+    /// On a machine with an NVIDIA GPU: check every CUDA kernel and a whole model against the
+    /// CPU backend, then time MLA decode, DSA, the indexer and GEMM (a few minutes). Prints a
+    /// short table; writes every number to --out. Exits non-zero if any check disagrees.
+    DeviceCheck {
+        /// CUDA device ordinal.
+        #[arg(long, default_value_t = 0)]
+        device: usize,
+        #[arg(long, default_value = "device-check.json")]
+        out: PathBuf,
+    },
 }
 
 fn load(dir: &Path) -> anyhow::Result<Model<Cpu>> {
@@ -193,6 +203,21 @@ pub fn run(command: EngineCommand) -> anyhow::Result<()> {
             decode_tokens,
             prefill,
         } => benchmark(&model, &contexts, decode_tokens, prefill),
+        EngineCommand::DeviceCheck { device, out } => {
+            let scratch =
+                std::env::temp_dir().join(format!("dsgw-device-check-{}", std::process::id()));
+            let report = dsgw_engine::device_check::run(device, &scratch);
+            let _ = std::fs::remove_dir_all(&scratch);
+            let report = report.map_err(|e| anyhow::anyhow!("device check: {e}"))?;
+            std::fs::write(&out, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", report.table());
+            println!("full numbers: {}", out.display());
+            if !report.passed() {
+                anyhow::bail!("the CUDA backend disagrees with the CPU backend (see above)");
+            }
+            Ok(())
+        }
     }
 }
 

@@ -52,6 +52,17 @@ fn long_prompt() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_completion_has_deepseek_shape_and_counts_cache_hits() {
     let gw = start();
+    // `device = "auto"`: without a GPU driver the CPU, and the log says why.
+    let expected = if dsgw_engine::backend::cuda::driver_present() {
+        "the local engine runs on"
+    } else {
+        "no usable GPU: the local engine runs on the CPU"
+    };
+    assert!(
+        gw.wait_for_log(expected, Duration::from_secs(5)),
+        "{}",
+        gw.logs()
+    );
     let body = json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": long_prompt()}], "max_tokens": 6, "temperature": 0});
     let (status, text) = post(&gw, body.clone()).await;
     assert_eq!(status, 200, "{text}");

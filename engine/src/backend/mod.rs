@@ -5,7 +5,9 @@
 //! `(rows, cols)`. The model never touches a buffer's contents directly, so a CUDA backend slots in
 //! by implementing this trait, without changes to the model code.
 
+pub mod conformance;
 pub mod cpu;
+pub mod cuda;
 
 /// Which positions each query attends to.
 #[derive(Debug, Clone, Copy)]

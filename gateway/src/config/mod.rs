@@ -212,6 +212,10 @@ pub struct ProviderConfig {
     /// exercise the whole path offline.
     #[serde(default)]
     pub model_dir: Option<String>,
+    /// Local only: where the engine runs: "auto" (the default: CUDA device 0 when a usable GPU
+    /// is there, else the CPU, with a log line saying why), "cpu", or "cuda:N".
+    #[serde(default)]
+    pub device: Option<String>,
     /// Local only: most sequences decoded together.
     #[serde(default)]
     pub max_batch: Option<usize>,
@@ -376,6 +380,7 @@ impl Config {
             idle_timeout_ms: default_idle_timeout_ms(),
             request_timeout_ms: default_request_timeout_ms(),
             model_dir: None,
+            device: None,
             max_batch: None,
             prefix_cache_entries: None,
             routing: None,

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dsgw_engine::backend::cpu::Cpu;
+use dsgw_engine::backend::cuda::Cuda;
 use dsgw_engine::chat::{self, Conversation, Delta, Message, Role, StreamParser, ToolCall};
 use dsgw_engine::checkpoint::Checkpoint;
 use dsgw_engine::generate::{
@@ -65,35 +66,16 @@ impl LocalProvider {
             name: config.name.clone(),
             message,
         };
-        let (model, tokenizer) = match &config.model_dir {
-            Some(dir) => {
-                let dir = Path::new(dir);
-                let ckpt = Checkpoint::open(dir).map_err(|e| invalid(e.to_string()))?;
-                let model = Model::load(&ckpt, Cpu).map_err(|e| invalid(e.to_string()))?;
-                let own = dir.join("tokenizer.json");
-                let tokenizer = if own.exists() {
-                    Tokenizer::from_file(&own)
-                } else {
-                    Tokenizer::deepseek_v32()
+        let device = Device::parse(config.device.as_deref().unwrap_or("auto")).map_err(invalid)?;
+        let tokenizer = Arc::new(
+            match &config.model_dir {
+                Some(dir) if Path::new(dir).join("tokenizer.json").exists() => {
+                    Tokenizer::from_file(&Path::new(dir).join("tokenizer.json"))
                 }
-                .map_err(|e| invalid(e.to_string()))?;
-                (model, tokenizer)
+                _ => Tokenizer::deepseek_v32(),
             }
-            None => {
-                let dir = std::env::temp_dir()
-                    .join(format!("dsgw-builtin-{}-{index}", std::process::id()));
-                write_model(&dir, &builtin_spec(), 0)
-                    .map_err(|e| invalid(format!("writing the built-in model: {e}")))?;
-                let loaded = Checkpoint::open(&dir).and_then(|ckpt| Model::load(&ckpt, Cpu));
-                let _ = std::fs::remove_dir_all(&dir);
-                let model = loaded.map_err(|e| invalid(e.to_string()))?;
-                (
-                    model,
-                    Tokenizer::deepseek_v32().map_err(|e| invalid(e.to_string()))?,
-                )
-            }
-        };
-        let tokenizer = Arc::new(tokenizer);
+            .map_err(|e| invalid(e.to_string()))?,
+        );
         let defaults = EngineOptions::default();
         let options = EngineOptions {
             max_batch: config.max_batch.unwrap_or(defaults.max_batch),
@@ -101,9 +83,34 @@ impl LocalProvider {
                 .prefix_cache_entries
                 .unwrap_or(defaults.prefix_cache_entries),
         };
+        let cuda = match device {
+            Device::Cpu => None,
+            Device::Cuda(ordinal) => Some(
+                Cuda::open(ordinal)
+                    .map_err(|e| invalid(format!("device = \"cuda:{ordinal}\": {e}")))?,
+            ),
+            Device::Auto => match Cuda::open(0) {
+                Ok(cuda) => Some(cuda),
+                Err(e) => {
+                    tracing::info!(provider = %config.name, reason = %e, "no usable GPU: the local engine runs on the CPU");
+                    None
+                }
+            },
+        };
+        let engine = match cuda {
+            Some(cuda) => {
+                tracing::info!(provider = %config.name, device = %cuda.device_name(), "the local engine runs on CUDA");
+                let model = load_model(index, config, cuda).map_err(invalid)?;
+                Engine::start(model, tokenizer.clone(), options)
+            }
+            None => {
+                let model = load_model(index, config, Cpu).map_err(invalid)?;
+                Engine::start(model, tokenizer.clone(), options)
+            }
+        };
         Ok(Self {
             name: config.name.clone(),
-            engine: Engine::start(model, tokenizer.clone(), options),
+            engine,
             tokenizer,
         })
     }
@@ -186,6 +193,55 @@ fn chat_prompt(request: &ChatRequest, thinking: bool) -> Result<(String, bool), 
             prompt.push_str(chat::THINK_END);
             prompt.push_str(&prefix.content);
             Ok((prompt, false))
+        }
+    }
+}
+
+/// Where the local engine runs (`device` on a `local` provider).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Device {
+    /// CUDA device 0 when a usable GPU is there, else the CPU (with a log line saying why).
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl Device {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| {
+                    format!("`device` must be \"auto\", \"cpu\" or \"cuda:N\" (got {other:?})")
+                }),
+        }
+    }
+}
+
+/// The configured checkpoint, or the tiny built-in model, on `backend`.
+fn load_model<B: dsgw_engine::backend::Backend>(
+    index: usize,
+    config: &ProviderConfig,
+    backend: B,
+) -> Result<Model<B>, String> {
+    match &config.model_dir {
+        Some(dir) => {
+            let ckpt = Checkpoint::open(Path::new(dir)).map_err(|e| e.to_string())?;
+            Model::load(&ckpt, backend).map_err(|e| e.to_string())
+        }
+        None => {
+            let dir =
+                std::env::temp_dir().join(format!("dsgw-builtin-{}-{index}", std::process::id()));
+            write_model(&dir, &builtin_spec(), 0)
+                .map_err(|e| format!("writing the built-in model: {e}"))?;
+            let loaded = Checkpoint::open(&dir).and_then(|ckpt| Model::load(&ckpt, backend));
+            let _ = std::fs::remove_dir_all(&dir);
+            loaded.map_err(|e| e.to_string())
         }
     }
 }
@@ -615,5 +671,19 @@ fn delta_json(delta: &Delta) -> Value {
     match delta {
         Delta::Reasoning(r) => json!({"content": null, "reasoning_content": r}),
         Delta::Content(c) => json!({"content": c, "reasoning_content": null}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Device;
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!(Device::parse("auto"), Ok(Device::Auto));
+        assert_eq!(Device::parse("cpu"), Ok(Device::Cpu));
+        assert_eq!(Device::parse("cuda"), Ok(Device::Cuda(0)));
+        assert_eq!(Device::parse("cuda:3"), Ok(Device::Cuda(3)));
+        assert!(Device::parse("gpu").unwrap_err().contains("cuda:N"));
     }
 }

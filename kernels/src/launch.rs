@@ -1,0 +1,289 @@
+//! The host side of every launch: grid and block sizes, dynamic shared memory, and the packing
+//! of host-side arguments (positions, candidate lists, row indices) into the 32-bit integers the
+//! kernels take. Pure functions, so they are tested on machines without a GPU.
+
+/// Threads per block for element-wise kernels.
+pub const ELEMENTWISE_THREADS: u32 = 256;
+/// Threads per MLA decode block (8 warps; at least the 64-position tile).
+pub const MLA_THREADS: u32 = 256;
+/// Candidate positions a split of MLA decode should cover at least.
+pub const MLA_MIN_SPLIT: usize = 256;
+/// The default dynamic shared memory a block may use without opting in.
+pub const SHARED_LIMIT: usize = 48 * 1024;
+/// Threads of the top-k kernel (it assumes exactly this many, a power of two).
+pub const TOPK_THREADS: u32 = 1024;
+/// Tile of positions the MLA kernel scores at once (`MLA_TILE` in mla.cu).
+const MLA_TILE: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launch {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub shared_bytes: u32,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LaunchError {
+    #[error("{what} = {value} does not fit the kernel's 32-bit argument")]
+    TooLarge { what: &'static str, value: usize },
+    #[error("{kernel} needs {bytes} bytes of shared memory per block; the limit is {limit}")]
+    SharedMemory {
+        kernel: &'static str,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn u32_of(what: &'static str, value: usize) -> Result<u32, LaunchError> {
+    u32::try_from(value).map_err(|_| LaunchError::TooLarge { what, value })
+}
+
+/// An `int` argument.
+pub fn int(what: &'static str, value: usize) -> Result<i32, LaunchError> {
+    i32::try_from(value).map_err(|_| LaunchError::TooLarge { what, value })
+}
+
+/// A list of `int` arguments (positions, rows, ids).
+pub fn ints(what: &'static str, values: &[usize]) -> Result<Vec<i32>, LaunchError> {
+    values.iter().map(|&v| int(what, v)).collect()
+}
+
+/// One thread per element, in blocks of [`ELEMENTWISE_THREADS`].
+pub fn elementwise(n: usize) -> Result<Launch, LaunchError> {
+    let blocks = n.div_ceil(ELEMENTWISE_THREADS as usize).max(1);
+    Ok(Launch {
+        grid: (u32_of("blocks", blocks)?, 1, 1),
+        block: (ELEMENTWISE_THREADS, 1, 1),
+        shared_bytes: 0,
+    })
+}
+
+/// One block per row; threads cover the row in warps, up to 1024.
+pub fn per_row(rows: usize, dim: usize) -> Result<Launch, LaunchError> {
+    let threads = dim.next_multiple_of(32).clamp(32, 1024);
+    Ok(Launch {
+        grid: (u32_of("rows", rows.max(1))?, 1, 1),
+        block: (threads as u32, 1, 1),
+        shared_bytes: 0,
+    })
+}
+
+/// How many splits MLA decode uses: enough blocks to fill the device (two per SM), never a
+/// split shorter than [`MLA_MIN_SPLIT`] candidates, at least one.
+pub fn mla_splits(query_heads: usize, max_candidates: usize, multiprocessors: usize) -> usize {
+    let wanted = (2 * multiprocessors).div_ceil(query_heads.max(1));
+    let most = max_candidates.div_ceil(MLA_MIN_SPLIT).max(1);
+    wanted.clamp(1, most)
+}
+
+/// The split-K decode launch and its combine launch.
+pub fn mla_decode(
+    query_heads: usize,
+    splits: usize,
+    r: usize,
+    p: usize,
+) -> Result<(Launch, Launch), LaunchError> {
+    let shared = (r + p + MLA_TILE + r) * 4;
+    if shared > SHARED_LIMIT {
+        return Err(LaunchError::SharedMemory {
+            kernel: "mla_decode",
+            bytes: shared,
+            limit: SHARED_LIMIT,
+        });
+    }
+    let decode = Launch {
+        grid: (
+            u32_of("query heads", query_heads)?,
+            u32_of("splits", splits)?,
+            1,
+        ),
+        block: (MLA_THREADS, 1, 1),
+        shared_bytes: shared as u32,
+    };
+    let combine = Launch {
+        grid: (u32_of("query heads", query_heads)?, 1, 1),
+        block: (r.next_multiple_of(32).clamp(32, 1024) as u32, 1, 1),
+        shared_bytes: 0,
+    };
+    Ok((decode, combine))
+}
+
+/// Indexer scores: grid (queries, position tiles); the query's heads in shared memory.
+pub fn indexer(queries: usize, len: usize, heads: usize, d: usize) -> Result<Launch, LaunchError> {
+    let shared = (heads * d + heads) * 4;
+    if shared > SHARED_LIMIT {
+        return Err(LaunchError::SharedMemory {
+            kernel: "indexer_scores",
+            bytes: shared,
+            limit: SHARED_LIMIT,
+        });
+    }
+    Ok(Launch {
+        grid: (
+            u32_of("queries", queries)?,
+            u32_of(
+                "position tiles",
+                len.div_ceil(ELEMENTWISE_THREADS as usize).max(1),
+            )?,
+            1,
+        ),
+        block: (ELEMENTWISE_THREADS, 1, 1),
+        shared_bytes: shared as u32,
+    })
+}
+
+/// Top-k: one block of [`TOPK_THREADS`] per row.
+pub fn topk(rows: usize, k: usize) -> Result<Launch, LaunchError> {
+    if k == 0 {
+        return Err(LaunchError::Invalid("top-k needs k >= 1".into()));
+    }
+    int("k", k)?;
+    Ok(Launch {
+        grid: (u32_of("rows", rows.max(1))?, 1, 1),
+        block: (TOPK_THREADS, 1, 1),
+        shared_bytes: 0,
+    })
+}
+
+/// The MoE gate: one thread per token; the kernel holds at most 256 experts and 64 groups.
+pub fn moe_route(
+    tokens: usize,
+    experts: usize,
+    groups: usize,
+    topk_group: usize,
+    top_k: usize,
+) -> Result<Launch, LaunchError> {
+    if experts > 256 || groups == 0 || groups > 64 || experts % groups != 0 {
+        return Err(LaunchError::Invalid(format!(
+            "moe_route supports up to 256 experts in up to 64 equal groups (got {experts} in {groups})"
+        )));
+    }
+    if topk_group > groups || top_k > topk_group * (experts / groups) {
+        return Err(LaunchError::Invalid(format!(
+            "top_k {top_k} from {topk_group} of {groups} groups of {} experts is impossible",
+            experts / groups
+        )));
+    }
+    elementwise(tokens)
+}
+
+/// Candidate positions of DSA decode, flattened: query `t` attends to
+/// `flat[offsets[t]..offsets[t + 1]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidates {
+    pub offsets: Vec<i32>,
+    pub flat: Vec<i32>,
+}
+
+impl Candidates {
+    /// Packs per-query selections; each must lie within the cache (`< len`).
+    pub fn pack(selected: &[Vec<u32>], len: usize) -> Result<Self, LaunchError> {
+        let mut offsets = Vec::with_capacity(selected.len() + 1);
+        let mut flat = Vec::with_capacity(selected.iter().map(Vec::len).sum());
+        offsets.push(0);
+        for (t, s) in selected.iter().enumerate() {
+            for &p in s {
+                if p as usize >= len {
+                    return Err(LaunchError::Invalid(format!(
+                        "query {t} selects position {p} of a {len}-position cache"
+                    )));
+                }
+                flat.push(int("position", p as usize)?);
+            }
+            offsets.push(int("candidates", flat.len())?);
+        }
+        Ok(Self { offsets, flat })
+    }
+
+    /// The longest candidate list.
+    pub fn longest(&self) -> usize {
+        self.offsets
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elementwise_covers_every_element_once() {
+        for n in [0, 1, 255, 256, 257, 1 << 20] {
+            let l = elementwise(n).unwrap();
+            let threads = l.grid.0 as usize * l.block.0 as usize;
+            assert!(threads >= n && threads < n.max(1) + 256, "{n}: {l:?}");
+        }
+        assert!(matches!(
+            elementwise(usize::MAX),
+            Err(LaunchError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn per_row_blocks_are_whole_warps() {
+        assert_eq!(per_row(4, 7168).unwrap().block.0, 1024);
+        assert_eq!(per_row(4, 100).unwrap().block.0, 128);
+        assert_eq!(per_row(0, 1).unwrap().grid.0, 1);
+    }
+
+    #[test]
+    fn mla_splits_fill_the_device_without_tiny_splits() {
+        // One decode token, 128 heads on 132 SMs at 128K context: three splits per head.
+        assert_eq!(mla_splits(128, 131_072, 132), 3);
+        // Short contexts are not split below 256 candidates.
+        assert_eq!(mla_splits(16, 300, 132), 2);
+        assert_eq!(mla_splits(16, 10, 132), 1);
+        // Many queries (prefill): no split needed.
+        assert_eq!(mla_splits(128 * 64, 4096, 132), 1);
+    }
+
+    #[test]
+    fn mla_shared_memory_fits_v32_shapes() {
+        let (decode, combine) = mla_decode(128, 3, 512, 64).unwrap();
+        assert_eq!(decode.shared_bytes as usize, (512 + 64 + 64 + 512) * 4);
+        assert_eq!(decode.grid, (128, 3, 1));
+        assert_eq!(combine.block.0, 512);
+        assert!(mla_decode(1, 1, 8192, 64).is_err());
+    }
+
+    #[test]
+    fn indexer_fits_v32_and_refuses_what_does_not() {
+        // V3.2: 64 indexer heads of 128.
+        let l = indexer(2, 1000, 64, 128).unwrap();
+        assert_eq!(l.grid, (2, 4, 1));
+        assert_eq!(l.shared_bytes, (64 * 128 + 64) * 4);
+        assert!(matches!(
+            indexer(1, 10, 128, 128),
+            Err(LaunchError::SharedMemory { .. })
+        ));
+    }
+
+    #[test]
+    fn moe_route_checks_the_gate_shape() {
+        assert!(moe_route(7, 256, 8, 4, 8).is_ok());
+        assert!(moe_route(7, 512, 8, 4, 8).is_err());
+        assert!(moe_route(7, 256, 8, 1, 64).is_err());
+        assert!(moe_route(7, 256, 7, 4, 8).is_err());
+    }
+
+    #[test]
+    fn candidates_pack_flat_with_offsets() {
+        let c = Candidates::pack(&[vec![0, 5, 9], vec![], vec![3]], 10).unwrap();
+        assert_eq!(c.offsets, vec![0, 3, 3, 4]);
+        assert_eq!(c.flat, vec![0, 5, 9, 3]);
+        assert_eq!(c.longest(), 3);
+        assert!(Candidates::pack(&[vec![10]], 10).is_err());
+    }
+
+    #[test]
+    fn integer_arguments_are_checked() {
+        assert_eq!(ints("positions", &[0, 7]).unwrap(), vec![0, 7]);
+        assert!(ints("positions", &[1 << 40]).is_err());
+        assert!(topk(3, 0).is_err());
+    }
+}
