@@ -44,6 +44,13 @@ pub struct AttentionTiming {
 }
 
 #[derive(Debug, Serialize)]
+pub struct DecodeTiming {
+    pub context: usize,
+    pub dsa_tokens_per_s: f64,
+    pub dense_tokens_per_s: f64,
+}
+
+#[derive(Debug, Serialize)]
 pub struct Report {
     pub device: String,
     pub multiprocessors: usize,
@@ -51,6 +58,9 @@ pub struct Report {
     pub copy_gb_per_s: f64,
     pub attention: Vec<AttentionTiming>,
     pub gemm_tflops: f64,
+    /// The `bench`-preset model end to end (not yet a model sized to fill the GPU).
+    pub decode: Vec<DecodeTiming>,
+    pub time_to_first_token_4096_s: f64,
 }
 
 impl Report {
@@ -87,6 +97,16 @@ impl Report {
                 t.indexer_positions_per_s
             ));
         }
+        out.push_str(&format!(
+            "\nbench-preset model end to end: time to first token of 4096 tokens {:.2} s\n\n| context | DSA tokens/s | dense tokens/s |\n|---|---|---|\n",
+            self.time_to_first_token_4096_s
+        ));
+        for d in &self.decode {
+            out.push_str(&format!(
+                "| {} | {:.1} | {:.1} |\n",
+                d.context, d.dsa_tokens_per_s, d.dense_tokens_per_s
+            ));
+        }
         out
     }
 }
@@ -114,6 +134,116 @@ fn operations(cuda: &Cuda) -> Vec<Agreement> {
         }
     }
     out
+}
+
+/// The kernels outside the backend trait: the MoE gate (V3.2's 256 experts in 8 groups, top-4
+/// groups, top-8 experts) and the sampling helpers.
+fn gate_and_sampling(cuda: &Cuda) -> Vec<Agreement> {
+    let moe = crate::config::MoeConfig {
+        n_routed_experts: 256,
+        n_shared_experts: 1,
+        experts_per_token: 8,
+        n_group: 8,
+        topk_group: 4,
+        routed_scaling_factor: 2.5,
+        norm_topk_prob: true,
+        intermediate_size: 2048,
+    };
+    let mut rng = SplitMix::new(11);
+    let tokens = 64;
+    let logits = random(&mut rng, tokens * 256);
+    let bias: Vec<f32> = random(&mut rng, 256).iter().map(|b| b * 0.1).collect();
+    let routed = cuda.moe_route(&cuda.upload(&logits), &cuda.upload(&bias), &moe);
+    let mut same_experts = true;
+    let mut weight_error = 0.0f64;
+    for (t, got) in routed.iter().enumerate() {
+        let want = crate::model::route_token(&logits[t * 256..][..256], &bias, &moe);
+        let mut got_sorted = got.clone();
+        let mut want_sorted = want.clone();
+        got_sorted.sort_by_key(|(e, _)| *e);
+        want_sorted.sort_by_key(|(e, _)| *e);
+        same_experts &= got_sorted
+            .iter()
+            .map(|(e, _)| e)
+            .eq(want_sorted.iter().map(|(e, _)| e));
+        for ((_, a), (_, b)) in got_sorted.iter().zip(&want_sorted) {
+            weight_error = weight_error.max(f64::from((a - b).abs()) / f64::from(b.abs()).max(1.0));
+        }
+    }
+    let mut out = vec![agreement(
+        "moe_route: chosen experts and weights".to_owned(),
+        if same_experts {
+            weight_error
+        } else {
+            f64::INFINITY
+        },
+        OP_TOLERANCE,
+    )];
+    let vocab = 129_280;
+    let rows = 4;
+    let logits = random(&mut rng, rows * vocab);
+    let greedy = cuda.argmax(&cuda.upload(&logits), vocab);
+    let want: Vec<u32> = logits
+        .chunks_exact(vocab)
+        .map(crate::generate::sampling_argmax)
+        .collect();
+    out.push(agreement(
+        "argmax".to_owned(),
+        if greedy == want { 0.0 } else { f64::INFINITY },
+        OP_TOLERANCE,
+    ));
+    let mut probs = cuda.upload(&logits);
+    cuda.softmax(&mut probs, vocab, 0.7);
+    let got = cuda.download(&probs);
+    let mut error = 0.0f64;
+    for (row, got) in logits.chunks_exact(vocab).zip(got.chunks_exact(vocab)) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exp: Vec<f64> = row
+            .iter()
+            .map(|&l| f64::from((l - max) / 0.7).exp())
+            .collect();
+        let total: f64 = exp.iter().sum();
+        for (e, g) in exp.iter().zip(got) {
+            error = error.max((e / total - f64::from(*g)).abs() / (e / total).max(1e-6));
+        }
+    }
+    out.push(agreement("softmax_temperature".to_owned(), error, 1e-4));
+    out
+}
+
+/// Decode speed of a random V3.2-architecture model (the `bench` preset: 1024 hidden, 16 heads,
+/// latent 512, indexer 8 x 128, top-2048) over a synthetic cache, sparse and dense, and the time
+/// to first token of a 4096-token prompt.
+fn end_to_end(
+    cuda: Cuda,
+    dir: &Path,
+    contexts: &[usize],
+) -> Result<(Vec<DecodeTiming>, f64), String> {
+    let spec = TinySpec {
+        max_position_embeddings: contexts.iter().max().copied().unwrap_or(4096) + 1024,
+        ..TinySpec::bench()
+    };
+    write_model(dir, &spec, 5).map_err(|e| e.to_string())?;
+    let ckpt = Checkpoint::open(dir).map_err(|e| e.to_string())?;
+    let mut model = Model::load(&ckpt, cuda).map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let _ = crate::bench::prefill(&model, 4096);
+    model.backend().synchronize();
+    let ttft = started.elapsed().as_secs_f64();
+    let indexer = model.config.indexer.clone();
+    let mut out = Vec::new();
+    for &context in contexts {
+        model.config.indexer = indexer.clone();
+        let sparse = crate::bench::decode(&model, context, 8, true);
+        model.config.indexer = None;
+        let dense = crate::bench::decode(&model, context, 8, false);
+        out.push(DecodeTiming {
+            context,
+            dsa_tokens_per_s: 1.0 / sparse.seconds_per_token,
+            dense_tokens_per_s: 1.0 / dense.seconds_per_token,
+        });
+    }
+    Ok((out, ttft))
 }
 
 /// The tiny model's logits for a prompt, on both backends.
@@ -219,6 +349,7 @@ pub fn run(ordinal: usize, scratch: &Path) -> Result<Report, String> {
     let cuda = Cuda::open(ordinal).map_err(|e| e.to_string())?;
     cuda.set_poison(true);
     let mut agreement = operations(&cuda);
+    agreement.extend(gate_and_sampling(&cuda));
     cuda.set_poison(false);
 
     // Bandwidth reference: a 1 GiB device-to-device copy counts its reads and its writes.
@@ -246,7 +377,12 @@ pub fn run(ordinal: usize, scratch: &Path) -> Result<Report, String> {
 
     let device = cuda.device_name().to_owned();
     let multiprocessors = cuda.multiprocessors();
-    agreement.push(whole_model(cuda, scratch)?);
+    agreement.push(whole_model(cuda, &scratch.join("tiny"))?);
+    let (decode, time_to_first_token_4096_s) = end_to_end(
+        Cuda::open(ordinal).map_err(|e| e.to_string())?,
+        &scratch.join("bench"),
+        &[4096, 32_768, 131_072],
+    )?;
     Ok(Report {
         device,
         multiprocessors,
@@ -254,5 +390,7 @@ pub fn run(ordinal: usize, scratch: &Path) -> Result<Report, String> {
         copy_gb_per_s,
         attention,
         gemm_tflops,
+        decode,
+        time_to_first_token_4096_s,
     })
 }

@@ -9,7 +9,7 @@ mod service;
 
 pub use json_constraint::JsonState;
 pub use prefix_cache::{BLOCK, PrefixCache};
-pub use sampling::{Constraint, Sampler, SamplingParams};
+pub use sampling::{Constraint, Sampler, SamplingParams, argmax as sampling_argmax};
 pub use service::{
     Engine, EngineError, EngineOptions, Event, FinishReason, GenerationRequest, GenerationUsage,
 };
