@@ -3,11 +3,9 @@
 //! `choices[].text`. It shares the chat path (keys, policies, budgets, limits, routing,
 //! accounting); only parsing, the upstream endpoint and the local engine's prompt differ.
 
-use serde::Deserialize;
-
 use crate::error::ApiError;
 use crate::raw_object::RawObject;
-use crate::request::{ChatRequest, Surface, field, range};
+use crate::request::{ChatRequest, Surface, field, include_usage, sampling_ranges, stop_sequences};
 
 /// DeepSeek's limit for FIM completions.
 pub const MAX_TOKENS: u32 = 4096;
@@ -17,19 +15,6 @@ const FIM_BEGIN: &str = "<｜fim▁begin｜>";
 const FIM_HOLE: &str = "<｜fim▁hole｜>";
 const FIM_END: &str = "<｜fim▁end｜>";
 const BOS: &str = "<｜begin▁of▁sentence｜>";
-
-#[derive(Debug, Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Stop {
-    One(#[allow(dead_code)] String),
-    Many(Vec<String>),
-}
 
 /// Validates a `/beta/completions` body.
 pub fn parse(raw: RawObject, model: String) -> Result<ChatRequest, ApiError> {
@@ -61,32 +46,10 @@ pub fn parse(raw: RawObject, model: String) -> Result<ChatRequest, ApiError> {
                 })
         })
         .transpose()?;
-    if let Some(Stop::Many(stops)) = field::<Stop>(&raw, "stop")?
-        && stops.len() > 16
-    {
-        return Err(ApiError::invalid_parameter(
-            "stop",
-            "Invalid stop value, at most 16 stop sequences are allowed",
-        ));
-    }
-    range("temperature", field(&raw, "temperature")?, 0.0, 2.0)?;
-    range("top_p", field(&raw, "top_p")?, 0.0, 1.0)?;
-    range(
-        "presence_penalty",
-        field(&raw, "presence_penalty")?,
-        -2.0,
-        2.0,
-    )?;
-    range(
-        "frequency_penalty",
-        field(&raw, "frequency_penalty")?,
-        -2.0,
-        2.0,
-    )?;
+    stop_sequences(&raw)?;
+    sampling_ranges(&raw)?;
     let stream = field::<bool>(&raw, "stream")?.unwrap_or(false);
-    let include_usage = field::<StreamOptions>(&raw, "stream_options")?
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
+    let include_usage = include_usage(&raw)?;
     Ok(ChatRequest {
         model,
         stream,

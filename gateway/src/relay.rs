@@ -187,6 +187,15 @@ impl Reidentify {
             return body.to_vec();
         };
         let finished = !choice["finish_reason"].is_null();
+        if let Some(text) = choice.get("text").and_then(|t| t.as_str()) {
+            // A FIM stream: the text is the choice's own field.
+            let mut text = self.content.push(&self.vault, text);
+            if finished {
+                text.push_str(&self.content.finish(&self.vault));
+            }
+            choice["text"] = serde_json::Value::String(text);
+            return serde_json::to_vec(&chunk).expect("a JSON value serialises");
+        }
         for (field, state) in [
             ("content", &mut self.content),
             ("reasoning_content", &mut self.reasoning),

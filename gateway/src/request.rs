@@ -148,7 +148,45 @@ pub(crate) fn field<T: DeserializeOwned>(
     })
 }
 
-pub(crate) fn range(name: &str, value: Option<f64>, lo: f64, hi: f64) -> Result<(), ApiError> {
+/// `temperature`, `top_p` and the penalties within DeepSeek's ranges (chat and FIM alike).
+pub(crate) fn sampling_ranges(raw: &RawObject) -> Result<(), ApiError> {
+    range("temperature", field(raw, "temperature")?, 0.0, 2.0)?;
+    range("top_p", field(raw, "top_p")?, 0.0, 1.0)?;
+    range(
+        "presence_penalty",
+        field(raw, "presence_penalty")?,
+        -2.0,
+        2.0,
+    )?;
+    range(
+        "frequency_penalty",
+        field(raw, "frequency_penalty")?,
+        -2.0,
+        2.0,
+    )
+}
+
+/// `stop`: a string or at most 16 of them.
+pub(crate) fn stop_sequences(raw: &RawObject) -> Result<(), ApiError> {
+    if let Some(Stop::Many(stops)) = field::<Stop>(raw, "stop")?
+        && stops.len() > 16
+    {
+        return Err(ApiError::invalid_parameter(
+            "stop",
+            "Invalid stop value, at most 16 stop sequences are allowed",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the client asked for the usage chunk (`stream_options.include_usage`).
+pub(crate) fn include_usage(raw: &RawObject) -> Result<bool, ApiError> {
+    Ok(field::<StreamOptions>(raw, "stream_options")?
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false))
+}
+
+fn range(name: &str, value: Option<f64>, lo: f64, hi: f64) -> Result<(), ApiError> {
     match value {
         Some(v) if !(lo..=hi).contains(&v) => Err(ApiError::invalid_parameter(
             name,
@@ -188,28 +226,13 @@ impl ChatRequest {
         let prefix = validate_prefix(&messages, surface)?;
 
         let stream = field::<bool>(&raw, "stream")?.unwrap_or(false);
-        let include_usage = field::<StreamOptions>(&raw, "stream_options")?
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
+        let include_usage = include_usage(&raw)?;
         let thinking = field::<Thinking>(&raw, "thinking")?.map(|t| match t.kind {
             ThinkingType::Enabled => true,
             ThinkingType::Disabled => false,
         });
 
-        range("temperature", field(&raw, "temperature")?, 0.0, 2.0)?;
-        range("top_p", field(&raw, "top_p")?, 0.0, 1.0)?;
-        range(
-            "presence_penalty",
-            field(&raw, "presence_penalty")?,
-            -2.0,
-            2.0,
-        )?;
-        range(
-            "frequency_penalty",
-            field(&raw, "frequency_penalty")?,
-            -2.0,
-            2.0,
-        )?;
+        sampling_ranges(&raw)?;
 
         let max_tokens = field::<i64>(&raw, "max_tokens")?
             .map(|n| {
@@ -222,14 +245,7 @@ impl ChatRequest {
             })
             .transpose()?;
 
-        if let Some(Stop::Many(stops)) = field::<Stop>(&raw, "stop")?
-            && stops.len() > 16
-        {
-            return Err(ApiError::invalid_parameter(
-                "stop",
-                "Invalid stop value, at most 16 stop sequences are allowed",
-            ));
-        }
+        stop_sequences(&raw)?;
         if let Some(format) = field::<ResponseFormat>(&raw, "response_format")?
             && !matches!(format.kind.as_str(), "text" | "json_object")
         {

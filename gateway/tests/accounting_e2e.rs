@@ -85,15 +85,7 @@ async fn cost_is_exact_in_headers_usage_and_metrics() {
     assert_eq!(u["dsgw_cost"]["total"], money(pico));
 
     // Metrics: tokens and nanodollars by team and key id, and a valid exposition.
-    let text = s
-        .http
-        .get(s.gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     assert!(text.contains(r#"dsgw_tokens_total{deployment="deepseek-reasoner",key_id="alice",kind="cache_hit",model="deepseek-reasoner",provider="deepseek",team="research"} 128"#), "{text}");
     assert!(text.contains("dsgw_cost_nanodollars_total{"), "{text}");
     assert!(

@@ -539,15 +539,7 @@ async fn failed_deployment_falls_through_to_the_next() {
         .find(|d| d["provider"] == "dead")
         .unwrap();
     assert_eq!(dead["circuit"], "open");
-    let metrics = s
-        .http
-        .get(s.gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains(
             r#"dsgw_circuit_state{deployment="x",model="deepseek-chat",provider="dead"} 2"#

@@ -236,6 +236,27 @@ async fn forbidden_upstreams_never_see_the_prompt_and_every_decision_is_audited(
                 "{sent}"
             );
             expected_audit.push((None, "routed", Some("cn")));
+            let streamed = http
+                .post(gw.url("/beta/completions"))
+                .bearer_auth("sk-alice")
+                .json(&json!({"model": "m", "stream": true, "prompt": "fim-stream mail jane.doe@example.com", "suffix": "10.0.0.7 end"}))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let text: String = streamed
+                .split("\n\n")
+                .filter_map(|e| e.strip_prefix("data: "))
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_owned))
+                .collect();
+            assert_eq!(
+                text, "filled jane.doe@example.com to 10.0.0.7",
+                "{streamed}"
+            );
+            expected_audit.push((None, "routed", Some("cn")));
         }
         // Classification comes from the key when the header is absent; a bad header is a 400.
         let r = http
