@@ -46,6 +46,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     // Anthropic's Messages API: the same keys (`x-api-key` or Bearer), its own error shape.
     let anthropic = Router::new()
         .route("/anthropic/v1/messages", post(crate::anthropic::messages))
+        .route(
+            "/anthropic/v1/messages/count_tokens",
+            post(crate::anthropic::count_tokens),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn(crate::anthropic::anthropic_errors));
 

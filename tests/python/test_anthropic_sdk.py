@@ -138,3 +138,12 @@ def test_errors_in_anthropics_shape(gateway):
             messages=[{"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "http://x/y.png"}}]}],
         )
     assert "image" in e.value.body["error"]["message"]
+
+
+def test_count_tokens(claude):
+    short = claude.messages.count_tokens(model="claude-sonnet-5", messages=[{"role": "user", "content": "Hello"}])
+    long = claude.messages.count_tokens(
+        model="claude-sonnet-5", system="Be brief. " * 50, messages=[{"role": "user", "content": "Hello"}],
+    )
+    assert short.input_tokens > 0
+    assert long.input_tokens > short.input_tokens + 50

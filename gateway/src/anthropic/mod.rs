@@ -83,6 +83,42 @@ pub async fn messages(State(state): State<Arc<AppState>>, request: Request) -> R
     }
 }
 
+/// `POST /anthropic/v1/messages/count_tokens`: the prompt's tokens as DeepSeek-V3.2's tokenizer
+/// and chat encoding count them (Claude Code asks before long requests). No provider is called
+/// and nothing is billed.
+pub async fn count_tokens(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let body = match crate::server::read_body(request.into_body(), state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    // count_tokens takes a Messages body without max_tokens.
+    let mut value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return crate::error::ApiError::bad_request(format!("Invalid JSON body: {e}"))
+                .into_response();
+        }
+    };
+    if value.get("max_tokens").is_none() && value.is_object() {
+        value["max_tokens"] = 1.into();
+    }
+    let translated = match request::to_chat(
+        value.to_string().as_bytes(),
+        |m| state.catalog.get(m).is_some(),
+        &state.anthropic_default_model,
+    ) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let thinking = value["thinking"]["type"] == "enabled";
+    let tokens = crate::estimate::prompt_tokens(&translated.chat_body, thinking);
+    crate::chat::json_response(
+        serde_json::json!({"input_tokens": tokens})
+            .to_string()
+            .into_bytes(),
+    )
+}
+
 /// A body stream fed by a task through a small channel: the task reads the chat stream (and
 /// drives its settlement) while the client reads the translation.
 fn async_stream<F, Fut>(
