@@ -51,15 +51,21 @@ impl<B: Backend> KvCache<B> {
     /// the rows do not come from any text.
     pub fn fill_synthetic(&mut self, backend: &B, len: usize, seed: u64) {
         assert!(self.is_empty(), "fill_synthetic needs an empty cache");
-        let mut rng = crate::tiny::SplitMix::new(seed);
         let (r, p, ix) = self.widths;
-        let mut rows =
-            |width: usize| -> Vec<f32> { (0..len * width).map(|_| rng.normal()).collect() };
-        for layer in &mut self.layers {
-            backend.append_rows(&mut layer.latent, &backend.upload(&rows(r)));
-            backend.append_rows(&mut layer.k_pe, &backend.upload(&rows(p)));
+        // Drawn on the backend (a GPU fills a 128K-token cache in milliseconds), one stream per
+        // layer and part.
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let stream = seed.wrapping_add(3 * i as u64);
+            backend.append_rows(
+                &mut layer.latent,
+                &backend.random(len * r, stream, 0.0, 1.0),
+            );
+            backend.append_rows(
+                &mut layer.k_pe,
+                &backend.random(len * p, stream + 1, 0.0, 1.0),
+            );
             if let (Some(k), Some(w)) = (layer.index_k.as_mut(), ix) {
-                backend.append_rows(k, &backend.upload(&rows(w)));
+                backend.append_rows(k, &backend.random(len * w, stream + 2, 0.0, 1.0));
             }
         }
         self.len = len;

@@ -89,6 +89,76 @@ impl TinySpec {
         }
     }
 
+    /// DeepSeek-V3.2's shapes (vocabulary 129,280, hidden 7168, 128 heads, latent 512 + rope
+    /// 64, indexer 64 x 128 with top-2048, 3 dense layers then MoE layers of 256 experts of
+    /// 2048 with 8 groups, top-4 groups, top-8 experts) at `dense + moe` layers.
+    pub fn v32(dense: usize, moe: usize, experts: usize) -> Self {
+        Self {
+            vocab_size: 129_280,
+            hidden_size: 7168,
+            intermediate_size: 18_432,
+            moe_intermediate_size: 2048,
+            num_layers: dense + moe,
+            first_k_dense: dense,
+            num_heads: 128,
+            q_lora_rank: 1536,
+            kv_lora_rank: 512,
+            qk_nope_head_dim: 128,
+            qk_rope_head_dim: 64,
+            v_head_dim: 128,
+            n_routed_experts: experts,
+            experts_per_token: 8,
+            n_group: 8,
+            topk_group: 4,
+            index_n_heads: 64,
+            index_head_dim: 128,
+            index_topk: 2048,
+            max_position_embeddings: 163_840,
+        }
+    }
+
+    /// The largest V3.2-shaped model whose weights (matrices at `weight_bytes` per value, the
+    /// embedding table and norms in f32) take at most `budget` bytes: V3.2's three dense layers
+    /// and as many 256-expert MoE layers as fit (V3.2 has 58), halving the experts (down to 16)
+    /// only when not even one such layer fits. `None` when not even the smallest fits.
+    pub fn v32_within(budget: usize, weight_bytes: usize) -> Option<Self> {
+        let mut experts = 256;
+        while experts >= 16 {
+            let fits = |moe| Self::v32(3, moe, experts).device_bytes(weight_bytes) <= budget;
+            if fits(1) {
+                // Layers cost the same each: grow until the next one would not fit.
+                let moe = (1..58).take_while(|&m| fits(m + 1)).last().unwrap_or(0) + 1;
+                return Some(Self::v32(3, moe, experts));
+            }
+            experts /= 2;
+        }
+        None
+    }
+
+    /// Bytes of every weight on a device that keeps matrices at `weight_bytes` per value and
+    /// vectors and the embedding table (gathered by row) in f32.
+    pub fn device_bytes(&self, weight_bytes: usize) -> usize {
+        self.tensors()
+            .iter()
+            .map(|(name, shape, _)| {
+                let n: usize = shape.iter().product();
+                if shape.len() == 1 || name.contains("embed_tokens") {
+                    4 * n
+                } else {
+                    weight_bytes * n
+                }
+            })
+            .sum()
+    }
+
+    /// Bytes of one sequence's KV cache at `context` tokens (f32 latent, rope key and indexer
+    /// key per layer).
+    pub fn kv_bytes(&self, context: usize) -> usize {
+        4 * context
+            * self.num_layers
+            * (self.kv_lora_rank + self.qk_rope_head_dim + self.index_head_dim)
+    }
+
     pub fn config_json(&self) -> serde_json::Value {
         json!({
             "architectures": ["DeepseekV32ForCausalLM"],
@@ -307,6 +377,32 @@ impl SplitMix {
     }
 }
 
+/// SplitMix64's finaliser of the `k`-th state after `seed`: a counter-based generator, so any
+/// value can be drawn on its own (in parallel, on any device). `kernels/src/cu/random.cu` is the
+/// same function.
+fn mix_at(seed: u64, k: u64) -> u64 {
+    let mut z = seed.wrapping_add(k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The `i`-th standard normal of stream `seed` (Box-Muller in f32 from two 24-bit uniforms).
+pub fn normal_at(seed: u64, i: u64) -> f32 {
+    let uniform = |k: u64| ((mix_at(seed, k) >> 40) as f32 + 0.5) / (1u32 << 24) as f32;
+    let (u, v) = (uniform(2 * i + 1), uniform(2 * i + 2));
+    (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+}
+
+/// `len` values of N(mean, std²) from stream `seed` ([`normal_at`]), drawn in parallel.
+pub fn normals(len: usize, seed: u64, mean: f32, std: f32) -> Vec<f32> {
+    use rayon::prelude::*;
+    (0..len as u64)
+        .into_par_iter()
+        .map(|i| mean + std * normal_at(seed, i))
+        .collect()
+}
+
 fn fill(shape: &[usize], init: Init, rng: &mut SplitMix) -> Vec<f32> {
     let n: usize = shape.iter().product();
     match init {
@@ -329,6 +425,22 @@ pub enum TinyError {
 
 /// Writes `config.json` and `model.safetensors` (f32) for `spec` into `dir`.
 pub fn write_model(dir: &Path, spec: &TinySpec, seed: u64) -> Result<(), TinyError> {
+    write_model_as(dir, spec, seed, Dtype::F32)
+}
+
+/// [`write_model`] with the tensors stored as `dtype` (`F32` or `BF16`): a bf16 checkpoint
+/// holds exactly the values a bf16 backend computes with, so f32 and bf16 backends can be
+/// compared on the same weights.
+pub fn write_model_as(
+    dir: &Path,
+    spec: &TinySpec,
+    seed: u64,
+    dtype: Dtype,
+) -> Result<(), TinyError> {
+    assert!(
+        matches!(dtype, Dtype::F32 | Dtype::BF16),
+        "tiny models are f32 or bf16"
+    );
     std::fs::create_dir_all(dir)?;
     std::fs::write(
         dir.join("config.json"),
@@ -339,18 +451,22 @@ pub fn write_model(dir: &Path, spec: &TinySpec, seed: u64) -> Result<(), TinyErr
         .tensors()
         .into_iter()
         .map(|(name, shape, init)| {
-            let bytes = fill(&shape, init, &mut rng)
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
+            let values = fill(&shape, init, &mut rng);
+            let bytes = if dtype == Dtype::BF16 {
+                values
+                    .iter()
+                    .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                    .collect()
+            } else {
+                values.iter().flat_map(|v| v.to_le_bytes()).collect()
+            };
             (name, shape, bytes)
         })
         .collect();
     let views: BTreeMap<String, TensorView<'_>> = data
         .iter()
         .map(|(name, shape, bytes)| {
-            let view =
-                TensorView::new(Dtype::F32, shape.clone(), bytes).expect("shape matches data");
+            let view = TensorView::new(dtype, shape.clone(), bytes).expect("shape matches data");
             (name.clone(), view)
         })
         .collect();
@@ -360,4 +476,64 @@ pub fn write_model(dir: &Path, spec: &TinySpec, seed: u64) -> Result<(), TinyErr
     )]));
     safetensors::serialize_to_file(views, metadata, &dir.join("model.safetensors"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normals_are_standard_and_a_pure_function_of_seed_and_index() {
+        let a = normals(200_000, 9, 0.0, 1.0);
+        let mean = a.iter().map(|&v| f64::from(v)).sum::<f64>() / a.len() as f64;
+        let var = a.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / a.len() as f64;
+        assert!(mean.abs() < 0.01, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.02, "variance {var}");
+        assert!(a.iter().all(|v| v.is_finite()));
+        assert_eq!(a[12_345], normal_at(9, 12_345));
+        assert_ne!(normal_at(9, 0), normal_at(10, 0));
+        let shifted = normals(10, 9, 1.0, 0.5);
+        assert!((shifted[3] - (1.0 + 0.5 * a[3])).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_sized_model_fills_its_budget_with_v32_layers() {
+        let gib = 1usize << 30;
+        // An H200's worth: three dense layers and five 256-expert layers in bf16.
+        let spec = TinySpec::v32_within(120 * gib, 2).expect("fits");
+        assert_eq!(
+            (spec.first_k_dense, spec.num_layers, spec.n_routed_experts),
+            (3, 8, 256)
+        );
+        assert!(spec.device_bytes(2) <= 120 * gib);
+        let one_more = TinySpec::v32(3, spec.num_layers - 2, 256);
+        assert!(one_more.device_bytes(2) > 120 * gib);
+        // f32 weights take twice the room: fewer layers.
+        let f32_spec = TinySpec::v32_within(120 * gib, 4).expect("fits");
+        assert!(f32_spec.num_layers < spec.num_layers);
+        // A small GPU gets fewer experts rather than nothing.
+        let small = TinySpec::v32_within(24 * gib, 2).expect("fits");
+        assert!(small.n_routed_experts < 256 && small.n_routed_experts >= 16);
+        assert!(small.device_bytes(2) <= 24 * gib);
+        assert!(TinySpec::v32_within(gib, 2).is_none());
+    }
+
+    #[test]
+    fn a_bf16_checkpoint_holds_the_rounded_values() {
+        let dir = std::env::temp_dir().join(format!("dsgw-tiny-bf16-{}", std::process::id()));
+        let spec = TinySpec::tiny(300);
+        write_model(&dir.join("f32"), &spec, 4).expect("write");
+        write_model_as(&dir.join("bf16"), &spec, 4, Dtype::BF16).expect("write");
+        let f = crate::checkpoint::Checkpoint::open(&dir.join("f32")).expect("open");
+        let b = crate::checkpoint::Checkpoint::open(&dir.join("bf16")).expect("open");
+        let name = "model.layers.0.self_attn.q_a_proj.weight";
+        let shape = [spec.q_lora_rank, spec.hidden_size];
+        let exact = f.load(name, &shape).expect("load").data;
+        let rounded = b.load(name, &shape).expect("load").data;
+        for (x, y) in exact.iter().zip(&rounded) {
+            assert_eq!(*y, half::bf16::from_f32(*x).to_f32());
+        }
+        assert_ne!(exact, rounded);
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -60,3 +60,23 @@ fn init_writes_a_loadable_model_and_logits_prints_one_row_per_token() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("outside the vocabulary"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn device_check_without_a_usable_gpu_says_why_and_fails_cleanly() {
+    // No such device anywhere: here (no driver) and on a GPU machine alike, the check must end
+    // with an error naming the cause, never a panic, and write no report.
+    let out_file = std::env::temp_dir().join(format!("dsgw-dc-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_dsgw"))
+        .args(["engine", "device-check", "--device", "64", "--out"])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("no CUDA driver") || stderr.contains("CUDA device 64"),
+        "{stderr}"
+    );
+    assert!(!out_file.exists());
+}

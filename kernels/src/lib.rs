@@ -4,7 +4,8 @@
 //!
 //! What the model needs beyond cuBLAS: RMSNorm and LayerNorm, YaRN rope (interleaved and
 //! half-split), SwiGLU, the MoE gate and expert dispatch / combine, MLA decode attention over
-//! the latent cache (split-K), the lightning indexer's scores and its top-k, and sampling.
+//! the latent cache (split-K), the lightning indexer's scores and its top-k, sampling, and the
+//! bf16 conversion and random fills of weights.
 //! [`launch`] holds the host side of every launch (grids, blocks, shared memory, argument
 //! packing), unit-tested on any machine; [`compile`] turns the sources into PTX for a device's
 //! architecture, cached by hash.
@@ -65,6 +66,11 @@ pub const SOURCES: &[Source] = &[
         file: "moe.cu",
         text: include_str!("cu/moe.cu"),
         kernels: &["moe_route"],
+    },
+    Source {
+        file: "convert.cu",
+        text: include_str!("cu/convert.cu"),
+        kernels: &["to_bf16", "fill_normal", "fill_normal_bf16"],
     },
     Source {
         file: "sampling.cu",

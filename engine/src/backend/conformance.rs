@@ -70,7 +70,8 @@ fn random(rng: &mut SplitMix, n: usize, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-fn rel_error(a: &[f32], b: &[f32]) -> f64 {
+/// Largest `|a - b| / max(1, |a|)`; infinite on NaN or a length mismatch.
+pub fn rel_error(a: &[f32], b: &[f32]) -> f64 {
     if a.len() != b.len() {
         return f64::INFINITY;
     }
@@ -112,6 +113,12 @@ pub fn compare<A: Backend, B: Backend>(
             (reference.upload(&d), candidate.upload(&d))
         }};
     }
+    macro_rules! both_weights {
+        ($data:expr) => {{
+            let d: Vec<f32> = $data;
+            (reference.upload_weight(&d), candidate.upload_weight(&d))
+        }};
+    }
 
     let x = random(&mut rng, s.rows * s.dim, 1.0);
     let (xa, xb) = both!(x.clone());
@@ -129,14 +136,14 @@ pub fn compare<A: Backend, B: Backend>(
     );
 
     let m = s.dim / 2;
-    let (ma, mb) = both!(random(&mut rng, m * s.dim, 0.05));
+    let (ma, mb) = both_weights!(random(&mut rng, m * s.dim, 0.05));
     check(
         "matmul",
         reference.download(&reference.matmul(&xa, &ma, s.rows, s.dim, m)),
         candidate.download(&candidate.matmul(&xb, &mb, s.rows, s.dim, m)),
     );
     let k = s.dim / s.heads;
-    let (ha, hb) = both!(random(&mut rng, s.heads * k * 32, 0.1));
+    let (ha, hb) = both_weights!(random(&mut rng, s.heads * k * 32, 0.1));
     check(
         "head_matmul",
         reference.download(&reference.head_matmul(&xa, &ha, s.rows, s.heads, k, 32)),
@@ -333,6 +340,34 @@ pub fn compare<A: Backend, B: Backend>(
         op: "topk (share of indices that differ)",
         max_rel_error: topk_error,
     });
+    let n = s.len * s.index_dim;
+    reports.push(OpReport {
+        op: "random",
+        max_rel_error: rel_error(
+            &reference.download(&reference.random(n, seed, 0.5, 2.0)),
+            &candidate.download(&candidate.random(n, seed, 0.5, 2.0)),
+        ),
+    });
+    let m = s.dim / 4;
+    reports.push(OpReport {
+        op: "random_weight (through matmul)",
+        max_rel_error: rel_error(
+            &reference.download(&reference.matmul(
+                &xa,
+                &reference.random_weight(m * s.dim, seed, 0.05),
+                s.rows,
+                s.dim,
+                m,
+            )),
+            &candidate.download(&candidate.matmul(
+                &xb,
+                &candidate.random_weight(m * s.dim, seed, 0.05),
+                s.rows,
+                s.dim,
+                m,
+            )),
+        ),
+    });
     reports
 }
 
@@ -351,6 +386,7 @@ mod tests {
 
     impl Backend for Faulty {
         type Buf = Vec<f32>;
+        type Weight = Vec<f32>;
         fn name(&self) -> &'static str {
             "faulty"
         }
@@ -362,6 +398,9 @@ mod tests {
         }
         fn len(&self, buf: &Vec<f32>) -> usize {
             Cpu.len(buf)
+        }
+        fn upload_weight(&self, data: &[f32]) -> Vec<f32> {
+            Cpu.upload_weight(data)
         }
         fn embed(&self, t: &Vec<f32>, ids: &[u32], dim: usize) -> Vec<f32> {
             Cpu.embed(t, ids, dim)
@@ -505,6 +544,8 @@ mod tests {
             "mla_attention_dense",
             "mla_attention_sparse",
             "indexer_scores",
+            "random",
+            "random_weight (through matmul)",
         ] {
             assert!(ops.contains(&op), "{op} is not checked: {ops:?}");
         }
@@ -514,7 +555,7 @@ mod tests {
         }
         let faulty = compare(&Cpu, &Faulty, Shapes::small(), 1);
         for r in &faulty {
-            if r.op == "matmul" {
+            if r.op == "matmul" || r.op == "random_weight (through matmul)" {
                 assert!(r.max_rel_error > 1e-4, "{r:?}");
             } else {
                 assert_eq!(r.max_rel_error, 0.0, "{}", r.op);

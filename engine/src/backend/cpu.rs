@@ -48,6 +48,7 @@ struct Partial {
 
 impl Backend for Cpu {
     type Buf = Vec<f32>;
+    type Weight = Vec<f32>;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -63,6 +64,10 @@ impl Backend for Cpu {
 
     fn len(&self, buf: &Vec<f32>) -> usize {
         buf.len()
+    }
+
+    fn upload_weight(&self, data: &[f32]) -> Vec<f32> {
+        data.to_vec()
     }
 
     fn embed(&self, table: &Vec<f32>, ids: &[u32], dim: usize) -> Vec<f32> {

@@ -1,7 +1,7 @@
 //! The CUDA backend: the same trait as the CPU's, with buffers in device memory. cuBLAS does
-//! the matrix products (f32, with the device's tensor cores through TF32 where cuBLAS picks
-//! them); the `dsgw-kernels` sources, compiled with NVRTC for this device on first use and
-//! cached on disk, do the rest. CUDA is loaded at run time: a machine without a GPU or driver
+//! the matrix products: weights in bf16 by default (activations converted to bf16 per product,
+//! accumulation and outputs in f32), or in f32 ([`Cuda::with_weights`]); the `dsgw-kernels`
+//! sources, compiled with NVRTC for this device on first use and cached on disk, do the rest. CUDA is loaded at run time: a machine without a GPU or driver
 //! never touches it, and [`Cuda::open`] says why it cannot run instead of panicking.
 //!
 //! A failure inside a kernel after start-up panics the engine thread (the trait has no error
@@ -20,7 +20,7 @@ use cudarc::driver::{
 };
 use dsgw_kernels::launch::{self, Candidates, Launch};
 
-use super::{Backend, RopeStyle, Selection};
+use super::{Backend, RopeStyle, Selection, WeightFormat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
@@ -44,6 +44,25 @@ impl std::fmt::Debug for DeviceBuf {
     }
 }
 
+/// A weight matrix in device memory, in the format the backend was opened with.
+pub enum DeviceWeight {
+    F32(DeviceBuf),
+    /// bf16 bits.
+    Bf16 {
+        data: CudaSlice<u16>,
+        len: usize,
+    },
+}
+
+impl DeviceWeight {
+    fn len(&self) -> usize {
+        match self {
+            Self::F32(b) => b.len,
+            Self::Bf16 { len, .. } => *len,
+        }
+    }
+}
+
 /// Every kernel of the program, loaded once.
 struct Functions {
     rms_norm: CudaFunction,
@@ -62,6 +81,9 @@ struct Functions {
     moe_route: CudaFunction,
     argmax: CudaFunction,
     softmax_temperature: CudaFunction,
+    to_bf16: CudaFunction,
+    fill_normal: CudaFunction,
+    fill_normal_bf16: CudaFunction,
 }
 
 pub struct Cuda {
@@ -69,6 +91,7 @@ pub struct Cuda {
     /// Fill new buffers with NaN instead of zeros, so a kernel that leaves an output element
     /// unwritten shows in the device check.
     poison: std::sync::atomic::AtomicBool,
+    weights: WeightFormat,
     name: String,
     multiprocessors: usize,
     stream: Arc<CudaStream>,
@@ -137,18 +160,40 @@ impl Cuda {
             moe_route: load("moe_route")?,
             argmax: load("argmax")?,
             softmax_temperature: load("softmax_temperature")?,
+            to_bf16: load("to_bf16")?,
+            fill_normal: load("fill_normal")?,
+            fill_normal_bf16: load("fill_normal_bf16")?,
         };
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(|e| device(&e))?;
         Ok(Self {
             ordinal,
             poison: std::sync::atomic::AtomicBool::new(false),
+            weights: WeightFormat::Bf16,
             name,
             multiprocessors,
             stream,
             blas,
             f,
         })
+    }
+
+    /// The format of weights uploaded from now on (bf16 unless set).
+    pub fn with_weights(mut self, format: WeightFormat) -> Self {
+        self.weights = format;
+        self
+    }
+
+    pub fn weight_format(&self) -> WeightFormat {
+        self.weights
+    }
+
+    /// Free and total device memory, in bytes.
+    pub fn memory(&self) -> (usize, usize) {
+        self.stream
+            .context()
+            .mem_get_info()
+            .expect("CUDA memory info")
     }
 
     pub fn device_name(&self) -> &str {
@@ -314,6 +359,98 @@ impl Cuda {
         self.stream.clone_htod(values).expect("CUDA copy")
     }
 
+    /// `x` rounded to bf16, for the activation side of a bf16 product.
+    fn bf16_of(&self, x: &DeviceBuf) -> CudaSlice<u16> {
+        let out: CudaSlice<u16> = self
+            .stream
+            .alloc_zeros(x.len.max(1))
+            .expect("CUDA allocation");
+        let n = x.len as i64;
+        let mut b = self.stream.launch_builder(&self.f.to_bf16);
+        b.arg(&x.data).arg(&n).arg(&out);
+        self.run(b, launch::elementwise(x.len).expect("launch"));
+        out
+    }
+
+    /// `out = w · x` in cuBLAS's column-major terms, `w` and `x` bf16, `out` f32, accumulating
+    /// in f32; strided over a batch when `batch` is `(count, stride_w, stride_x, stride_out)`.
+    fn gemm_bf16(
+        &self,
+        cfg: &GemmConfig<f32>,
+        w: &CudaSlice<u16>,
+        x: &CudaSlice<u16>,
+        out: &mut CudaSlice<f32>,
+        batch: Option<(i32, i64, i64, i64)>,
+    ) {
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        let (alpha, beta) = (cfg.alpha, cfg.beta);
+        let (a, _a) = w.device_ptr(&self.stream);
+        let (b, _b) = x.device_ptr(&self.stream);
+        let (c, _c) = out.device_ptr_mut(&self.stream);
+        let (bf16, f32_, compute, algo) = (
+            cudaDataType_t::CUDA_R_16BF,
+            cudaDataType_t::CUDA_R_32F,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        );
+        let handle = *self.blas.handle();
+        // SAFETY: the pointers are live device allocations of the sizes the caller's strides
+        // and shapes describe (checked there), with the element types named beside them; cuBLAS
+        // runs on `self.stream`, the stream the guards above order the accesses on.
+        let result = unsafe {
+            match batch {
+                None => cudarc::cublas::result::gemm_ex(
+                    handle,
+                    cfg.transa,
+                    cfg.transb,
+                    cfg.m,
+                    cfg.n,
+                    cfg.k,
+                    (&raw const alpha).cast(),
+                    a as *const _,
+                    bf16,
+                    cfg.lda,
+                    b as *const _,
+                    bf16,
+                    cfg.ldb,
+                    (&raw const beta).cast(),
+                    c as *mut _,
+                    f32_,
+                    cfg.ldc,
+                    compute,
+                    algo,
+                ),
+                Some((count, sa, sb, sc)) => cudarc::cublas::result::gemm_strided_batched_ex(
+                    handle,
+                    cfg.transa,
+                    cfg.transb,
+                    cfg.m,
+                    cfg.n,
+                    cfg.k,
+                    (&raw const alpha).cast(),
+                    a as *const _,
+                    bf16,
+                    cfg.lda,
+                    sa,
+                    b as *const _,
+                    bf16,
+                    cfg.ldb,
+                    sb,
+                    (&raw const beta).cast(),
+                    c as *mut _,
+                    f32_,
+                    cfg.ldc,
+                    sc,
+                    count,
+                    compute,
+                    algo,
+                ),
+            }
+        };
+        result.expect("cuBLAS bf16 gemm");
+    }
+
     fn run(&self, mut builder: cudarc::driver::LaunchArgs<'_>, l: Launch) {
         let cfg = LaunchConfig {
             grid_dim: l.grid,
@@ -337,6 +474,7 @@ fn arg<T: DeviceRepr>(v: T) -> T {
 
 impl Backend for Cuda {
     type Buf = DeviceBuf;
+    type Weight = DeviceWeight;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -365,16 +503,78 @@ impl Backend for Cuda {
         buf.len
     }
 
+    fn upload_weight(&self, data: &[f32]) -> DeviceWeight {
+        match self.weights {
+            WeightFormat::F32 => DeviceWeight::F32(self.upload(data)),
+            WeightFormat::Bf16 => {
+                // Rounded on the host (the same rounding as `to_bf16`): half the bytes to copy.
+                let bits: Vec<u16> = data
+                    .iter()
+                    .map(|&v| half::bf16::from_f32(v).to_bits())
+                    .collect();
+                DeviceWeight::Bf16 {
+                    data: if bits.is_empty() {
+                        self.stream.alloc_zeros(1).expect("CUDA allocation")
+                    } else {
+                        self.stream.clone_htod(&bits).expect("CUDA copy")
+                    },
+                    len: data.len(),
+                }
+            }
+        }
+    }
+
+    fn random(&self, len: usize, seed: u64, mean: f32, std: f32) -> DeviceBuf {
+        let out = self.zeros(len);
+        let n = len as i64;
+        let mut b = self.stream.launch_builder(&self.f.fill_normal);
+        b.arg(&out.data).arg(&n).arg(&seed).arg(&mean).arg(&std);
+        self.run(b, launch::elementwise(len).expect("launch"));
+        out
+    }
+
+    fn random_weight(&self, len: usize, seed: u64, std: f32) -> DeviceWeight {
+        match self.weights {
+            WeightFormat::F32 => DeviceWeight::F32(self.random(len, seed, 0.0, std)),
+            WeightFormat::Bf16 => {
+                let data: CudaSlice<u16> = self
+                    .stream
+                    .alloc_zeros(len.max(1))
+                    .expect("CUDA allocation");
+                let n = len as i64;
+                let mut b = self.stream.launch_builder(&self.f.fill_normal_bf16);
+                b.arg(&data).arg(&n).arg(&seed).arg(&std);
+                self.run(b, launch::elementwise(len).expect("launch"));
+                DeviceWeight::Bf16 { data, len }
+            }
+        }
+    }
+
+    fn route(
+        &self,
+        logits: &DeviceBuf,
+        bias: &[f32],
+        moe: &crate::config::MoeConfig,
+    ) -> Vec<Vec<(usize, f32)>> {
+        self.moe_route(logits, &self.upload(bias), moe)
+    }
+
     fn embed(&self, table: &DeviceBuf, ids: &[u32], dim: usize) -> DeviceBuf {
         let rows: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
         self.gather_rows(table, &rows, dim)
     }
 
-    fn matmul(&self, x: &DeviceBuf, w: &DeviceBuf, n: usize, k: usize, m: usize) -> DeviceBuf {
+    fn matmul(&self, x: &DeviceBuf, w: &DeviceWeight, n: usize, k: usize, m: usize) -> DeviceBuf {
         let mut out = self.zeros(n * m);
         if n == 0 || m == 0 {
             return out;
         }
+        assert!(
+            x.len == n * k && w.len() == m * k,
+            "matmul shapes: x {} (n {n} k {k}), w {} (m {m})",
+            x.len,
+            w.len()
+        );
         // Row-major x (n, k) and w (m, k) are column-major xᵀ and wᵀ: outᵀ (m, n) = w · xᵀ.
         let cfg = GemmConfig {
             transa: cublasOperation_t::CUBLAS_OP_T,
@@ -388,15 +588,22 @@ impl Backend for Cuda {
             beta: 0.0f32,
             ldc: n32("m", m),
         };
-        // SAFETY: w holds m * k, x holds n * k and out n * m values, as the strides say.
-        unsafe { self.blas.gemm(cfg, &w.data, &x.data, &mut out.data) }.expect("cuBLAS gemm");
+        match w {
+            // SAFETY: w holds m * k, x holds n * k and out n * m values, as the strides say.
+            DeviceWeight::F32(w) => unsafe { self.blas.gemm(cfg, &w.data, &x.data, &mut out.data) }
+                .expect("cuBLAS gemm"),
+            DeviceWeight::Bf16 { data, .. } => {
+                let xb = self.bf16_of(x);
+                self.gemm_bf16(&cfg, data, &xb, &mut out.data, None);
+            }
+        }
         out
     }
 
     fn head_matmul(
         &self,
         x: &DeviceBuf,
-        w: &DeviceBuf,
+        w: &DeviceWeight,
         n: usize,
         heads: usize,
         k: usize,
@@ -406,6 +613,10 @@ impl Backend for Cuda {
         if n == 0 {
             return out;
         }
+        assert!(
+            x.len == n * heads * k && w.len() == heads * k * m,
+            "head_matmul shapes"
+        );
         // Per head h, column-major: out_hᵀ (m, n; ld heads·m) = w_h (m, k; ld m) · x_hᵀ (k, n;
         // ld heads·k), batched over heads with strides k·m, k and m.
         let cfg = StridedBatchedConfig {
@@ -426,12 +637,19 @@ impl Backend for Cuda {
             stride_b: k as i64,
             stride_c: m as i64,
         };
-        // SAFETY: w holds heads * k * m, x n * heads * k and out n * heads * m values.
-        unsafe {
-            self.blas
-                .gemm_strided_batched(cfg, &w.data, &x.data, &mut out.data)
+        match w {
+            // SAFETY: w holds heads * k * m, x n * heads * k and out n * heads * m values.
+            DeviceWeight::F32(w) => unsafe {
+                self.blas
+                    .gemm_strided_batched(cfg, &w.data, &x.data, &mut out.data)
+            }
+            .expect("cuBLAS strided batched gemm"),
+            DeviceWeight::Bf16 { data, .. } => {
+                let xb = self.bf16_of(x);
+                let batch = (cfg.batch_size, cfg.stride_a, cfg.stride_b, cfg.stride_c);
+                self.gemm_bf16(&cfg.gemm, data, &xb, &mut out.data, Some(batch));
+            }
         }
-        .expect("cuBLAS strided batched gemm");
         out
     }
 

@@ -27,23 +27,61 @@ pub enum RopeStyle {
     HalfSplit,
 }
 
+/// How a backend stores weight matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    #[default]
+    F32,
+    /// bfloat16 (half the memory and bandwidth); products accumulate in f32.
+    Bf16,
+}
+
 pub trait Backend: Send + Sync + 'static {
     type Buf: Send + Sync;
+    /// A weight matrix, the right-hand side of [`Backend::matmul`] and [`Backend::head_matmul`],
+    /// in the backend's [`WeightFormat`].
+    type Weight: Send + Sync;
 
     fn name(&self) -> &'static str;
     fn upload(&self, data: &[f32]) -> Self::Buf;
     fn download(&self, buf: &Self::Buf) -> Vec<f32>;
     fn len(&self, buf: &Self::Buf) -> usize;
+    /// A weight matrix from f32 values (rounded to the backend's weight format).
+    fn upload_weight(&self, data: &[f32]) -> Self::Weight;
+
+    /// `len` values from N(mean, std²), value `i` a pure function of `(seed, i)`
+    /// ([`crate::tiny::normal_at`]), so every backend draws the same ones. Synthetic models and
+    /// caches are made with it; a device backend draws them where they are used.
+    fn random(&self, len: usize, seed: u64, mean: f32, std: f32) -> Self::Buf {
+        self.upload(&crate::tiny::normals(len, seed, mean, std))
+    }
+    /// A weight matrix of [`Backend::random`] values.
+    fn random_weight(&self, len: usize, seed: u64, std: f32) -> Self::Weight {
+        self.upload_weight(&crate::tiny::normals(len, seed, 0.0, std))
+    }
+    /// The MoE gate for every token of `logits (tokens, experts)`: each token's chosen experts
+    /// and weights ([`crate::model::route_token`]).
+    fn route(
+        &self,
+        logits: &Self::Buf,
+        bias: &[f32],
+        moe: &crate::config::MoeConfig,
+    ) -> Vec<Vec<(usize, f32)>> {
+        self.download(logits)
+            .chunks_exact(moe.n_routed_experts)
+            .map(|row| crate::model::route_token(row, bias, moe))
+            .collect()
+    }
 
     /// Rows of `table (vocab, dim)` for `ids`: `(ids.len(), dim)`.
     fn embed(&self, table: &Self::Buf, ids: &[u32], dim: usize) -> Self::Buf;
     /// `x (n, k) · w (m, k)ᵀ -> (n, m)`.
-    fn matmul(&self, x: &Self::Buf, w: &Self::Buf, n: usize, k: usize, m: usize) -> Self::Buf;
+    fn matmul(&self, x: &Self::Buf, w: &Self::Weight, n: usize, k: usize, m: usize) -> Self::Buf;
     /// Per head: `x (n, heads, k) · w[h] (k, m) -> (n, heads, m)`, with `w (heads, k, m)`.
     fn head_matmul(
         &self,
         x: &Self::Buf,
-        w: &Self::Buf,
+        w: &Self::Weight,
         n: usize,
         heads: usize,
         k: usize,

@@ -23,50 +23,50 @@ pub enum Logits {
 enum QProj<B: Backend> {
     /// `q_a_proj (q_lora, hidden)`, `q_a_layernorm (q_lora)`, `q_b_proj (heads * qk_head, q_lora)`.
     LowRank {
-        a: B::Buf,
+        a: B::Weight,
         norm: B::Buf,
-        b: B::Buf,
+        b: B::Weight,
         rank: usize,
     },
     /// `q_proj (heads * qk_head, hidden)`.
-    Full(B::Buf),
+    Full(B::Weight),
 }
 
 struct Indexer<B: Backend> {
     /// `(n_heads * head_dim, q_lora)`
-    wq_b: B::Buf,
+    wq_b: B::Weight,
     /// `(head_dim, hidden)`
-    wk: B::Buf,
+    wk: B::Weight,
     k_norm_weight: B::Buf,
     k_norm_bias: B::Buf,
     /// `(n_heads, hidden)`
-    weights_proj: B::Buf,
+    weights_proj: B::Weight,
 }
 
 struct Attention<B: Backend> {
     q: QProj<B>,
     /// `(kv_lora + rope, hidden)`
-    kv_a: B::Buf,
+    kv_a: B::Weight,
     kv_norm: B::Buf,
     /// `W_UK` per head: `(heads, nope, kv_lora)`.
-    w_uk: B::Buf,
+    w_uk: B::Weight,
     /// `W_UV` per head, transposed: `(heads, kv_lora, v)`.
-    w_uv: B::Buf,
+    w_uv: B::Weight,
     /// `(hidden, heads * v)`
-    o: B::Buf,
+    o: B::Weight,
     indexer: Option<Indexer<B>>,
 }
 
 struct Mlp<B: Backend> {
-    gate: B::Buf,
-    up: B::Buf,
-    down: B::Buf,
+    gate: B::Weight,
+    up: B::Weight,
+    down: B::Weight,
     intermediate: usize,
 }
 
 struct Moe<B: Backend> {
-    /// `(experts, hidden)`, on the backend; routing itself runs on the host.
-    gate: B::Buf,
+    /// `(experts, hidden)`; the backend routes ([`Backend::route`]).
+    gate: B::Weight,
     correction_bias: Vec<f32>,
     experts: Vec<Mlp<B>>,
     shared: Option<Mlp<B>>,
@@ -90,7 +90,7 @@ pub struct Model<B: Backend> {
     embed: B::Buf,
     layers: Vec<Layer<B>>,
     norm: B::Buf,
-    lm_head: B::Buf,
+    lm_head: B::Weight,
     rope_cos: B::Buf,
     rope_sin: B::Buf,
     max_positions: usize,
@@ -481,13 +481,17 @@ impl<B: Backend> Model<B> {
         let b = &self.backend;
         let c = &self.config;
         let cfg = c.moe.as_ref().expect("a MoE layer has a MoE config");
-        let logits = b.download(&b.matmul(x, &moe.gate, n, c.hidden_size, cfg.n_routed_experts));
+        let logits = b.matmul(x, &moe.gate, n, c.hidden_size, cfg.n_routed_experts);
         let mut routing = Routing {
             rows: vec![Vec::new(); cfg.n_routed_experts],
             weights: vec![Vec::new(); cfg.n_routed_experts],
         };
-        for (t, row) in logits.chunks_exact(cfg.n_routed_experts).enumerate() {
-            for (e, w) in route_token(row, &moe.correction_bias, cfg) {
+        for (t, chosen) in b
+            .route(&logits, &moe.correction_bias, cfg)
+            .into_iter()
+            .enumerate()
+        {
+            for (e, w) in chosen {
                 routing.rows[e].push(t);
                 routing.weights[e].push(w);
             }
