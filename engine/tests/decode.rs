@@ -24,7 +24,8 @@ fn prefill_logits_equal_token_by_token_decode() {
     let dir = temp_dir("decode");
     write_model(&dir, &spec(), 7).unwrap();
     let model = Model::load(&Checkpoint::open(&dir).unwrap(), Cpu).unwrap();
-    let tokens: Vec<u32> = (0..14).map(|i| (i * 37 + 5) % 256).collect();
+    // Long enough to cross KV-cache blocks (64 tokens) during the prefill and during decode.
+    let tokens: Vec<u32> = (0..150).map(|i| (i * 37 + 5) % 256).collect();
     let vocab = model.config.vocab_size;
 
     let mut cache = model.new_cache();
@@ -32,11 +33,11 @@ fn prefill_logits_equal_token_by_token_decode() {
     assert_eq!(prefill.len(), tokens.len() * vocab);
     assert_eq!(cache.len(), tokens.len());
 
-    // Decode after a 5-token prefill, one token at a time.
+    // Decode after a 70-token prefill, one token at a time.
     let mut cache = model.new_cache();
-    let first = model.forward(&tokens[..5], &mut cache, Logits::Last);
-    let mut worst = max_diff(&first, &prefill[4 * vocab..5 * vocab]);
-    for (t, &token) in tokens.iter().enumerate().skip(5) {
+    let first = model.forward(&tokens[..70], &mut cache, Logits::Last);
+    let mut worst = max_diff(&first, &prefill[69 * vocab..70 * vocab]);
+    for (t, &token) in tokens.iter().enumerate().skip(70) {
         let step = model.forward(&[token], &mut cache, Logits::Last);
         worst = worst.max(max_diff(&step, &prefill[t * vocab..(t + 1) * vocab]));
     }
@@ -122,20 +123,22 @@ fn batched_decode_equals_each_sequence_alone() {
     let dir = temp_dir("batch");
     write_model(&dir, &spec(), 5).unwrap();
     let model = Model::load(&Checkpoint::open(&dir).unwrap(), Cpu).unwrap();
-    let a: Vec<u32> = (0..9).map(|i| (i * 31 + 2) % 256).collect();
+    // `a` ends past a KV-cache block boundary (64 tokens), `b` inside its first block.
+    let a: Vec<u32> = (0..130).map(|i| (i * 31 + 2) % 256).collect();
     let b: Vec<u32> = (0..6).map(|i| (i * 17 + 9) % 256).collect();
     let alone_a = model.forward(&a, &mut model.new_cache(), Logits::Last);
     let alone_b = model.forward(&b, &mut model.new_cache(), Logits::Last);
 
-    // Prefill both but their last token, then decode the last tokens together.
+    // Prefill `a` but its last ten tokens (which cross into a third block) and `b` but its
+    // last, then run the rest of both together.
     let (mut ca, mut cb) = (model.new_cache(), model.new_cache());
-    model.forward(&a[..8], &mut ca, Logits::Last);
+    model.forward(&a[..120], &mut ca, Logits::Last);
     model.forward(&b[..5], &mut cb, Logits::Last);
     let together = model.forward_batch(
         &mut [
             Segment {
                 cache: &mut ca,
-                tokens: &a[8..],
+                tokens: &a[120..],
             },
             Segment {
                 cache: &mut cb,
@@ -147,6 +150,6 @@ fn batched_decode_equals_each_sequence_alone() {
     let vocab = model.config.vocab_size;
     assert!(max_diff(&together[..vocab], &alone_a) < 1e-4);
     assert!(max_diff(&together[vocab..], &alone_b) < 1e-4);
-    assert_eq!((ca.len(), cb.len()), (9, 6));
+    assert_eq!((ca.len(), cb.len()), (130, 6));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -2,6 +2,10 @@
 //! of host-side arguments (positions, candidate lists, row indices) into the 32-bit integers the
 //! kernels take. Pure functions, so they are tested on machines without a GPU.
 
+/// Rows per KV-cache block (`DSGW_KV_BLOCK` in `common.cuh`): kernels find cached row `s` at
+/// row `s % KV_BLOCK` of block `s / KV_BLOCK`, through a table of block pointers.
+pub const KV_BLOCK: usize = 64;
+
 /// Threads per block for element-wise kernels.
 pub const ELEMENTWISE_THREADS: u32 = 256;
 /// Threads per MLA decode block (8 warps; at least the 64-position tile).
@@ -26,6 +30,8 @@ pub struct Launch {
 pub enum LaunchError {
     #[error("{what} = {value} does not fit the kernel's 32-bit argument")]
     TooLarge { what: &'static str, value: usize },
+    #[error("a block table of {blocks} blocks cannot hold {rows} cached rows")]
+    BlockTable { blocks: usize, rows: usize },
     #[error("{kernel} needs {bytes} bytes of shared memory per block; the limit is {limit}")]
     SharedMemory {
         kernel: &'static str,
@@ -134,6 +140,18 @@ pub fn indexer(queries: usize, len: usize, heads: usize, d: usize) -> Result<Lau
     })
 }
 
+/// The device addresses of a paged cache's blocks, checked to cover `rows` rows (the table a
+/// kernel reads row `s` through).
+pub fn block_table(blocks: &[u64], rows: usize) -> Result<Vec<u64>, LaunchError> {
+    if blocks.len() < rows.div_ceil(KV_BLOCK) || blocks.contains(&0) {
+        return Err(LaunchError::BlockTable {
+            blocks: blocks.len(),
+            rows,
+        });
+    }
+    Ok(blocks.to_vec())
+}
+
 /// Top-k: one block of [`TOPK_THREADS`] per row.
 pub fn topk(rows: usize, k: usize) -> Result<Launch, LaunchError> {
     if k == 0 {
@@ -222,6 +240,16 @@ mod tests {
             elementwise(usize::MAX),
             Err(LaunchError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn block_tables_must_cover_every_row() {
+        assert_eq!(block_table(&[8, 16], 128).unwrap(), vec![8, 16]);
+        assert!(block_table(&[8, 16], 129).is_err());
+        assert!(block_table(&[8, 0], 70).is_err());
+        assert!(block_table(&[], 0).unwrap().is_empty());
+        let common = include_str!("cu/common.cuh");
+        assert!(common.contains(&format!("#define DSGW_KV_BLOCK {KV_BLOCK}\n")));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! the candidate; on machines without a GPU it is tested against a CPU backend with a planted
 //! fault, so the harness itself is known to catch one.
 
-use super::{Backend, RopeStyle, Selection};
+use super::{Backend, KV_BLOCK, Paged, RopeStyle, Selection};
 use crate::tiny::SplitMix;
 
 /// Shapes the operations run at: DeepSeek-V3.2's per-head sizes with few heads, short caches.
@@ -47,7 +47,7 @@ impl Shapes {
             heads: 2,
             r: 16,
             p: 8,
-            len: 40,
+            len: 150,
             index_heads: 4,
             index_dim: 8,
             topk: 10,
@@ -68,6 +68,13 @@ fn random(rng: &mut SplitMix, n: usize, scale: f32) -> Vec<f32> {
     (0..n)
         .map(|_| (rng.uniform() as f32 * 2.0 - 1.0) * scale)
         .collect()
+}
+
+fn paged<T>(blocks: &[T], len: usize) -> Paged<'_, T> {
+    Paged {
+        blocks: blocks.iter().collect(),
+        len,
+    }
 }
 
 /// Largest `|a - b| / max(1, |a|)`; infinite on NaN or a length mismatch.
@@ -111,6 +118,32 @@ pub fn compare<A: Backend, B: Backend>(
         ($data:expr) => {{
             let d: Vec<f32> = $data;
             (reference.upload(&d), candidate.upload(&d))
+        }};
+    }
+    // A cache in blocks of KV_BLOCK rows, the unwritten rows of the last one NaN: a kernel
+    // that reads past the cached rows shows.
+    macro_rules! both_paged {
+        ($data:expr, $width:expr) => {{
+            let d: Vec<f32> = $data;
+            let width = $width;
+            let blocks: Vec<Vec<f32>> = d
+                .chunks(KV_BLOCK * width)
+                .map(|c| {
+                    let mut c = c.to_vec();
+                    c.resize(KV_BLOCK * width, f32::NAN);
+                    c
+                })
+                .collect();
+            (
+                blocks
+                    .iter()
+                    .map(|b| reference.upload(b))
+                    .collect::<Vec<_>>(),
+                blocks
+                    .iter()
+                    .map(|b| candidate.upload(b))
+                    .collect::<Vec<_>>(),
+            )
         }};
     }
     macro_rules! both_weights {
@@ -200,17 +233,17 @@ pub fn compare<A: Backend, B: Backend>(
     check(
         "concat_rows",
         reference.download(
-            &reference.concat_rows(&[reference.prefix(&xa, s.dim), ga_clone(reference, &ga)]),
+            &reference.concat_rows(&[ga_clone(reference, &xa), ga_clone(reference, &ga)]),
         ),
         candidate.download(
-            &candidate.concat_rows(&[candidate.prefix(&xb, s.dim), ga_clone(candidate, &gb)]),
+            &candidate.concat_rows(&[ga_clone(candidate, &xb), ga_clone(candidate, &gb)]),
         ),
     );
-    let (mut ca, mut cb) = both!(random(&mut rng, 3 * s.dim, 1.0));
-    reference.append_rows(&mut ca, &xa);
-    candidate.append_rows(&mut cb, &xb);
+    let (mut ca, mut cb) = both!(random(&mut rng, (s.rows + 1) * s.dim, 1.0));
+    reference.copy_rows(&mut ca, 2, &xa, 1, s.rows - 1, s.dim);
+    candidate.copy_rows(&mut cb, 2, &xb, 1, s.rows - 1, s.dim);
     check(
-        "append_rows",
+        "copy_rows",
         reference.download(&ca),
         candidate.download(&cb),
     );
@@ -241,8 +274,14 @@ pub fn compare<A: Backend, B: Backend>(
     let q_positions: Vec<usize> = (0..s.rows).map(|i| s.len - s.rows + i).collect();
     let (qla, qlb) = both!(random(&mut rng, s.rows * s.heads * s.r, 0.1));
     let (qpa, qpb) = both!(random(&mut rng, s.rows * s.heads * s.p, 0.1));
-    let (lca, lcb) = both!(random(&mut rng, s.len * s.r, 1.0));
-    let (kpa, kpb) = both!(random(&mut rng, s.len * s.p, 1.0));
+    let (lca, lcb) = both_paged!(random(&mut rng, s.len * s.r, 1.0), s.r);
+    let (kpa, kpb) = both_paged!(random(&mut rng, s.len * s.p, 1.0), s.p);
+    let (lca, lcb, kpa, kpb) = (
+        paged(&lca, s.len),
+        paged(&lcb, s.len),
+        paged(&kpa, s.len),
+        paged(&kpb, s.len),
+    );
     let attn_scale = 1.0 / ((s.r + s.p) as f32).sqrt();
     check(
         "mla_attention_dense",
@@ -274,7 +313,8 @@ pub fn compare<A: Backend, B: Backend>(
 
     let (iqa, iqb) = both!(random(&mut rng, s.rows * s.index_heads * s.index_dim, 1.0));
     let (iwa, iwb) = both!(random(&mut rng, s.rows * s.index_heads, 1.0));
-    let (ika, ikb) = both!(random(&mut rng, s.len * s.index_dim, 1.0));
+    let (ika, ikb) = both_paged!(random(&mut rng, s.len * s.index_dim, 1.0), s.index_dim);
+    let (ika, ikb) = (paged(&ika, s.len), paged(&ikb, s.len));
     let index_scale = 1.0 / (s.index_dim as f32).sqrt();
     let scores_a = reference.indexer_scores(
         &iqa,
@@ -483,18 +523,23 @@ mod tests {
         fn concat_rows(&self, parts: &[Vec<f32>]) -> Vec<f32> {
             Cpu.concat_rows(parts)
         }
-        fn prefix(&self, b: &Vec<f32>, len: usize) -> Vec<f32> {
-            Cpu.prefix(b, len)
-        }
-        fn append_rows(&self, c: &mut Vec<f32>, r: &Vec<f32>) {
-            Cpu.append_rows(c, r)
+        fn copy_rows(
+            &self,
+            dst: &mut Vec<f32>,
+            at: usize,
+            src: &Vec<f32>,
+            from: usize,
+            count: usize,
+            width: usize,
+        ) {
+            Cpu.copy_rows(dst, at, src, from, count, width)
         }
         fn mla_attention(
             &self,
             ql: &Vec<f32>,
             qp: &Vec<f32>,
-            c: &Vec<f32>,
-            kp: &Vec<f32>,
+            c: &Paged<'_, Vec<f32>>,
+            kp: &Paged<'_, Vec<f32>>,
             h: usize,
             r: usize,
             p: usize,
@@ -508,7 +553,7 @@ mod tests {
             &self,
             q: &Vec<f32>,
             w: &Vec<f32>,
-            k: &Vec<f32>,
+            k: &Paged<'_, Vec<f32>>,
             h: usize,
             d: usize,
             pos: &[usize],
@@ -538,7 +583,7 @@ mod tests {
             "slice_cols",
             "concat_cols",
             "concat_rows",
-            "append_rows",
+            "copy_rows",
             "rope_interleaved",
             "rope_half_split",
             "mla_attention_dense",

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{Backend, RopeStyle, Selection};
+use super::{Backend, KV_BLOCK, Paged, RopeStyle, Selection};
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Cpu;
@@ -32,6 +32,12 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (y, x) in y.iter_mut().zip(x) {
         *y += a * x;
     }
+}
+
+/// Cached row `s` of a paged cache of `width`-wide rows.
+#[inline]
+fn cached_row<'a>(paged: &Paged<'a, Vec<f32>>, s: usize, width: usize) -> &'a [f32] {
+    &paged.blocks[s / KV_BLOCK][(s % KV_BLOCK) * width..][..width]
 }
 
 /// Rows of the output computed per parallel task in `matmul`.
@@ -261,20 +267,25 @@ impl Backend for Cpu {
         parts.concat()
     }
 
-    fn prefix(&self, buf: &Vec<f32>, len: usize) -> Vec<f32> {
-        buf[..len].to_vec()
-    }
-
-    fn append_rows(&self, cache: &mut Vec<f32>, rows: &Vec<f32>) {
-        cache.extend_from_slice(rows);
+    fn copy_rows(
+        &self,
+        dst: &mut Vec<f32>,
+        at: usize,
+        src: &Vec<f32>,
+        from: usize,
+        count: usize,
+        width: usize,
+    ) {
+        dst[at * width..(at + count) * width]
+            .copy_from_slice(&src[from * width..(from + count) * width]);
     }
 
     fn mla_attention(
         &self,
         q_lat: &Vec<f32>,
         q_pe: &Vec<f32>,
-        c: &Vec<f32>,
-        k_pe: &Vec<f32>,
+        c: &Paged<'_, Vec<f32>>,
+        k_pe: &Paged<'_, Vec<f32>>,
         heads: usize,
         r: usize,
         p: usize,
@@ -300,8 +311,8 @@ impl Backend for Cpu {
                     .map(|block| {
                         let mut scores = vec![0f32; heads * block.len()];
                         for (j, &s) in block.iter().enumerate() {
-                            let cs = &c[s as usize * r..][..r];
-                            let ps = &k_pe[s as usize * p..][..p];
+                            let cs = cached_row(c, s as usize, r);
+                            let ps = cached_row(k_pe, s as usize, p);
                             for h in 0..heads {
                                 scores[h * block.len() + j] = (dot(&q_lat[h * r..][..r], cs)
                                     + dot(&q_pe[h * p..][..p], ps))
@@ -325,7 +336,7 @@ impl Backend for Cpu {
                             part.sum[h] = sum;
                         }
                         for (j, &s) in block.iter().enumerate() {
-                            let cs = &c[s as usize * r..][..r];
+                            let cs = cached_row(c, s as usize, r);
                             for h in 0..heads {
                                 axpy(&mut part.acc[h * r..][..r], scores[h * block.len() + j], cs);
                             }
@@ -358,13 +369,13 @@ impl Backend for Cpu {
         &self,
         q: &Vec<f32>,
         w: &Vec<f32>,
-        k: &Vec<f32>,
+        k: &Paged<'_, Vec<f32>>,
         heads: usize,
         d: usize,
         positions: &[usize],
         scale: f32,
     ) -> Vec<f32> {
-        let len = k.len() / d;
+        let len = k.len;
         let mut out = vec![f32::NEG_INFINITY; positions.len() * len];
         for (t, row) in out.chunks_exact_mut(len).enumerate() {
             let q = &q[t * heads * d..][..heads * d];
@@ -375,7 +386,7 @@ impl Backend for Cpu {
                 .enumerate()
                 .for_each(|(b, scores)| {
                     for (j, score) in scores.iter_mut().enumerate() {
-                        let ks = &k[(b * POS_BLOCK + j) * d..][..d];
+                        let ks = cached_row(k, b * POS_BLOCK + j, d);
                         let mut sum = 0.0;
                         for (qh, wh) in q.chunks_exact(d).zip(w) {
                             sum += wh * dot(qh, ks).max(0.0);
@@ -445,11 +456,30 @@ mod tests {
         let k_pe: Vec<f32> = (0..len * 2).map(|i| ((i % 5) as f32 - 2.0) / 4.0).collect();
         let q_lat = vec![0.3, -0.2];
         let q_pe = vec![0.1, 0.4];
+        // Blocks of KV_BLOCK rows, the last one partly written.
+        let blocks = |data: &[f32]| -> Vec<Vec<f32>> {
+            data.chunks(KV_BLOCK * 2)
+                .map(|b| {
+                    let mut b = b.to_vec();
+                    b.resize(KV_BLOCK * 2, f32::NAN);
+                    b
+                })
+                .collect()
+        };
+        let (c_blocks, k_pe_blocks) = (blocks(&c), blocks(&k_pe));
+        let c_paged = Paged {
+            blocks: c_blocks.iter().collect(),
+            len,
+        };
+        let k_pe_paged = Paged {
+            blocks: k_pe_blocks.iter().collect(),
+            len,
+        };
         let out = Cpu.mla_attention(
             &q_lat,
             &q_pe,
-            &c,
-            &k_pe,
+            &c_paged,
+            &k_pe_paged,
             1,
             2,
             2,

@@ -20,7 +20,7 @@ use cudarc::driver::{
 };
 use dsgw_kernels::launch::{self, Candidates, Launch};
 
-use super::{Backend, RopeStyle, Selection, WeightFormat};
+use super::{Backend, Paged, RopeStyle, Selection, WeightFormat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
@@ -330,10 +330,6 @@ impl Cuda {
 
     /// A buffer of `len` zeros (or NaN when poisoning).
     pub fn alloc(&self, len: usize) -> DeviceBuf {
-        self.zeros(len)
-    }
-
-    fn zeros(&self, len: usize) -> DeviceBuf {
         if self.poison.load(std::sync::atomic::Ordering::Relaxed) {
             return DeviceBuf {
                 data: self
@@ -350,6 +346,22 @@ impl Cuda {
                 .expect("CUDA allocation"),
             len,
         }
+    }
+
+    /// The device table of `paged`'s block addresses, for kernels reading the cache by row.
+    fn block_table(&self, paged: &Paged<'_, DeviceBuf>) -> CudaSlice<u64> {
+        use cudarc::driver::DevicePtr;
+        // One stream does all the work, so the access guards have nothing to order.
+        let addresses: Vec<u64> = paged
+            .blocks
+            .iter()
+            .map(|b| b.data.device_ptr(&self.stream).0)
+            .collect();
+        let table = launch::block_table(&addresses, paged.len).expect("paged cache");
+        if table.is_empty() {
+            return self.stream.alloc_zeros(1).expect("CUDA allocation");
+        }
+        self.stream.clone_htod(&table).expect("CUDA copy")
     }
 
     fn upload_ints(&self, values: &[i32]) -> CudaSlice<i32> {
@@ -501,6 +513,10 @@ impl Backend for Cuda {
 
     fn len(&self, buf: &DeviceBuf) -> usize {
         buf.len
+    }
+
+    fn zeros(&self, len: usize) -> DeviceBuf {
+        self.alloc(len)
     }
 
     fn upload_weight(&self, data: &[f32]) -> DeviceWeight {
@@ -845,48 +861,34 @@ impl Backend for Cuda {
         out
     }
 
-    fn prefix(&self, buf: &DeviceBuf, len: usize) -> DeviceBuf {
-        let mut out = self.zeros(len);
-        if len > 0 {
-            self.stream
-                .memcpy_dtod(&buf.data.slice(..len), &mut out.data.slice_mut(..len))
-                .expect("CUDA copy");
+    fn copy_rows(
+        &self,
+        dst: &mut DeviceBuf,
+        at: usize,
+        src: &DeviceBuf,
+        from: usize,
+        count: usize,
+        width: usize,
+    ) {
+        if count == 0 {
+            return;
         }
-        out
-    }
-
-    fn append_rows(&self, cache: &mut DeviceBuf, rows: &DeviceBuf) {
-        let needed = cache.len + rows.len;
-        if needed > cache.data.len() {
-            // Grow by doubling: appends one row per decoded token stay amortised O(1).
-            let mut bigger = self.zeros(needed.max(2 * cache.data.len()));
-            if cache.len > 0 {
-                self.stream
-                    .memcpy_dtod(
-                        &cache.data.slice(..cache.len),
-                        &mut bigger.data.slice_mut(..cache.len),
-                    )
-                    .expect("CUDA copy");
-            }
-            cache.data = bigger.data;
-        }
-        if rows.len > 0 {
-            self.stream
-                .memcpy_dtod(
-                    &rows.data.slice(..rows.len),
-                    &mut cache.data.slice_mut(cache.len..needed),
-                )
-                .expect("CUDA copy");
-        }
-        cache.len = needed;
+        let (d, f, n) = (at * width, from * width, count * width);
+        assert!(
+            d + n <= dst.len && f + n <= src.len,
+            "copy_rows outside a buffer"
+        );
+        self.stream
+            .memcpy_dtod(&src.data.slice(f..f + n), &mut dst.data.slice_mut(d..d + n))
+            .expect("CUDA copy");
     }
 
     fn mla_attention(
         &self,
         q_lat: &DeviceBuf,
         q_pe: &DeviceBuf,
-        c: &DeviceBuf,
-        k_pe: &DeviceBuf,
+        c: &Paged<'_, DeviceBuf>,
+        k_pe: &Paged<'_, DeviceBuf>,
         heads: usize,
         r: usize,
         p: usize,
@@ -899,7 +901,7 @@ impl Backend for Cuda {
         if n == 0 {
             return out;
         }
-        let len = c.len / r;
+        let len = c.len;
         let (sparse, candidates) = match selection {
             Selection::Causal => (
                 0i32,
@@ -920,6 +922,8 @@ impl Backend for Cuda {
         let positions = self.upload_ints(&launch::ints("positions", positions).expect("positions"));
         let offsets = self.upload_ints(&candidates.offsets);
         let flat = self.upload_ints(&candidates.flat);
+        let c_blocks = self.block_table(c);
+        let kpe_blocks = self.block_table(k_pe);
         let part_max = self.zeros(query_heads * splits);
         let part_sum = self.zeros(query_heads * splits);
         let part_acc = self.zeros(query_heads * splits * r);
@@ -932,8 +936,8 @@ impl Backend for Cuda {
         let mut b = self.stream.launch_builder(&self.f.mla_decode);
         b.arg(&q_lat.data)
             .arg(&q_pe.data)
-            .arg(&c.data)
-            .arg(&k_pe.data)
+            .arg(&c_blocks)
+            .arg(&kpe_blocks)
             .arg(&positions)
             .arg(&offsets)
             .arg(&flat)
@@ -962,14 +966,14 @@ impl Backend for Cuda {
         &self,
         q: &DeviceBuf,
         w: &DeviceBuf,
-        k: &DeviceBuf,
+        k: &Paged<'_, DeviceBuf>,
         heads: usize,
         d: usize,
         positions: &[usize],
         scale: f32,
     ) -> DeviceBuf {
         let n = positions.len();
-        let len = k.len / d;
+        let len = k.len;
         let out = self.zeros(n * len);
         if n == 0 || len == 0 {
             return out;
@@ -977,10 +981,11 @@ impl Backend for Cuda {
         let l = launch::indexer(n, len, heads, d).expect("launch");
         let positions = self.upload_ints(&launch::ints("positions", positions).expect("positions"));
         let (h, d32, len32) = (n32("heads", heads), n32("d", d), n32("len", len));
+        let k_blocks = self.block_table(k);
         let mut b = self.stream.launch_builder(&self.f.indexer_scores);
         b.arg(&q.data)
             .arg(&w.data)
-            .arg(&k.data)
+            .arg(&k_blocks)
             .arg(&positions)
             .arg(&h)
             .arg(&d32)

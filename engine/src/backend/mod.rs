@@ -27,6 +27,19 @@ pub enum RopeStyle {
     HalfSplit,
 }
 
+/// Rows per KV-cache block: caches are allocated, shared with the prefix cache and copied on
+/// write in blocks of this many tokens (DeepSeek's cache unit).
+pub use dsgw_kernels::launch::KV_BLOCK;
+
+/// Cached rows of one width in blocks of [`KV_BLOCK`] rows: row `s` is row `s % KV_BLOCK` of
+/// `blocks[s / KV_BLOCK]`. Blocks are allocated whole; the last may be partly written.
+#[derive(Debug)]
+pub struct Paged<'a, T> {
+    pub blocks: Vec<&'a T>,
+    /// Rows written.
+    pub len: usize,
+}
+
 /// How a backend stores weight matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
@@ -46,6 +59,10 @@ pub trait Backend: Send + Sync + 'static {
     fn upload(&self, data: &[f32]) -> Self::Buf;
     fn download(&self, buf: &Self::Buf) -> Vec<f32>;
     fn len(&self, buf: &Self::Buf) -> usize;
+    /// `len` zeros.
+    fn zeros(&self, len: usize) -> Self::Buf {
+        self.upload(&vec![0.0; len])
+    }
     /// A weight matrix from f32 values (rounded to the backend's weight format).
     fn upload_weight(&self, data: &[f32]) -> Self::Weight;
 
@@ -142,12 +159,21 @@ pub trait Backend: Send + Sync + 'static {
     fn gather_rows(&self, x: &Self::Buf, rows: &[usize], dim: usize) -> Self::Buf;
     /// Stacks row blocks of equal width.
     fn concat_rows(&self, parts: &[Self::Buf]) -> Self::Buf;
-    /// The first `len` values of `buf` (a cache cut back to a prefix).
-    fn prefix(&self, buf: &Self::Buf, len: usize) -> Self::Buf;
-    /// Appends `rows (n, dim)` to a cache of `dim`-wide rows.
-    fn append_rows(&self, cache: &mut Self::Buf, rows: &Self::Buf);
+    /// Copies rows `[from, from + count)` of `src` over rows `[at, at + count)` of `dst`, both
+    /// of `width`-wide rows (writing new tokens into a cache block, copying a shared block).
+    #[allow(clippy::too_many_arguments)]
+    fn copy_rows(
+        &self,
+        dst: &mut Self::Buf,
+        at: usize,
+        src: &Self::Buf,
+        from: usize,
+        count: usize,
+        width: usize,
+    );
     /// Multi-query attention over the MLA latent cache (the absorbed form).
-    /// `q_lat (n, heads, r)` and `q_pe (n, heads, p)` against `c (len, r)` and `k_pe (len, p)`;
+    /// `q_lat (n, heads, r)` and `q_pe (n, heads, p)` against the cached `c (len, r)` and
+    /// `k_pe (len, p)`;
     /// query `t` sits at position `positions[t]` and sees the positions `selection` allows.
     /// Returns the attention-weighted latent `(n, heads, r)`.
     #[allow(clippy::too_many_arguments)]
@@ -155,8 +181,8 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         q_lat: &Self::Buf,
         q_pe: &Self::Buf,
-        c: &Self::Buf,
-        k_pe: &Self::Buf,
+        c: &Paged<'_, Self::Buf>,
+        k_pe: &Paged<'_, Self::Buf>,
         heads: usize,
         r: usize,
         p: usize,
@@ -165,13 +191,14 @@ pub trait Backend: Send + Sync + 'static {
         scale: f32,
     ) -> Self::Buf;
     /// Lightning-indexer scores `(n, len)`: `sum_h w[t,h] * relu(q[t,h] · k[s]) * scale` for
-    /// `s <= positions[t]`, `-inf` after. `q (n, heads, d)`, `w (n, heads)`, `k (len, d)`.
+    /// `s <= positions[t]`, `-inf` after. `q (n, heads, d)`, `w (n, heads)`, the cached
+    /// `k (len, d)`.
     #[allow(clippy::too_many_arguments)]
     fn indexer_scores(
         &self,
         q: &Self::Buf,
         w: &Self::Buf,
-        k: &Self::Buf,
+        k: &Paged<'_, Self::Buf>,
         heads: usize,
         d: usize,
         positions: &[usize],

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::backend::cuda::{Cuda, DeviceBuf};
-use crate::backend::{Backend, Selection, WeightFormat};
+use crate::backend::{Backend, KV_BLOCK, Paged, Selection, WeightFormat};
 use crate::config::ModelConfig;
 use crate::model::Model;
 use crate::tiny::TinySpec;
@@ -38,11 +38,12 @@ pub struct AttentionTiming {
 struct DecodeStep {
     q_lat: DeviceBuf,
     q_pe: DeviceBuf,
-    latent: DeviceBuf,
-    k_pe: DeviceBuf,
+    /// The cache, in blocks of KV_BLOCK rows as the model keeps it.
+    latent: Vec<DeviceBuf>,
+    k_pe: Vec<DeviceBuf>,
     index_q: DeviceBuf,
     index_w: DeviceBuf,
-    index_k: DeviceBuf,
+    index_k: Vec<DeviceBuf>,
     position: [usize; 1],
 }
 
@@ -56,15 +57,27 @@ impl DecodeStep {
 
     fn new(cuda: &Cuda, context: usize) -> Self {
         let draw = |n, seed| cuda.random(n, seed + context as u64, 0.0, 1.0);
+        let blocks = |width: usize, seed: u64| -> Vec<DeviceBuf> {
+            (0..context.div_ceil(KV_BLOCK) as u64)
+                .map(|b| draw(KV_BLOCK * width, (seed << 32) + b))
+                .collect()
+        };
         Self {
             q_lat: draw(Self::HEADS * Self::R, 1),
             q_pe: draw(Self::HEADS * Self::P, 2),
-            latent: draw(context * Self::R, 3),
-            k_pe: draw(context * Self::P, 4),
+            latent: blocks(Self::R, 3),
+            k_pe: blocks(Self::P, 4),
             index_q: draw(Self::INDEX_HEADS * Self::INDEX_DIM, 5),
             index_w: draw(Self::INDEX_HEADS, 6),
-            index_k: draw(context * Self::INDEX_DIM, 7),
+            index_k: blocks(Self::INDEX_DIM, 7),
             position: [context - 1],
+        }
+    }
+
+    fn paged<'a>(&self, blocks: &'a [DeviceBuf]) -> Paged<'a, DeviceBuf> {
+        Paged {
+            blocks: blocks.iter().collect(),
+            len: self.position[0] + 1,
         }
     }
 
@@ -72,8 +85,8 @@ impl DecodeStep {
         cuda.mla_attention(
             &self.q_lat,
             &self.q_pe,
-            &self.latent,
-            &self.k_pe,
+            &self.paged(&self.latent),
+            &self.paged(&self.k_pe),
             Self::HEADS,
             Self::R,
             Self::P,
@@ -87,7 +100,7 @@ impl DecodeStep {
         cuda.indexer_scores(
             &self.index_q,
             &self.index_w,
-            &self.index_k,
+            &self.paged(&self.index_k),
             Self::INDEX_HEADS,
             Self::INDEX_DIM,
             &self.position,

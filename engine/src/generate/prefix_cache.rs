@@ -50,18 +50,18 @@ impl<B: Backend> PrefixCache<B> {
     }
 
     /// The longest cached block prefix of `prompt` that still leaves at least one token to
-    /// compute (the last prompt token's logits are needed), as a fresh cache.
-    pub fn lookup(&self, backend: &B, prompt: &[u32]) -> Option<KvCache<B>> {
+    /// compute (the last prompt token's logits are needed), as a cache sharing the stored blocks.
+    pub fn lookup(&self, prompt: &[u32]) -> Option<KvCache<B>> {
         let max_blocks = prompt.len().saturating_sub(1) / BLOCK;
         (1..=max_blocks).rev().find_map(|blocks| {
             let len = blocks * BLOCK;
             let entry = self.index.get(&hash(&prompt[..len]))?;
-            (entry.tokens[..len] == prompt[..len]).then(|| entry.cache.prefix(backend, len))
+            (entry.tokens[..len] == prompt[..len]).then(|| entry.cache.prefix(len))
         })
     }
 
     /// Remembers the full blocks of `prompt`, whose KV `cache` holds (at least) them.
-    pub fn insert(&mut self, backend: &B, prompt: &[u32], cache: &KvCache<B>) {
+    pub fn insert(&mut self, prompt: &[u32], cache: &KvCache<B>) {
         let len = prompt.len().min(cache.len()) / BLOCK * BLOCK;
         if len == 0 || self.capacity == 0 {
             return;
@@ -75,7 +75,7 @@ impl<B: Backend> PrefixCache<B> {
         }
         let entry = Arc::new(Entry {
             tokens: Arc::from(&prompt[..len]),
-            cache: Arc::new(cache.prefix(backend, len)),
+            cache: Arc::new(cache.prefix(len)),
         });
         for blocks in 1..=len / BLOCK {
             self.index
@@ -86,5 +86,34 @@ impl<B: Backend> PrefixCache<B> {
             let old = self.order.pop_front().expect("non-empty");
             self.index.retain(|_, e| !Arc::ptr_eq(e, &old));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+    use crate::config::ModelConfig;
+    use crate::tiny::TinySpec;
+
+    #[test]
+    fn a_hit_shares_the_stored_blocks_instead_of_copying_them() {
+        let config =
+            ModelConfig::from_json(&TinySpec::tiny(300).config_json().to_string()).expect("config");
+        let mut live = KvCache::<Cpu>::new(&config);
+        live.fill_synthetic(&Cpu, 200, 3);
+        let prompt: Vec<u32> = (0..200).collect();
+        let mut prefixes = PrefixCache::new(4);
+        prefixes.insert(&prompt, &live);
+        // A longer prompt with the same 200 tokens: three whole blocks (192 tokens) are reused.
+        let longer: Vec<u32> = (0..260).collect();
+        let hit = prefixes.lookup(&longer).expect("a hit");
+        assert_eq!(hit.len(), 192);
+        assert!(hit.shares_prefix(&live, 192));
+        // A prompt that differs inside the second block reuses only the first.
+        let mut other = longer.clone();
+        other[100] = 9999;
+        assert_eq!(prefixes.lookup(&other).expect("a hit").len(), 64);
+        assert!(prefixes.lookup(&[7, 8, 9]).is_none());
     }
 }

@@ -222,17 +222,16 @@ impl<B: Backend> Scheduler<B> {
 
     /// Prefill: reuse the longest cached prefix, compute the rest, sample the first token.
     fn admit(&mut self, job: Job) {
-        let backend = self.model.backend();
         let prompt = &job.request.prompt;
         let mut cache = self
             .prefix
-            .lookup(backend, prompt)
+            .lookup(prompt)
             .unwrap_or_else(|| self.model.new_cache());
         let cached = cache.len();
         let logits = self
             .model
             .forward(&prompt[cached..], &mut cache, Logits::Last);
-        self.prefix.insert(backend, prompt, &cache);
+        self.prefix.insert(prompt, &cache);
         let json = match job.request.params.constraint {
             Constraint::None => None,
             constraint => {

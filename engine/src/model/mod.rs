@@ -9,7 +9,7 @@
 use crate::backend::{Backend, RopeStyle, Selection};
 
 mod load;
-use crate::cache::KvCache;
+use crate::cache::{KvCache, Rows};
 use crate::config::{IndexerConfig, ModelConfig, MoeConfig};
 
 /// Which positions get logits from a forward pass.
@@ -178,7 +178,7 @@ impl<B: Backend> Model<B> {
     }
 
     pub fn new_cache(&self) -> KvCache<B> {
-        KvCache::new(&self.backend, &self.config)
+        KvCache::new(&self.config)
     }
 
     /// Runs `tokens` after what `cache` holds, appends them to it, and returns logits
@@ -356,39 +356,41 @@ impl<B: Backend> Model<B> {
                     Some(b.gather_rows(buf, &rows, width))
                 }
             };
-            let lc = &mut seg.cache.layers[layer];
-            let own_latent = pick(&latent, r);
-            let own_k_pe = pick(&k_pe, rope);
-            b.append_rows(&mut lc.latent, own_latent.as_ref().unwrap_or(&latent));
-            b.append_rows(&mut lc.k_pe, own_k_pe.as_ref().unwrap_or(&k_pe));
+            let cached = seg.cache.len() + range.len();
+            seg.cache.write(
+                b,
+                layer,
+                &Rows {
+                    latent: &latent,
+                    k_pe: &k_pe,
+                    index_k: indexer_inputs.as_ref().map(|i| &i.k),
+                    first: range.start,
+                    n: range.len(),
+                },
+            );
+            let cache = &*seg.cache;
             let seg_positions = &positions[range.clone()];
             let selected = match (&indexer_inputs, &c.indexer) {
                 (Some(inputs), Some(cfg)) => {
-                    let (iq, ik, iw) = if single {
-                        (None, None, None)
+                    let (iq, iw) = if single {
+                        (None, None)
                     } else {
                         (
                             Some(b.gather_rows(&inputs.q, &rows, cfg.n_heads * cfg.head_dim)),
-                            Some(b.gather_rows(&inputs.k, &rows, cfg.head_dim)),
                             Some(b.gather_rows(&inputs.w, &rows, cfg.n_heads)),
                         )
                     };
-                    let index_k = lc
-                        .index_k
-                        .as_mut()
-                        .expect("the cache has an indexer key per layer");
-                    b.append_rows(index_k, ik.as_ref().unwrap_or(&inputs.k));
                     let scale = (cfg.head_dim as f32).powf(-0.5) * (cfg.n_heads as f32).powf(-0.5);
                     let scores = b.indexer_scores(
                         iq.as_ref().unwrap_or(&inputs.q),
                         iw.as_ref().unwrap_or(&inputs.w),
-                        index_k,
+                        &cache.index_k(layer, cached),
                         cfg.n_heads,
                         cfg.head_dim,
                         seg_positions,
                         scale,
                     );
-                    Some(b.topk(&scores, b.len(index_k) / cfg.head_dim, cfg.topk))
+                    Some(b.topk(&scores, cached, cfg.topk))
                 }
                 _ => None,
             };
@@ -401,8 +403,8 @@ impl<B: Backend> Model<B> {
             parts.push(b.mla_attention(
                 own_q_lat.as_ref().unwrap_or(&q_lat),
                 own_q_pe.as_ref().unwrap_or(&q_pe),
-                &lc.latent,
-                &lc.k_pe,
+                &cache.latent(layer, cached),
+                &cache.k_pe(layer, cached),
                 heads,
                 r,
                 rope,

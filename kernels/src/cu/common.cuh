@@ -6,6 +6,14 @@
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 
+// Rows per KV-cache block (launch::KV_BLOCK): cached row s is row s % DSGW_KV_BLOCK of block
+// s / DSGW_KV_BLOCK, found through a table of block pointers.
+#define DSGW_KV_BLOCK 64
+
+__device__ __forceinline__ const float* dsgw_row(const float* const* blocks, long long s, int width) {
+    return blocks[s / DSGW_KV_BLOCK] + (s % DSGW_KV_BLOCK) * (long long)width;
+}
+
 __device__ __forceinline__ float dsgw_warp_sum(float v) {
     for (int o = DSGW_WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

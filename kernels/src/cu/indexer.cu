@@ -1,9 +1,11 @@
 // The lightning indexer's scores: for query t and cached position s <= positions[t],
 // sum_h w[t,h] * relu(q[t,h] . k[s]) * scale; -inf after the query's position.
-// Grid (queries, ceil(len / blockDim)); the query's heads and weights sit in shared memory.
+// Grid (queries, ceil(len / blockDim)); the query's heads and weights sit in shared memory. The
+// keys are paged: row s is read through the table of block pointers.
 
 extern "C" __global__ void indexer_scores(const float* __restrict__ q, const float* __restrict__ w,
-                                          const float* __restrict__ k, const int* __restrict__ positions,
+                                          const float* const* __restrict__ k_blocks,
+                                          const int* __restrict__ positions,
                                           int heads, int d, int len, float scale, float* __restrict__ out) {
     extern __shared__ float smem[];
     float* qs = smem;             // heads * d
@@ -18,7 +20,7 @@ extern "C" __global__ void indexer_scores(const float* __restrict__ q, const flo
         out[(size_t)t * len + s] = -INFINITY;
         return;
     }
-    const float* ks = k + (size_t)s * d;
+    const float* ks = dsgw_row(k_blocks, s, d);
     float total = 0.0f;
     for (int h = 0; h < heads; ++h) {
         float dot = 0.0f;

@@ -2,13 +2,14 @@
 // (512-d latent + 64-d rope key) shared by every head, the 512-d latent as the value. Split-K:
 // block (query-head, split) scores its share of the candidate positions tile by tile with an
 // online softmax and writes a partial (max, sum, weighted latent); mla_combine merges the
-// splits. Candidates are 0..=position (dense causal) or a per-query list (DSA's top-k).
+// splits. Candidates are 0..=position (dense causal) or a per-query list (DSA's top-k). The
+// cache is paged: latent and rope-key rows are read through tables of block pointers.
 
 #define MLA_TILE 64
 
 extern "C" __global__ void mla_decode(
     const float* __restrict__ q_lat, const float* __restrict__ q_pe,
-    const float* __restrict__ c, const float* __restrict__ k_pe,
+    const float* const* __restrict__ c_blocks, const float* const* __restrict__ kpe_blocks,
     const int* __restrict__ positions, const int* __restrict__ cand_offsets,
     const int* __restrict__ cand, int sparse,
     int heads, int r, int p, float scale, int splits,
@@ -17,7 +18,8 @@ extern "C" __global__ void mla_decode(
     float* q = smem;                     // r + p
     float* scores = q + r + p;           // MLA_TILE
     float* acc = scores + MLA_TILE;      // r
-    __shared__ int tile_pos[MLA_TILE];
+    __shared__ const float* tile_c[MLA_TILE];
+    __shared__ const float* tile_kpe[MLA_TILE];
     __shared__ float scratch[32];
 
     const int qh = blockIdx.x;           // query * heads + head
@@ -39,14 +41,18 @@ extern "C" __global__ void mla_decode(
     float m = -INFINITY, l = 0.0f;
     for (int base = begin; base < end; base += MLA_TILE) {
         const int n = min(MLA_TILE, end - base);
-        for (int j = threadIdx.x; j < n; j += blockDim.x)
-            tile_pos[j] = sparse ? cand[cand_offsets[t] + base + j] : base + j;
+        for (int j = threadIdx.x; j < n; j += blockDim.x) {
+            const int s = sparse ? cand[cand_offsets[t] + base + j] : base + j;
+            tile_c[j] = dsgw_row(c_blocks, s, r);
+            tile_kpe[j] = dsgw_row(kpe_blocks, s, p);
+        }
         __syncthreads();
         for (int j = warp; j < n; j += warps) {
-            const size_t s = (size_t)tile_pos[j];
+            const float* cs = tile_c[j];
+            const float* ps = tile_kpe[j];
             float dot = 0.0f;
-            for (int i = lane; i < r; i += DSGW_WARP) dot += q[i] * c[s * r + i];
-            for (int i = lane; i < p; i += DSGW_WARP) dot += q[r + i] * k_pe[s * p + i];
+            for (int i = lane; i < r; i += DSGW_WARP) dot += q[i] * cs[i];
+            for (int i = lane; i < p; i += DSGW_WARP) dot += q[r + i] * ps[i];
             dot = dsgw_warp_sum(dot);
             if (lane == 0) scores[j] = dot * scale;
         }
@@ -62,7 +68,7 @@ extern "C" __global__ void mla_decode(
         l = l * correction + dsgw_block_sum(tile_sum, scratch);
         for (int i = threadIdx.x; i < r; i += blockDim.x) {
             float a = acc[i] * correction;
-            for (int j = 0; j < n; ++j) a += scores[j] * c[(size_t)tile_pos[j] * r + i];
+            for (int j = 0; j < n; ++j) a += scores[j] * tile_c[j][i];
             acc[i] = a;
         }
         m = m_new;
