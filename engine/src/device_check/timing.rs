@@ -172,10 +172,15 @@ pub struct ModelTiming {
 
 const GIB: usize = 1 << 30;
 
+/// Room kept free besides the weights and the cache: a 4096-token prefill's activations at
+/// V3.2's widths peak at about 6 GiB (the 128-head query latents and MLA's partial sums are
+/// 1 GiB each), plus cuBLAS workspaces and the allocator's slack.
+const ACTIVATIONS: usize = 10 * GIB;
+
 /// The V3.2-shaped model that fills what is free of the GPU with bf16 weights, leaving room for
 /// one cache of `longest` tokens and a prefill's activations.
 pub fn sized_spec(free: usize, longest: usize) -> Option<TinySpec> {
-    let reserve = 8 * GIB + free / 10;
+    let reserve = ACTIVATIONS;
     let weights = free.checked_sub(reserve)?;
     // The cache grows with the layers: size once, take its cache off, size again.
     let first = TinySpec::v32_within(weights, 2)?;
@@ -256,8 +261,11 @@ mod tests {
         assert_eq!(spec.n_routed_experts, 256);
         assert!(spec.num_layers >= 6, "{} layers", spec.num_layers);
         let used = spec.device_bytes(2) + spec.kv_bytes(131_072);
-        assert!(used + 8 * GIB <= free, "{used} of {free}");
-        assert!(used > free / 2, "uses most of the GPU: {used} of {free}");
+        assert!(used + ACTIVATIONS <= free, "{used} of {free}");
+        assert!(
+            used > free * 4 / 5,
+            "uses most of the GPU: {used} of {free}"
+        );
         assert_eq!(spec.max_position_embeddings, 131_072 + 1024);
         // A 24 GB card still gets a model, with fewer experts.
         assert!(sized_spec(24_000_000_000, 32_768).is_some());
