@@ -13,6 +13,11 @@
 //! - `flaky-P`: a 500 for P percent of requests (chosen at random), a normal answer otherwise.
 
 use std::hash::BuildHasher;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -54,6 +59,59 @@ impl Fault {
             _ => true,
         }
     }
+}
+
+/// The answers of faults that break the protocol rather than refuse the request.
+pub(crate) fn broken_response(fault: Fault, streaming: bool) -> Option<Response> {
+    let first_chunk = r#"data: {"id":"fake-broken","object":"chat.completion.chunk","created":1766977481,"model":"deepseek-chat","choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"},"finish_reason":null}]}"#;
+    let whole = r#"{"id":"fake-broken","object":"chat.completion","created":1766977481,"model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}"#;
+    let (head, then): (String, Then) = match (fault, streaming) {
+        (Fault::Stall, _) => (String::new(), Then::Stall),
+        (Fault::StallMid, true) => (format!("{first_chunk}\n\n"), Then::Stall),
+        (Fault::StallMid, false) => (whole[..whole.len() / 2].to_owned(), Then::Stall),
+        (Fault::Malformed, true) => ("data: {not json at all\n\n".to_owned(), Then::End),
+        (Fault::Malformed, false) => ("<html>502 Bad Gateway</html>".to_owned(), Then::End),
+        (Fault::Truncated, true) => (first_chunk[..first_chunk.len() / 2].to_owned(), Then::Break),
+        (Fault::Truncated, false) => (whole[..whole.len() / 2].to_owned(), Then::Break),
+        _ => return None,
+    };
+    let content_type = if streaming {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    let body = futures_util::stream::unfold(Some((head, then)), |step| async move {
+        let (head, then) = step?;
+        if !head.is_empty() {
+            return Some((Ok(Bytes::from(head)), Some((String::new(), then))));
+        }
+        match then {
+            Then::End => None,
+            Then::Break => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Some((Err(std::io::Error::other("connection broken")), None))
+            }
+            Then::Stall => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                None
+            }
+        }
+    });
+    Some(
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from_stream(body))
+            .unwrap(),
+    )
+}
+
+/// What a broken response does after its first bytes.
+#[derive(Clone, Copy)]
+enum Then {
+    End,
+    Break,
+    Stall,
 }
 
 #[cfg(test)]

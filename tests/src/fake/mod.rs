@@ -34,7 +34,10 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::faults::Fault;
+use crate::faults::{Fault, broken_response};
+
+mod fim;
+use fim::fim;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -292,81 +295,6 @@ fn receive(state: &FakeState, headers: &HeaderMap, body: &Bytes) -> Option<Respo
         )),
         _ => None,
     }
-}
-
-/// DeepSeek's fill-in-the-middle (`/beta/completions`; vLLM's `/v1/completions` alike): the
-/// completion names the last word of the prompt and the first of the suffix.
-async fn fim(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(r) = receive(&state, &headers, &body) {
-        return r;
-    }
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "Failed to parse the request body as JSON",
-        );
-    };
-    let Some(prompt) = request["prompt"].as_str() else {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "prompt: missing field `prompt`",
-        );
-    };
-    let suffix = request["suffix"].as_str().unwrap_or("");
-    let before = words(prompt).pop().unwrap_or_default();
-    let after = words(suffix).first().cloned().unwrap_or_default();
-    let mut text = vec!["filled".to_owned(), before, "to".to_owned(), after];
-    text.retain(|w| !w.is_empty());
-    let prompt_tokens = (words(prompt).len() + words(suffix).len()) as u64;
-    let usage = json!({
-        "prompt_tokens": prompt_tokens, "completion_tokens": text.len(),
-        "total_tokens": prompt_tokens + text.len() as u64,
-        "prompt_cache_hit_tokens": 0, "prompt_cache_miss_tokens": prompt_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0},
-    });
-    let model = request["model"]
-        .as_str()
-        .unwrap_or("deepseek-chat")
-        .to_owned();
-    let id = format!("fake-cmpl-{:08x}", counter());
-    let echo = if request["echo"].as_bool() == Some(true) {
-        prompt.to_owned()
-    } else {
-        String::new()
-    };
-    if request["stream"].as_bool() != Some(true) {
-        let body = json!({
-            "id": id, "object": "text_completion", "created": 1766977481, "model": model,
-            "choices": [{"index": 0, "text": format!("{echo}{}", text.join(" ")), "logprobs": null, "finish_reason": "stop"}],
-            "usage": usage,
-        });
-        return json_response(StatusCode::OK, body.to_string());
-    }
-    let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
-    let mut frames: Vec<String> = Vec::new();
-    let chunk = |t: &str, finish: Option<&str>| {
-        let c = json!({"id": id, "object": "text_completion", "created": 1766977481, "model": model,
-            "choices": [{"index": 0, "text": t, "logprobs": null, "finish_reason": finish}]});
-        format!("data: {c}\n\n")
-    };
-    if !echo.is_empty() {
-        frames.push(chunk(&echo, None));
-    }
-    for (i, w) in text.iter().enumerate() {
-        let t = if i == 0 { w.clone() } else { format!(" {w}") };
-        frames.push(chunk(&t, None));
-    }
-    frames.push(chunk("", Some("stop")));
-    if include_usage {
-        let c = json!({"id": id, "object": "text_completion", "created": 1766977481, "model": model, "choices": [], "usage": usage});
-        frames.push(format!("data: {c}\n\n"));
-    }
-    frames.push("data: [DONE]\n\n".to_owned());
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .body(Body::from(frames.concat()))
-        .unwrap()
 }
 
 async fn handle_as(
@@ -738,57 +666,4 @@ fn stream(
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(body))
         .unwrap()
-}
-
-/// The answers of faults that break the protocol rather than refuse the request.
-fn broken_response(fault: Fault, streaming: bool) -> Option<Response> {
-    let first_chunk = r#"data: {"id":"fake-broken","object":"chat.completion.chunk","created":1766977481,"model":"deepseek-chat","choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"},"finish_reason":null}]}"#;
-    let whole = r#"{"id":"fake-broken","object":"chat.completion","created":1766977481,"model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}"#;
-    let (head, then): (String, Then) = match (fault, streaming) {
-        (Fault::Stall, _) => (String::new(), Then::Stall),
-        (Fault::StallMid, true) => (format!("{first_chunk}\n\n"), Then::Stall),
-        (Fault::StallMid, false) => (whole[..whole.len() / 2].to_owned(), Then::Stall),
-        (Fault::Malformed, true) => ("data: {not json at all\n\n".to_owned(), Then::End),
-        (Fault::Malformed, false) => ("<html>502 Bad Gateway</html>".to_owned(), Then::End),
-        (Fault::Truncated, true) => (first_chunk[..first_chunk.len() / 2].to_owned(), Then::Break),
-        (Fault::Truncated, false) => (whole[..whole.len() / 2].to_owned(), Then::Break),
-        _ => return None,
-    };
-    let content_type = if streaming {
-        "text/event-stream"
-    } else {
-        "application/json"
-    };
-    let body = futures_util::stream::unfold(Some((head, then)), |step| async move {
-        let (head, then) = step?;
-        if !head.is_empty() {
-            return Some((Ok(Bytes::from(head)), Some((String::new(), then))));
-        }
-        match then {
-            Then::End => None,
-            Then::Break => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                Some((Err(std::io::Error::other("connection broken")), None))
-            }
-            Then::Stall => {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                None
-            }
-        }
-    });
-    Some(
-        Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, content_type)
-            .body(Body::from_stream(body))
-            .unwrap(),
-    )
-}
-
-/// What a broken response does after its first bytes.
-#[derive(Clone, Copy)]
-enum Then {
-    End,
-    Break,
-    Stall,
 }
