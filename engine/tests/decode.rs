@@ -1,7 +1,8 @@
 //! Properties of the engine on generated models: prefill and token-by-token decode agree, and the
 //! lightning indexer really restricts attention when the context exceeds `index_topk`.
 
-use dsgw_engine::backend::cpu::Cpu;
+use dsgw_engine::backend::Backend;
+use dsgw_engine::backend::cpu::{Cpu, CpuBf16};
 use dsgw_engine::checkpoint::Checkpoint;
 use dsgw_engine::model::{Logits, Model};
 use dsgw_engine::tiny::{TinySpec, write_model};
@@ -23,7 +24,14 @@ fn spec() -> TinySpec {
 fn prefill_logits_equal_token_by_token_decode() {
     let dir = temp_dir("decode");
     write_model(&dir, &spec(), 7).unwrap();
-    let model = Model::load(&Checkpoint::open(&dir).unwrap(), Cpu).unwrap();
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    prefill_equals_decode(Model::load(&ckpt, Cpu).unwrap());
+    // bf16 weights (activations rounded per product): each row still computes alone.
+    prefill_equals_decode(Model::load(&ckpt, CpuBf16).unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn prefill_equals_decode<B: Backend>(model: Model<B>) {
     // Long enough to cross KV-cache blocks (64 tokens) during the prefill and during decode.
     let tokens: Vec<u32> = (0..150).map(|i| (i * 37 + 5) % 256).collect();
     let vocab = model.config.vocab_size;
@@ -41,9 +49,9 @@ fn prefill_logits_equal_token_by_token_decode() {
         let step = model.forward(&[token], &mut cache, Logits::Last);
         worst = worst.max(max_diff(&step, &prefill[t * vocab..(t + 1) * vocab]));
     }
-    assert!(worst < 1e-4, "prefill and decode differ by {worst}");
-    assert!(prefill.iter().all(|v| v.is_finite()));
-    std::fs::remove_dir_all(&dir).unwrap();
+    let name = model.backend().name();
+    assert!(worst < 1e-4, "{name}: prefill and decode differ by {worst}");
+    assert!(prefill.iter().all(|v| v.is_finite()), "{name}");
 }
 
 #[test]

@@ -419,14 +419,14 @@ fn ga_clone<B: Backend>(backend: &B, buf: &B::Buf) -> B::Buf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::Cpu;
+    use crate::backend::cpu::{Cpu, CpuWeight};
 
     /// The CPU backend with one planted fault: every matmul result is off by 1e-3.
     struct Faulty;
 
     impl Backend for Faulty {
         type Buf = Vec<f32>;
-        type Weight = Vec<f32>;
+        type Weight = CpuWeight;
         fn name(&self) -> &'static str {
             "faulty"
         }
@@ -439,13 +439,13 @@ mod tests {
         fn len(&self, buf: &Vec<f32>) -> usize {
             Cpu.len(buf)
         }
-        fn upload_weight(&self, data: &[f32]) -> Vec<f32> {
+        fn upload_weight(&self, data: &[f32]) -> CpuWeight {
             Cpu.upload_weight(data)
         }
         fn embed(&self, t: &Vec<f32>, ids: &[u32], dim: usize) -> Vec<f32> {
             Cpu.embed(t, ids, dim)
         }
-        fn matmul(&self, x: &Vec<f32>, w: &Vec<f32>, n: usize, k: usize, m: usize) -> Vec<f32> {
+        fn matmul(&self, x: &Vec<f32>, w: &CpuWeight, n: usize, k: usize, m: usize) -> Vec<f32> {
             Cpu.matmul(x, w, n, k, m)
                 .into_iter()
                 .map(|v| v + 1e-3)
@@ -454,7 +454,7 @@ mod tests {
         fn head_matmul(
             &self,
             x: &Vec<f32>,
-            w: &Vec<f32>,
+            w: &CpuWeight,
             n: usize,
             h: usize,
             k: usize,

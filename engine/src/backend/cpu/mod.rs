@@ -1,37 +1,39 @@
 //! The CPU backend: host `Vec<f32>` buffers, rayon across cores, inner loops written so the
-//! compiler vectorises them (fixed-width accumulators, `chunks_exact`).
+//! compiler vectorises them (fixed-width accumulators, `chunks_exact`). Weight matrices are f32
+//! ([`Cpu`]) or bf16 ([`CpuBf16`]: activations rounded to bf16 before each product, f32
+//! accumulation, the CUDA backend's default arithmetic, and half the bytes to read).
+
+mod products;
 
 use rayon::prelude::*;
 
+pub use products::dot;
+use products::{axpy, bf16_bits};
+
 use super::{Backend, KV_BLOCK, Paged, RopeStyle, Selection};
 
+/// The CPU backend, with bf16 weight matrices when `BF16`.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Cpu;
+pub struct CpuBackend<const BF16: bool>;
 
-/// Dot product with eight independent accumulators (vectorises; sums in a fixed order).
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ta, tb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut tail = 0f32;
-    for (x, y) in ta.iter().zip(tb) {
-        tail += x * y;
-    }
-    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
-}
+/// f32 throughout.
+pub type Cpu = CpuBackend<false>;
+/// The value of [`Cpu`] (a type alias does not name a unit struct's value).
+#[allow(non_upper_case_globals)]
+pub const Cpu: Cpu = CpuBackend;
 
-#[inline]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
-    }
+/// bf16 weight matrices, as the CUDA backend keeps them by default.
+pub type CpuBf16 = CpuBackend<true>;
+/// The value of [`CpuBf16`].
+#[allow(non_upper_case_globals)]
+pub const CpuBf16: CpuBf16 = CpuBackend;
+
+/// A weight matrix on the host.
+#[derive(Debug, Clone)]
+pub enum CpuWeight {
+    F32(Vec<f32>),
+    /// bf16 bits.
+    Bf16(Vec<u16>),
 }
 
 /// Cached row `s` of a paged cache of `width`-wide rows.
@@ -40,8 +42,6 @@ fn cached_row<'a>(paged: &Paged<'a, Vec<f32>>, s: usize, width: usize) -> &'a [f
     &paged.blocks[s / KV_BLOCK][(s % KV_BLOCK) * width..][..width]
 }
 
-/// Rows of the output computed per parallel task in `matmul`.
-const ROW_BLOCK: usize = 16;
 /// Cached positions per parallel task in attention and indexer kernels.
 const POS_BLOCK: usize = 512;
 
@@ -52,12 +52,12 @@ struct Partial {
     acc: Vec<f32>,
 }
 
-impl Backend for Cpu {
+impl<const BF16: bool> Backend for CpuBackend<BF16> {
     type Buf = Vec<f32>;
-    type Weight = Vec<f32>;
+    type Weight = CpuWeight;
 
     fn name(&self) -> &'static str {
-        "cpu"
+        if BF16 { "cpu-bf16" } else { "cpu" }
     }
 
     fn upload(&self, data: &[f32]) -> Vec<f32> {
@@ -72,8 +72,12 @@ impl Backend for Cpu {
         buf.len()
     }
 
-    fn upload_weight(&self, data: &[f32]) -> Vec<f32> {
-        data.to_vec()
+    fn upload_weight(&self, data: &[f32]) -> CpuWeight {
+        if BF16 {
+            CpuWeight::Bf16(bf16_bits(data))
+        } else {
+            CpuWeight::F32(data.to_vec())
+        }
     }
 
     fn embed(&self, table: &Vec<f32>, ids: &[u32], dim: usize) -> Vec<f32> {
@@ -84,62 +88,28 @@ impl Backend for Cpu {
         out
     }
 
-    fn matmul(&self, x: &Vec<f32>, w: &Vec<f32>, n: usize, k: usize, m: usize) -> Vec<f32> {
-        debug_assert_eq!(x.len(), n * k);
-        debug_assert_eq!(w.len(), m * k);
-        if n == 1 {
-            let mut y = vec![0f32; m];
-            y.par_chunks_mut(ROW_BLOCK)
-                .zip(w.par_chunks(ROW_BLOCK * k))
-                .for_each(|(y, w)| {
-                    for (y, row) in y.iter_mut().zip(w.chunks_exact(k)) {
-                        *y = dot(x, row);
-                    }
-                });
-            return y;
+    fn matmul(&self, x: &Vec<f32>, w: &CpuWeight, n: usize, k: usize, m: usize) -> Vec<f32> {
+        match w {
+            CpuWeight::F32(w) => products::matmul(x, w, n, k, m),
+            CpuWeight::Bf16(w) => products::matmul(&products::rounded_to_bf16(x), w, n, k, m),
         }
-        // Each task reads a block of weight rows once and applies it to every input row, so the
-        // weights stream from memory once per call; the output is produced transposed.
-        let mut yt = vec![0f32; m * n];
-        yt.par_chunks_mut(ROW_BLOCK * n)
-            .zip(w.par_chunks(ROW_BLOCK * k))
-            .for_each(|(yt, w)| {
-                for (yt, row) in yt.chunks_exact_mut(n).zip(w.chunks_exact(k)) {
-                    for (y, xi) in yt.iter_mut().zip(x.chunks_exact(k)) {
-                        *y = dot(xi, row);
-                    }
-                }
-            });
-        let mut y = vec![0f32; n * m];
-        for (j, col) in yt.chunks_exact(n).enumerate() {
-            for (i, v) in col.iter().enumerate() {
-                y[i * m + j] = *v;
-            }
-        }
-        y
     }
 
     fn head_matmul(
         &self,
         x: &Vec<f32>,
-        w: &Vec<f32>,
+        w: &CpuWeight,
         n: usize,
         heads: usize,
         k: usize,
         m: usize,
     ) -> Vec<f32> {
-        debug_assert_eq!(x.len(), n * heads * k);
-        debug_assert_eq!(w.len(), heads * k * m);
-        let mut y = vec![0f32; n * heads * m];
-        y.par_chunks_mut(m).enumerate().for_each(|(row, y)| {
-            let h = row % heads;
-            let xr = &x[row * k..][..k];
-            let wh = &w[h * k * m..][..k * m];
-            for (xi, wrow) in xr.iter().zip(wh.chunks_exact(m)) {
-                axpy(y, *xi, wrow);
+        match w {
+            CpuWeight::F32(w) => products::head_matmul(x, w, n, heads, k, m),
+            CpuWeight::Bf16(w) => {
+                products::head_matmul(&products::rounded_to_bf16(x), w, n, heads, k, m)
             }
-        });
-        y
+        }
     }
 
     fn rms_norm(&self, x: &Vec<f32>, weight: &Vec<f32>, dim: usize, eps: f32) -> Vec<f32> {
@@ -436,7 +406,7 @@ mod tests {
             let x: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
                 .collect();
-            let y = Cpu.matmul(&x, &w, n, k, m);
+            let y = Cpu.matmul(&x, &Cpu.upload_weight(&w), n, k, m);
             for i in 0..n {
                 for j in 0..m {
                     let expect: f32 = (0..k).map(|l| x[i * k + l] * w[j * k + l]).sum();
@@ -444,6 +414,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn bf16_products_are_f32_products_of_the_rounded_values() {
+        let (n, heads, k, m) = (3, 2, 40, 24);
+        let x: Vec<f32> = (0..n * heads * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.3)
+            .collect();
+        let w: Vec<f32> = (0..heads * k * m)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 31.1)
+            .collect();
+        let (xr, wr) = (products::rounded_to_bf16(&x), products::rounded_to_bf16(&w));
+        assert_ne!(
+            x, xr,
+            "the inputs must lose bits in bf16 for this test to mean anything"
+        );
+        let exact = Cpu.matmul(&xr, &Cpu.upload_weight(&wr), n, heads * k, m);
+        let bf16 = CpuBf16.matmul(&x, &CpuBf16.upload_weight(&w), n, heads * k, m);
+        assert_eq!(bf16, exact);
+        let exact = Cpu.head_matmul(&xr, &Cpu.upload_weight(&wr), n, heads, k, m);
+        let bf16 = CpuBf16.head_matmul(&x, &CpuBf16.upload_weight(&w), n, heads, k, m);
+        assert_eq!(bf16, exact);
+        assert_ne!(
+            Cpu.matmul(&x, &Cpu.upload_weight(&w), n, heads * k, m),
+            exact
+        );
     }
 
     #[test]
