@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, WeightFormat};
 use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::model::{Logits, Model};
@@ -33,8 +33,9 @@ pub fn copy_bandwidth(bytes: usize) -> f64 {
 }
 
 /// Weight bytes one decode step reads: every attention and dense weight, the routed experts a
-/// token picks plus the shared one, one embedding row, the LM head (f32).
-pub fn weight_bytes_per_token(c: &ModelConfig) -> usize {
+/// token picks plus the shared one, one embedding row, the LM head; matrices at `format`'s
+/// width, vectors (norms, the embedding row) in f32.
+pub fn weight_bytes_per_token(c: &ModelConfig, format: WeightFormat) -> usize {
     let h = c.hidden_size;
     let (nope, rope, v, r) = (
         c.qk_nope_head_dim,
@@ -43,21 +44,28 @@ pub fn weight_bytes_per_token(c: &ModelConfig) -> usize {
         c.kv_lora_rank,
     );
     let heads = c.num_heads;
+    // (matrix values, vector values)
     let q = match c.q_lora_rank {
-        Some(rank) => h * rank + rank + rank * heads * (nope + rope),
-        None => h * heads * (nope + rope),
+        Some(rank) => (h * rank + rank * heads * (nope + rope), rank),
+        None => (h * heads * (nope + rope), 0),
     };
-    let attn = q + h * (r + rope) + r + heads * (nope + v) * r + heads * v * h;
-    let indexer = c.indexer.as_ref().map_or(0, |ix| {
-        c.q_lora_rank.unwrap_or(0) * ix.n_heads * ix.head_dim
-            + h * ix.head_dim
-            + 2 * ix.head_dim
-            + ix.n_heads * h
+    let attn = (
+        q.0 + h * (r + rope) + heads * (nope + v) * r + heads * v * h,
+        q.1 + r,
+    );
+    let indexer = c.indexer.as_ref().map_or((0, 0), |ix| {
+        (
+            c.q_lora_rank.unwrap_or(0) * ix.n_heads * ix.head_dim
+                + h * ix.head_dim
+                + ix.n_heads * h,
+            2 * ix.head_dim,
+        )
     });
-    let mut params = h + h * c.vocab_size + h;
+    let (mut matrices, mut vectors) = (h * c.vocab_size, 2 * h);
     for layer in 0..c.num_layers {
-        params += attn + indexer + 2 * h;
-        params += match (&c.moe, c.is_moe_layer(layer)) {
+        matrices += attn.0 + indexer.0;
+        vectors += attn.1 + indexer.1 + 2 * h;
+        matrices += match (&c.moe, c.is_moe_layer(layer)) {
             (Some(m), true) => {
                 m.n_routed_experts * h
                     + (m.experts_per_token + m.n_shared_experts) * 3 * h * m.intermediate_size
@@ -65,7 +73,7 @@ pub fn weight_bytes_per_token(c: &ModelConfig) -> usize {
             _ => 3 * h * c.intermediate_size,
         };
     }
-    params * 4
+    matrices * format.bytes() + vectors * 4
 }
 
 /// KV bytes one decode step reads at `context` cached tokens: the latent and rope key of every
@@ -111,7 +119,7 @@ pub fn decode<B: Backend>(
     DecodeResult {
         context,
         seconds_per_token: per_token,
-        bytes_per_token: weight_bytes_per_token(&model.config)
+        bytes_per_token: weight_bytes_per_token(&model.config, model.backend().weight_format())
             + kv_bytes_per_token(&model.config, context, sparse),
     }
 }

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
-use dsgw_engine::backend::cpu::Cpu;
+use dsgw_engine::backend::Backend;
+use dsgw_engine::backend::cpu::{Cpu, CpuBf16};
 use dsgw_engine::bench;
 use dsgw_engine::chat::{self, Conversation, Message, Role, StreamParser};
 use dsgw_engine::checkpoint::Checkpoint;
@@ -77,6 +78,9 @@ pub enum EngineCommand {
         /// Prompt length for prefill speed and the prefix-cache measurement.
         #[arg(long, default_value_t = 1024)]
         prefill: usize,
+        /// How the weight matrices are held: f32, or bf16 (half the bytes per decode step).
+        #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+        weights: String,
     },
     /// On a machine with an NVIDIA GPU: check every CUDA kernel and a whole model against the
     /// CPU backend, then time MLA decode, DSA, the indexer and GEMM (a few minutes). Prints a
@@ -202,7 +206,27 @@ pub fn run(command: EngineCommand) -> anyhow::Result<()> {
             contexts,
             decode_tokens,
             prefill,
-        } => benchmark(&model, &contexts, decode_tokens, prefill),
+            weights,
+        } => {
+            let ckpt = Checkpoint::open(&model)?;
+            if weights == "bf16" {
+                benchmark(
+                    Model::load(&ckpt, CpuBf16)?,
+                    &model,
+                    &contexts,
+                    decode_tokens,
+                    prefill,
+                )
+            } else {
+                benchmark(
+                    Model::load(&ckpt, Cpu)?,
+                    &model,
+                    &contexts,
+                    decode_tokens,
+                    prefill,
+                )
+            }
+        }
         EngineCommand::DeviceCheck { device, out } => {
             let scratch =
                 std::env::temp_dir().join(format!("dsgw-device-check-{}", std::process::id()));
@@ -221,15 +245,20 @@ pub fn run(command: EngineCommand) -> anyhow::Result<()> {
     }
 }
 
-fn benchmark(
+fn benchmark<B: Backend>(
+    mut model: Model<B>,
     dir: &Path,
     contexts: &[usize],
     decode_tokens: usize,
     prefill_len: usize,
 ) -> anyhow::Result<()> {
-    let mut model = load(dir)?;
     let threads = rayon::current_num_threads();
-    println!("model: {}, {} threads", dir.display(), threads);
+    println!(
+        "model: {}, {:?} weights, {} threads",
+        dir.display(),
+        model.backend().weight_format(),
+        threads
+    );
 
     let bandwidth = bench::copy_bandwidth(512 << 20);
     println!("\n## Decode against memory bandwidth\n");

@@ -284,3 +284,69 @@ async fn local_engine_answers_anthropic_messages() {
     assert_eq!(v["stop_reason"], "max_tokens");
     assert_eq!(v["usage"]["output_tokens"], 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_engine_serves_with_bf16_weights_on_the_cpu() {
+    dsgw::upstream::install_tls();
+    let config = CONFIG.replace(
+        "region = \"on-prem\"",
+        "region = \"on-prem\"\ndevice = \"cpu\"\nweights = \"bf16\"",
+    );
+    assert!(config.contains("weights = \"bf16\""));
+    let gw = Gateway::start(Path::new(env!("CARGO_BIN_EXE_dsgw")), &config, &[]);
+    assert!(
+        gw.wait_for_log("weights=Bf16", Duration::from_secs(5)),
+        "{}",
+        gw.logs()
+    );
+    let body = json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5, "temperature": 0});
+    let (status, text) = post(&gw, body.clone()).await;
+    assert_eq!(status, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["usage"]["completion_tokens"], 5);
+    // Greedy decoding on bf16 weights is as deterministic as on f32.
+    let (_, again) = post(&gw, body).await;
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(
+        again["choices"][0]["message"]["content"],
+        answer["choices"][0]["message"]["content"]
+    );
+}
+
+#[test]
+fn a_bad_weights_value_is_refused_at_start() {
+    let config = CONFIG.replace(
+        "region = \"on-prem\"",
+        "region = \"on-prem\"\nweights = \"fp4\"",
+    );
+    let dir = std::env::temp_dir().join(format!("dsgw-bad-weights-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dsgw.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dsgw"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            child.kill().ok();
+            panic!("dsgw started with an invalid `weights`");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("`weights` must be \"bf16\" or \"f32\""),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

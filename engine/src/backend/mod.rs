@@ -49,6 +49,16 @@ pub enum WeightFormat {
     Bf16,
 }
 
+impl WeightFormat {
+    /// Bytes per stored value.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::Bf16 => 2,
+        }
+    }
+}
+
 pub trait Backend: Send + Sync + 'static {
     type Buf: Send + Sync;
     /// A weight matrix, the right-hand side of [`Backend::matmul`] and [`Backend::head_matmul`],
@@ -62,6 +72,10 @@ pub trait Backend: Send + Sync + 'static {
     /// `len` zeros.
     fn zeros(&self, len: usize) -> Self::Buf {
         self.upload(&vec![0.0; len])
+    }
+    /// How this backend holds weight matrices.
+    fn weight_format(&self) -> WeightFormat {
+        WeightFormat::F32
     }
     /// A weight matrix from f32 values (rounded to the backend's weight format).
     fn upload_weight(&self, data: &[f32]) -> Self::Weight;

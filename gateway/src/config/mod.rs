@@ -216,6 +216,11 @@ pub struct ProviderConfig {
     /// is there, else the CPU, with a log line saying why), "cpu", or "cuda:N".
     #[serde(default)]
     pub device: Option<String>,
+    /// Local only: how weight matrices are held, "bf16" (half the memory and bytes read per
+    /// token; activations rounded to bf16 per product, f32 accumulation) or "f32". Default: bf16
+    /// on CUDA, f32 on the CPU.
+    #[serde(default)]
+    pub weights: Option<String>,
     /// Local only: most sequences decoded together.
     #[serde(default)]
     pub max_batch: Option<usize>,
@@ -381,6 +386,7 @@ impl Config {
             request_timeout_ms: default_request_timeout_ms(),
             model_dir: None,
             device: None,
+            weights: None,
             max_batch: None,
             prefix_cache_entries: None,
             routing: None,

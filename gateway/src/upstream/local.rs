@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use dsgw_engine::backend::cpu::Cpu;
+use dsgw_engine::backend::{Backend, WeightFormat};
+use dsgw_engine::backend::cpu::{Cpu, CpuBf16};
 use dsgw_engine::backend::cuda::Cuda;
 use dsgw_engine::chat::{self, Conversation, Delta, Message, Role, StreamParser, ToolCall};
 use dsgw_engine::checkpoint::Checkpoint;
@@ -67,6 +68,12 @@ impl LocalProvider {
             message,
         };
         let device = Device::parse(config.device.as_deref().unwrap_or("auto")).map_err(invalid)?;
+        let weights = config
+            .weights
+            .as_deref()
+            .map(parse_weights)
+            .transpose()
+            .map_err(invalid)?;
         let tokenizer = Arc::new(
             match &config.model_dir {
                 Some(dir) if Path::new(dir).join("tokenizer.json").exists() => {
@@ -99,13 +106,24 @@ impl LocalProvider {
         };
         let engine = match cuda {
             Some(cuda) => {
-                tracing::info!(provider = %config.name, device = %cuda.device_name(), "the local engine runs on CUDA");
+                let cuda = cuda.with_weights(weights.unwrap_or(WeightFormat::Bf16));
+                tracing::info!(provider = %config.name, device = %cuda.device_name(), weights = ?cuda.weight_format(), "the local engine runs on CUDA");
                 let model = load_model(index, config, cuda).map_err(invalid)?;
                 Engine::start(model, tokenizer.clone(), options)
             }
             None => {
-                let model = load_model(index, config, Cpu).map_err(invalid)?;
-                Engine::start(model, tokenizer.clone(), options)
+                let weights = weights.unwrap_or(WeightFormat::F32);
+                tracing::info!(provider = %config.name, ?weights, "the local engine runs on the CPU");
+                match weights {
+                    WeightFormat::F32 => {
+                        let model = load_model(index, config, Cpu).map_err(invalid)?;
+                        Engine::start(model, tokenizer.clone(), options)
+                    }
+                    WeightFormat::Bf16 => {
+                        let model = load_model(index, config, CpuBf16).map_err(invalid)?;
+                        Engine::start(model, tokenizer.clone(), options)
+                    }
+                }
             }
         };
         Ok(Self {
@@ -220,6 +238,17 @@ impl Device {
                     format!("`device` must be \"auto\", \"cpu\" or \"cuda:N\" (got {other:?})")
                 }),
         }
+    }
+}
+
+/// `weights` on a `local` provider.
+fn parse_weights(text: &str) -> Result<WeightFormat, String> {
+    match text {
+        "bf16" => Ok(WeightFormat::Bf16),
+        "f32" => Ok(WeightFormat::F32),
+        other => Err(format!(
+            "`weights` must be \"bf16\" or \"f32\" (got {other:?})"
+        )),
     }
 }
 
@@ -676,7 +705,7 @@ fn delta_json(delta: &Delta) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::Device;
+    use super::{Device, WeightFormat, parse_weights};
 
     #[test]
     fn devices_parse() {
@@ -685,5 +714,16 @@ mod tests {
         assert_eq!(Device::parse("cuda"), Ok(Device::Cuda(0)));
         assert_eq!(Device::parse("cuda:3"), Ok(Device::Cuda(3)));
         assert!(Device::parse("gpu").unwrap_err().contains("cuda:N"));
+    }
+
+    #[test]
+    fn weight_formats_parse() {
+        assert_eq!(parse_weights("bf16"), Ok(WeightFormat::Bf16));
+        assert_eq!(parse_weights("f32"), Ok(WeightFormat::F32));
+        assert!(
+            parse_weights("fp8")
+                .unwrap_err()
+                .contains("\"bf16\" or \"f32\"")
+        );
     }
 }

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 pub use products::dot;
 use products::{axpy, bf16_bits};
 
-use super::{Backend, KV_BLOCK, Paged, RopeStyle, Selection};
+use super::{Backend, KV_BLOCK, Paged, RopeStyle, Selection, WeightFormat};
 
 /// The CPU backend, with bf16 weight matrices when `BF16`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -70,6 +70,14 @@ impl<const BF16: bool> Backend for CpuBackend<BF16> {
 
     fn len(&self, buf: &Vec<f32>) -> usize {
         buf.len()
+    }
+
+    fn weight_format(&self) -> WeightFormat {
+        if BF16 {
+            WeightFormat::Bf16
+        } else {
+            WeightFormat::F32
+        }
     }
 
     fn upload_weight(&self, data: &[f32]) -> CpuWeight {

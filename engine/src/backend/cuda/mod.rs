@@ -189,10 +189,6 @@ impl Cuda {
         self
     }
 
-    pub fn weight_format(&self) -> WeightFormat {
-        self.weights
-    }
-
     /// Free and total device memory, in bytes.
     pub fn memory(&self) -> (usize, usize) {
         self.stream

@@ -42,6 +42,10 @@ impl Backend for Cuda {
         self.alloc(len)
     }
 
+    fn weight_format(&self) -> WeightFormat {
+        self.weights
+    }
+
     fn upload_weight(&self, data: &[f32]) -> DeviceWeight {
         match self.weights {
             WeightFormat::F32 => DeviceWeight::F32(self.upload(data)),
