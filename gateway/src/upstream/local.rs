@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use dsgw_engine::backend::{Backend, WeightFormat};
 use dsgw_engine::backend::cpu::{Cpu, CpuBf16};
 use dsgw_engine::backend::cuda::Cuda;
+use dsgw_engine::backend::{Backend, WeightFormat};
 use dsgw_engine::chat::{self, Conversation, Delta, Message, Role, StreamParser, ToolCall};
 use dsgw_engine::checkpoint::Checkpoint;
 use dsgw_engine::generate::{

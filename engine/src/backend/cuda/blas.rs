@@ -117,7 +117,7 @@ impl Cuda {
             .expect("CUDA allocation");
         let n = x.len as i64;
         let mut b = self.stream.launch_builder(&self.f.to_bf16);
-        b.arg(&x.data).arg(&n).arg(&out);
+        b.arg(&x.data).arg(&out).arg(&n);
         self.run(b, launch::elementwise(x.len).expect("launch"));
         out
     }

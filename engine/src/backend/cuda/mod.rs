@@ -289,3 +289,66 @@ fn n32(what: &'static str, v: usize) -> i32 {
 fn arg<T: DeviceRepr>(v: T) -> T {
     v
 }
+
+#[cfg(test)]
+mod tests {
+    /// The launch sites of this backend, as text.
+    const SITES: [&str; 4] = [
+        include_str!("ops.rs"),
+        include_str!("blas.rs"),
+        include_str!("attention.rs"),
+        include_str!("gate.rs"),
+    ];
+
+    /// Each kernel's parameter names, from its CUDA C source.
+    fn parameters(kernel: &str) -> Vec<String> {
+        let source = dsgw_kernels::SOURCES
+            .iter()
+            .find(|s| s.kernels.contains(&kernel))
+            .unwrap_or_else(|| panic!("no kernel {kernel}"));
+        let start = source
+            .text
+            .find(&format!("__global__ void {kernel}("))
+            .expect("declared")
+            + "__global__ void (".len()
+            + kernel.len();
+        let list = &source.text[start..start + source.text[start..].find(')').expect("closed")];
+        list.split(',')
+            .map(|p| {
+                let name = p.split_whitespace().last().expect("a parameter");
+                name.trim_start_matches('*').to_owned()
+            })
+            .collect()
+    }
+
+    /// Every launch pushes as many arguments as its kernel takes (an argument pushed twice or
+    /// forgotten reads garbage on the GPU, which no CPU test would see), and every kernel of the
+    /// program is launched somewhere.
+    #[test]
+    fn every_launch_pushes_one_argument_per_kernel_parameter() {
+        let mut launched = Vec::new();
+        for text in SITES {
+            for (at, _) in text.match_indices("launch_builder(&self.f.") {
+                let rest = &text[at + "launch_builder(&self.f.".len()..];
+                let kernel = &rest[..rest.find(')').expect("closed")];
+                // The builder statement after `let mut b = ...;` runs to the next `;`.
+                let chain = &rest[rest.find(';').expect("statement") + 1..];
+                let chain = &chain[..chain.find(';').expect("statement")];
+                let pushed = chain.matches(".arg(").count();
+                assert_eq!(
+                    pushed,
+                    parameters(kernel).len(),
+                    "{kernel}: {pushed} arguments pushed for {:?}",
+                    parameters(kernel)
+                );
+                launched.push(kernel.to_owned());
+            }
+        }
+        for kernel in dsgw_kernels::kernel_names() {
+            assert!(
+                launched.iter().any(|k| k == kernel),
+                "{kernel} is never launched"
+            );
+        }
+    }
+}
