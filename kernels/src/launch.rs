@@ -8,16 +8,21 @@ pub const KV_BLOCK: usize = 64;
 
 /// Threads per block for element-wise kernels.
 pub const ELEMENTWISE_THREADS: u32 = 256;
-/// Threads per MLA decode block (8 warps; at least the 64-position tile).
+/// Threads per MLA decode block (8 warps).
 pub const MLA_THREADS: u32 = 256;
+/// Most heads of one query an MLA decode block takes (`MLA_GROUP` in mla.cu).
+pub const MLA_GROUP: usize = 16;
+/// Latent dims each MLA decode thread accumulates (`MLA_DIMS` in mla.cu).
+const MLA_DIMS: usize = 2;
+/// Static shared memory of the MLA decode kernel: scores, running max / sum / correction per
+/// head, and the tile's row pointers (`MLA_TILE` = 32 positions).
+const MLA_STATIC_SHARED: usize = MLA_GROUP * 32 * 4 + 3 * MLA_GROUP * 4 + 2 * 32 * 8;
 /// Candidate positions a split of MLA decode should cover at least.
 pub const MLA_MIN_SPLIT: usize = 256;
 /// The default dynamic shared memory a block may use without opting in.
 pub const SHARED_LIMIT: usize = 48 * 1024;
 /// Threads of the top-k kernel (it assumes exactly this many, a power of two).
 pub const TOPK_THREADS: u32 = 1024;
-/// Tile of positions the MLA kernel scores at once (`MLA_TILE` in mla.cu).
-const MLA_TILE: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Launch {
@@ -76,32 +81,46 @@ pub fn per_row(rows: usize, dim: usize) -> Result<Launch, LaunchError> {
     })
 }
 
+/// Heads per MLA decode block: the largest divisor of `heads` up to [`MLA_GROUP`] (each block
+/// reads the cache once for its group).
+pub fn mla_group(heads: usize) -> usize {
+    (1..=MLA_GROUP.min(heads.max(1)))
+        .rev()
+        .find(|g| heads % g == 0)
+        .unwrap_or(1)
+}
+
 /// How many splits MLA decode uses: enough blocks to fill the device (two per SM), never a
-/// split shorter than [`MLA_MIN_SPLIT`] candidates, at least one.
-pub fn mla_splits(query_heads: usize, max_candidates: usize, multiprocessors: usize) -> usize {
-    let wanted = (2 * multiprocessors).div_ceil(query_heads.max(1));
+/// split shorter than [`MLA_MIN_SPLIT`] candidates, at least one. `blocks` is the number of
+/// (query, head group) blocks before splitting.
+pub fn mla_splits(blocks: usize, max_candidates: usize, multiprocessors: usize) -> usize {
+    let wanted = (2 * multiprocessors).div_ceil(blocks.max(1));
     let most = max_candidates.div_ceil(MLA_MIN_SPLIT).max(1);
     wanted.clamp(1, most)
 }
 
-/// The split-K decode launch and its combine launch.
+/// The split-K decode launch (a block per query, head group and split; the group's queries in
+/// dynamic shared memory) and its combine launch (a block per query head).
 pub fn mla_decode(
-    query_heads: usize,
+    queries: usize,
+    heads: usize,
     splits: usize,
     r: usize,
     p: usize,
 ) -> Result<(Launch, Launch), LaunchError> {
-    let shared = (r + p + MLA_TILE + r) * 4;
-    if shared > SHARED_LIMIT {
+    let group = mla_group(heads);
+    let shared = group * (r + p) * 4;
+    if shared + MLA_STATIC_SHARED > SHARED_LIMIT || r > MLA_DIMS * MLA_THREADS as usize {
         return Err(LaunchError::SharedMemory {
             kernel: "mla_decode",
-            bytes: shared,
+            bytes: shared + MLA_STATIC_SHARED,
             limit: SHARED_LIMIT,
         });
     }
+    let query_heads = queries * heads;
     let decode = Launch {
         grid: (
-            u32_of("query heads", query_heads)?,
+            u32_of("query head groups", query_heads / group)?,
             u32_of("splits", splits)?,
             1,
         ),
@@ -262,21 +281,42 @@ mod tests {
     #[test]
     fn mla_splits_fill_the_device_without_tiny_splits() {
         // One decode token, 128 heads on 132 SMs at 128K context: three splits per head.
+        // One decode token, 8 groups of 16 heads on 132 SMs at 128K context: 33 splits.
+        assert_eq!(mla_splits(8, 131_072, 132), 33);
         assert_eq!(mla_splits(128, 131_072, 132), 3);
         // Short contexts are not split below 256 candidates.
         assert_eq!(mla_splits(16, 300, 132), 2);
         assert_eq!(mla_splits(16, 10, 132), 1);
         // Many queries (prefill): no split needed.
-        assert_eq!(mla_splits(128 * 64, 4096, 132), 1);
+        assert_eq!(mla_splits(8 * 4096, 4096, 132), 1);
+    }
+
+    #[test]
+    fn mla_groups_divide_the_heads() {
+        assert_eq!(mla_group(128), 16);
+        assert_eq!(mla_group(8), 8);
+        assert_eq!(mla_group(4), 4);
+        assert_eq!(mla_group(24), 12);
+        assert_eq!(mla_group(17), 1);
+        assert_eq!(mla_group(1), 1);
+        let mla = include_str!("cu/mla.cu");
+        assert!(mla.contains(&format!("#define MLA_GROUP {MLA_GROUP}\n")));
+        assert!(mla.contains(&format!("#define MLA_DIMS {MLA_DIMS}\n")));
+        assert!(mla.contains("#define MLA_TILE 32\n"));
     }
 
     #[test]
     fn mla_shared_memory_fits_v32_shapes() {
-        let (decode, combine) = mla_decode(128, 3, 512, 64).unwrap();
-        assert_eq!(decode.shared_bytes as usize, (512 + 64 + 64 + 512) * 4);
-        assert_eq!(decode.grid, (128, 3, 1));
+        // One query, V3.2's 128 heads: 8 groups of 16, the group's queries in 36 KiB.
+        let (decode, combine) = mla_decode(1, 128, 3, 512, 64).unwrap();
+        assert_eq!(decode.shared_bytes as usize, 16 * (512 + 64) * 4);
+        assert!(decode.shared_bytes as usize + MLA_STATIC_SHARED <= SHARED_LIMIT);
+        assert_eq!(decode.grid, (8, 3, 1));
+        assert_eq!(combine.grid, (128, 1, 1));
         assert_eq!(combine.block.0, 512);
-        assert!(mla_decode(1, 1, 8192, 64).is_err());
+        // A latent wider than the threads cover, or queries that overflow shared memory.
+        assert!(mla_decode(1, 16, 1, 1024, 64).is_err());
+        assert!(mla_decode(1, 16, 1, 512, 512).is_err());
     }
 
     #[test]

@@ -59,8 +59,9 @@ impl Cuda {
             Selection::Sparse(_) => candidates.longest(),
         };
         let query_heads = n * heads;
-        let splits = launch::mla_splits(query_heads, longest, self.multiprocessors);
-        let (decode, combine) = launch::mla_decode(query_heads, splits, r, p).expect("launch");
+        let group = launch::mla_group(heads);
+        let splits = launch::mla_splits(query_heads / group, longest, self.multiprocessors);
+        let (decode, combine) = launch::mla_decode(n, heads, splits, r, p).expect("launch");
         let positions = self.upload_ints(&launch::ints("positions", positions).expect("positions"));
         let offsets = self.upload_ints(&candidates.offsets);
         let flat = self.upload_ints(&candidates.flat);
@@ -69,8 +70,9 @@ impl Cuda {
         let part_max = self.zeros(query_heads * splits);
         let part_sum = self.zeros(query_heads * splits);
         let part_acc = self.zeros(query_heads * splits * r);
-        let (h, r32, p32, s32) = (
+        let (h, g, r32, p32, s32) = (
             n32("heads", heads),
+            n32("group", group),
             n32("r", r),
             n32("p", p),
             n32("splits", splits),
@@ -85,6 +87,7 @@ impl Cuda {
             .arg(&flat)
             .arg(&sparse)
             .arg(&h)
+            .arg(&g)
             .arg(&r32)
             .arg(&p32)
             .arg(&scale)
