@@ -166,3 +166,230 @@ impl Cuda {
             .collect()
     }
 }
+
+/// The `mla_decode` + `mla_combine` kernels' algorithm on the host, step for step (head groups,
+/// split-K ranges, 32-position tiles, a running max / sum / correction per head, each thread's
+/// latent dims): what the GPU computes, checked here against the CPU backend so a mistake in the
+/// algorithm shows without a GPU. Indexing and synchronisation stay the device check's to test.
+#[cfg(test)]
+mod emulation {
+    use dsgw_kernels::launch::{self, Candidates};
+
+    const TILE: usize = 32;
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn mla_decode(
+        q_lat: &[f32],
+        q_pe: &[f32],
+        c: &[f32],
+        k_pe: &[f32],
+        heads: usize,
+        r: usize,
+        p: usize,
+        positions: &[usize],
+        candidates: Option<&Candidates>,
+        scale: f32,
+        splits: usize,
+    ) -> Vec<f32> {
+        let group = launch::mla_group(heads);
+        let width = r + p;
+        let query_heads = positions.len() * heads;
+        let mut part_max = vec![f32::NEG_INFINITY; query_heads * splits];
+        let mut part_sum = vec![0f32; query_heads * splits];
+        let mut part_acc = vec![0f32; query_heads * splits * r];
+        for block in 0..query_heads / group {
+            let groups = heads / group;
+            let t = block / groups;
+            let qh0 = t * heads + (block % groups) * group;
+            let count = match candidates {
+                Some(c) => (c.offsets[t + 1] - c.offsets[t]) as usize,
+                None => positions[t] + 1,
+            };
+            let chunk = count.div_ceil(splits);
+            for split in 0..splits {
+                let begin = count.min(split * chunk);
+                let end = count.min(begin + chunk);
+                let q: Vec<&[f32]> = (0..group).map(|h| &q_lat[(qh0 + h) * r..][..r]).collect();
+                let qp: Vec<&[f32]> = (0..group).map(|h| &q_pe[(qh0 + h) * p..][..p]).collect();
+                let mut run_max = vec![f32::NEG_INFINITY; group];
+                let mut run_sum = vec![0f32; group];
+                let mut acc = vec![vec![0f32; r]; group];
+                let mut base = begin;
+                while base < end {
+                    let n = TILE.min(end - base);
+                    let rows: Vec<usize> = (0..n)
+                        .map(|j| match candidates {
+                            Some(c) => c.flat[c.offsets[t] as usize + base + j] as usize,
+                            None => base + j,
+                        })
+                        .collect();
+                    let mut scores = vec![vec![0f32; n]; group];
+                    for (j, &s) in rows.iter().enumerate() {
+                        for h in 0..group {
+                            let mut dot = 0f32;
+                            for i in 0..width {
+                                let v = if i < r {
+                                    c[s * r + i]
+                                } else {
+                                    k_pe[s * p + i - r]
+                                };
+                                let qv = if i < r { q[h][i] } else { qp[h][i - r] };
+                                dot += qv * v;
+                            }
+                            scores[h][j] = dot * scale;
+                        }
+                    }
+                    let mut correction = vec![1f32; group];
+                    for h in 0..group {
+                        let tile_max = scores[h].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let m_new = run_max[h].max(tile_max);
+                        let mut total = 0f32;
+                        for s in &mut scores[h] {
+                            *s = (*s - m_new).exp();
+                            total += *s;
+                        }
+                        correction[h] = (run_max[h] - m_new).exp();
+                        run_sum[h] = run_sum[h] * correction[h] + total;
+                        run_max[h] = m_new;
+                    }
+                    for d in 0..r {
+                        for h in 0..group {
+                            let mut a = acc[h][d] * correction[h];
+                            for (j, &s) in rows.iter().enumerate() {
+                                a += scores[h][j] * c[s * r + d];
+                            }
+                            acc[h][d] = a;
+                        }
+                    }
+                    base += TILE;
+                }
+                for h in 0..group {
+                    let part = (qh0 + h) * splits + split;
+                    part_max[part] = run_max[h];
+                    part_sum[part] = run_sum[h];
+                    part_acc[part * r..][..r].copy_from_slice(&acc[h]);
+                }
+            }
+        }
+        // mla_combine
+        let mut out = vec![0f32; query_heads * r];
+        for qh in 0..query_heads {
+            let pm = &part_max[qh * splits..][..splits];
+            let ps = &part_sum[qh * splits..][..splits];
+            let big = pm.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let total: f32 = pm
+                .iter()
+                .zip(ps)
+                .map(|(&m, &l)| {
+                    if m == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        l * (m - big).exp()
+                    }
+                })
+                .sum();
+            let inv = if total > 0.0 { 1.0 / total } else { 0.0 };
+            for d in 0..r {
+                let mut v = 0f32;
+                for s in 0..splits {
+                    if pm[s] != f32::NEG_INFINITY {
+                        v += part_acc[(qh * splits + s) * r + d] * (pm[s] - big).exp();
+                    }
+                }
+                out[qh * r + d] = v * inv;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::emulation;
+    use crate::backend::cpu::Cpu;
+    use crate::backend::{Backend, KV_BLOCK, Paged, Selection};
+    use crate::tiny::normals;
+    use dsgw_kernels::launch::Candidates;
+
+    #[test]
+    fn the_grouped_split_k_algorithm_equals_plain_attention() {
+        let (r, p, len) = (24, 8, 300);
+        for (heads, splits) in [(4, 1), (8, 3), (12, 2), (32, 7)] {
+            let positions = [len - 1, 150, 37];
+            let q_lat = normals(positions.len() * heads * r, 1, 0.0, 0.3);
+            let q_pe = normals(positions.len() * heads * p, 2, 0.0, 0.3);
+            let c = normals(len * r, 3, 0.0, 1.0);
+            let k_pe = normals(len * p, 4, 0.0, 1.0);
+            let blocks = |data: &[f32], width: usize| -> Vec<Vec<f32>> {
+                data.chunks(KV_BLOCK * width).map(<[f32]>::to_vec).collect()
+            };
+            let (cb, kb) = (blocks(&c, r), blocks(&k_pe, p));
+            let cp = Paged {
+                blocks: cb.iter().collect(),
+                len,
+            };
+            let kp = Paged {
+                blocks: kb.iter().collect(),
+                len,
+            };
+            let scale = 0.2;
+            // Dense causal.
+            let want = Cpu.mla_attention(
+                &q_lat,
+                &q_pe,
+                &cp,
+                &kp,
+                heads,
+                r,
+                p,
+                &positions,
+                Selection::Causal,
+                scale,
+            );
+            let got = emulation::mla_decode(
+                &q_lat, &q_pe, &c, &k_pe, heads, r, p, &positions, None, scale, splits,
+            );
+            let error = crate::backend::conformance::rel_error(&want, &got);
+            assert!(
+                error < 1e-5,
+                "dense, {heads} heads, {splits} splits: {error}"
+            );
+            // Sparse: a scattered selection per query.
+            let selected: Vec<Vec<u32>> = positions
+                .iter()
+                .map(|&q| (0..=q as u32).filter(|s| s % 3 != 1).collect())
+                .collect();
+            let want = Cpu.mla_attention(
+                &q_lat,
+                &q_pe,
+                &cp,
+                &kp,
+                heads,
+                r,
+                p,
+                &positions,
+                Selection::Sparse(&selected),
+                scale,
+            );
+            let candidates = Candidates::pack(&selected, len).expect("candidates");
+            let got = emulation::mla_decode(
+                &q_lat,
+                &q_pe,
+                &c,
+                &k_pe,
+                heads,
+                r,
+                p,
+                &positions,
+                Some(&candidates),
+                scale,
+                splits,
+            );
+            let error = crate::backend::conformance::rel_error(&want, &got);
+            assert!(
+                error < 1e-5,
+                "sparse, {heads} heads, {splits} splits: {error}"
+            );
+        }
+    }
+}
