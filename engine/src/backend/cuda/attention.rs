@@ -303,6 +303,85 @@ mod emulation {
     }
 }
 
+/// The `topk` kernel's radix select on the host, thread by thread (1024 contiguous chunks, a
+/// bit-by-bit search for the k-th largest key, ties taken in index order through per-thread
+/// offsets), checked against the CPU backend's selection.
+#[cfg(test)]
+mod topk_emulation {
+    const THREADS: usize = 1024;
+
+    fn key(f: f32) -> u32 {
+        let u = f.to_bits();
+        if u & 0x8000_0000 != 0 {
+            !u
+        } else {
+            u | 0x8000_0000
+        }
+    }
+
+    pub fn topk(row: &[f32], k: usize) -> Vec<u32> {
+        let len = row.len();
+        let chunk = len.div_ceil(THREADS);
+        let range = |t: usize| {
+            let lo = len.min(t * chunk);
+            lo..len.min(lo + chunk)
+        };
+        let finite = row.iter().filter(|v| v.is_finite()).count();
+        let want = k.min(finite);
+        let mut threshold = 0u32;
+        if finite > k {
+            for bit in (0..32).rev() {
+                let candidate = threshold | (1 << bit);
+                let count: usize = (0..THREADS)
+                    .map(|t| {
+                        range(t)
+                            .filter(|&i| row[i].is_finite() && key(row[i]) >= candidate)
+                            .count()
+                    })
+                    .sum();
+                if count >= k {
+                    threshold = candidate;
+                }
+            }
+        }
+        let per_thread: Vec<(usize, usize)> = (0..THREADS)
+            .map(|t| {
+                let (mut gt, mut eq) = (0, 0);
+                for i in range(t).filter(|&i| row[i].is_finite()) {
+                    gt += usize::from(key(row[i]) > threshold);
+                    eq += usize::from(threshold != 0 && key(row[i]) == threshold);
+                }
+                (gt, eq)
+            })
+            .collect();
+        let above: usize = per_thread.iter().map(|(g, _)| g).sum();
+        let need_eq = want as i64 - above as i64;
+        let mut out = vec![u32::MAX; k];
+        let (mut at, mut eq_before) = (0usize, 0i64);
+        for (t, &(gt, eq)) in per_thread.iter().enumerate() {
+            let taken = (need_eq - eq_before).clamp(0, eq as i64) as usize;
+            let mut write = at;
+            let mut eq_seen = eq_before;
+            for i in range(t).filter(|&i| row[i].is_finite()) {
+                let mut take = key(row[i]) > threshold;
+                if threshold != 0 && key(row[i]) == threshold {
+                    take = eq_seen < need_eq;
+                    eq_seen += 1;
+                }
+                if take {
+                    out[write] = i as u32;
+                    write += 1;
+                }
+            }
+            assert_eq!(write - at, gt + taken, "thread {t} wrote outside its share");
+            at += gt + taken;
+            eq_before += eq as i64;
+        }
+        out.truncate(want);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::emulation;
@@ -390,6 +469,39 @@ mod tests {
                 error < 1e-5,
                 "sparse, {heads} heads, {splits} splits: {error}"
             );
+        }
+    }
+
+    #[test]
+    fn the_radix_select_picks_what_the_cpu_picks() {
+        use crate::backend::Backend;
+        use crate::backend::cpu::Cpu;
+        let mut rows: Vec<(Vec<f32>, usize)> = Vec::new();
+        for (len, k, seed) in [
+            (3000, 2048, 1),
+            (3000, 10, 2),
+            (5000, 2048, 3),
+            (100, 2048, 4),
+        ] {
+            // Values on a coarse grid: many ties, positive and negative, some masked (-inf).
+            let row: Vec<f32> = crate::tiny::normals(len, seed, 0.0, 4.0)
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    if i % 7 == 3 {
+                        f32::NEG_INFINITY
+                    } else {
+                        v.round() * 0.5
+                    }
+                })
+                .collect();
+            rows.push((row, k));
+        }
+        rows.push((vec![0.0, -0.0, 1.0, -1.0, f32::NAN, 0.0], 3));
+        for (row, k) in rows {
+            let want = Cpu.topk(&row.clone(), row.len(), k).remove(0);
+            let got = super::topk_emulation::topk(&row, k);
+            assert_eq!(got, want, "len {}, k {k}", row.len());
         }
     }
 }
