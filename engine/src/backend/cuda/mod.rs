@@ -16,6 +16,8 @@
 mod attention;
 mod blas;
 mod gate;
+#[cfg(test)]
+mod kernel_emulation;
 mod ops;
 
 use std::path::PathBuf;
