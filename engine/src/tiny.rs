@@ -378,7 +378,7 @@ impl SplitMix {
 }
 
 /// SplitMix64's finaliser of the `k`-th state after `seed`: a counter-based generator, so any
-/// value can be drawn on its own (in parallel, on any device). `kernels/src/cu/random.cu` is the
+/// value can be drawn on its own (in parallel, on any device). `kernels/src/cu/convert.cu` is the
 /// same function.
 fn mix_at(seed: u64, k: u64) -> u64 {
     let mut z = seed.wrapping_add(k.wrapping_mul(0x9e37_79b9_7f4a_7c15));

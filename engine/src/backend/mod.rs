@@ -81,7 +81,8 @@ pub trait Backend: Send + Sync + 'static {
     fn upload_weight(&self, data: &[f32]) -> Self::Weight;
 
     /// `len` values from N(mean, std²), value `i` a pure function of `(seed, i)`
-    /// ([`crate::tiny::normal_at`]), so every backend draws the same ones. Synthetic models and
+    /// ([`crate::tiny::normal_at`]), so every backend draws the same ones (to a few ulp: each
+    /// device's `log` and `cos` round in their own way). Synthetic models and
     /// caches are made with it; a device backend draws them where they are used.
     fn random(&self, len: usize, seed: u64, mean: f32, std: f32) -> Self::Buf {
         self.upload(&crate::tiny::normals(len, seed, mean, std))

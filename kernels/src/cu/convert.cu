@@ -18,7 +18,8 @@ extern "C" __global__ void to_bf16(const float* __restrict__ x, unsigned short* 
 }
 
 // SplitMix64's finaliser of the k-th state after `seed`: `mix_at` in engine/src/tiny.rs, bit
-// for bit, so the CPU and the GPU draw the same values.
+// for bit, so the CPU and the GPU draw the same uniforms. The normals made from them agree to a
+// few ulp: CUDA's logf / cosf and its fused multiply-adds round differently from the host's.
 __device__ __forceinline__ unsigned long long dsgw_mix_at(unsigned long long seed, unsigned long long k) {
     unsigned long long z = seed + k * 0x9e3779b97f4a7c15ull;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;

@@ -5,11 +5,16 @@ use cudarc::driver::{CudaSlice, PushKernelArg};
 use dsgw_kernels::launch::{self, Candidates};
 
 use super::{Cuda, DeviceBuf, n32};
-use crate::backend::{Backend, Paged, Selection};
+use crate::backend::{Backend, KV_BLOCK, Paged, Selection};
 
 impl Cuda {
-    /// The device table of `paged`'s block addresses, for kernels reading the cache by row.
-    fn block_table(&self, paged: &Paged<'_, DeviceBuf>) -> CudaSlice<u64> {
+    /// The device table of `paged`'s block addresses, for kernels reading the cache by row
+    /// (each block holding `KV_BLOCK` rows of `width`).
+    fn block_table(&self, paged: &Paged<'_, DeviceBuf>, width: usize) -> CudaSlice<u64> {
+        assert!(
+            paged.blocks.iter().all(|b| b.len >= KV_BLOCK * width),
+            "a cache block shorter than {KV_BLOCK} rows of {width}"
+        );
         use cudarc::driver::DevicePtr;
         // One stream does all the work, so the access guards have nothing to order.
         let addresses: Vec<u64> = paged
@@ -44,6 +49,19 @@ impl Cuda {
             return out;
         }
         let len = c.len;
+        // A bad index here is an illegal address on the device, which poisons the whole CUDA
+        // context: check on the host what the CPU backend would panic on anyway.
+        assert!(
+            k_pe.len == len && positions.iter().all(|&t| t < len),
+            "mla_attention: positions beyond a {len}-row cache"
+        );
+        assert!(
+            q_lat.len == n * heads * r && q_pe.len == n * heads * p,
+            "mla_attention: query shapes"
+        );
+        if let Selection::Sparse(sel) = selection {
+            assert_eq!(sel.len(), n, "mla_attention: one selection per query");
+        }
         let (sparse, candidates) = match selection {
             Selection::Causal => (
                 0i32,
@@ -65,8 +83,8 @@ impl Cuda {
         let positions = self.upload_ints(&launch::ints("positions", positions).expect("positions"));
         let offsets = self.upload_ints(&candidates.offsets);
         let flat = self.upload_ints(&candidates.flat);
-        let c_blocks = self.block_table(c);
-        let kpe_blocks = self.block_table(k_pe);
+        let c_blocks = self.block_table(c, r);
+        let kpe_blocks = self.block_table(k_pe, p);
         let part_max = self.zeros(query_heads * splits);
         let part_sum = self.zeros(query_heads * splits);
         let part_acc = self.zeros(query_heads * splits * r);
@@ -124,10 +142,14 @@ impl Cuda {
         if n == 0 || len == 0 {
             return out;
         }
+        assert!(
+            q.len == n * heads * d && w.len == n * heads,
+            "indexer_scores: query shapes"
+        );
         let l = launch::indexer(n, len, heads, d).expect("launch");
         let positions = self.upload_ints(&launch::ints("positions", positions).expect("positions"));
         let (h, d32, len32) = (n32("heads", heads), n32("d", d), n32("len", len));
-        let k_blocks = self.block_table(k);
+        let k_blocks = self.block_table(k, d);
         let mut b = self.stream.launch_builder(&self.f.indexer_scores);
         b.arg(&q.data)
             .arg(&w.data)

@@ -67,6 +67,9 @@ impl Cuda {
     /// The greedy token of each row of `logits (rows, vocab)`.
     pub fn argmax(&self, logits: &DeviceBuf, vocab: usize) -> Vec<u32> {
         let rows = logits.len / vocab;
+        if rows == 0 {
+            return Vec::new();
+        }
         let out: CudaSlice<i32> = self
             .stream
             .alloc_zeros(rows.max(1))
@@ -87,6 +90,9 @@ impl Cuda {
     /// Each row of `logits (rows, vocab)` replaced by its softmax at `temperature`.
     pub fn softmax(&self, logits: &mut DeviceBuf, vocab: usize, temperature: f32) {
         let rows = logits.len / vocab;
+        if rows == 0 {
+            return;
+        }
         let l = launch::per_row(rows, vocab).expect("launch");
         let v = n32("vocab", vocab);
         let mut b = self.stream.launch_builder(&self.f.softmax_temperature);

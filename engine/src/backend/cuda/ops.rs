@@ -126,6 +126,9 @@ impl Backend for Cuda {
     fn rms_norm(&self, x: &DeviceBuf, weight: &DeviceBuf, dim: usize, eps: f32) -> DeviceBuf {
         let rows = x.len / dim;
         let out = self.zeros(x.len);
+        if rows == 0 {
+            return out;
+        }
         let l = launch::per_row(rows, dim).expect("launch");
         let dim32 = n32("dim", dim);
         let mut b = self.stream.launch_builder(&self.f.rms_norm);
@@ -148,6 +151,9 @@ impl Backend for Cuda {
     ) -> DeviceBuf {
         let rows = x.len / dim;
         let out = self.zeros(x.len);
+        if rows == 0 {
+            return out;
+        }
         let l = launch::per_row(rows, dim).expect("launch");
         let dim32 = n32("dim", dim);
         let mut b = self.stream.launch_builder(&self.f.layer_norm);
