@@ -104,8 +104,13 @@ mod tests {
     fn every_declared_kernel_is_defined_once_in_its_file() {
         for s in SOURCES {
             for k in s.kernels {
-                let decl = format!("__global__ void {k}(");
-                assert_eq!(s.text.matches(&decl).count(), 1, "{}: {k}", s.file);
+                let decl = format!(" {k}(");
+                let lines = s
+                    .text
+                    .lines()
+                    .filter(|l| l.contains("__global__ void") && l.contains(&decl))
+                    .count();
+                assert_eq!(lines, 1, "{}: {k}", s.file);
             }
             let defined = s.text.matches("__global__ void").count();
             assert_eq!(defined, s.kernels.len(), "{}: undeclared kernels", s.file);

@@ -1,6 +1,6 @@
 // Row-wise RMSNorm and LayerNorm: one block per row.
 
-extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __restrict__ weight,
+extern "C" __global__ void __launch_bounds__(1024) rms_norm(const float* __restrict__ x, const float* __restrict__ weight,
                                     float* __restrict__ out, int dim, float eps) {
     __shared__ float scratch[32];
     const float* xr = x + (size_t)blockIdx.x * dim;
@@ -12,7 +12,7 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __
     for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = xr[i] * inv * weight[i];
 }
 
-extern "C" __global__ void layer_norm(const float* __restrict__ x, const float* __restrict__ weight,
+extern "C" __global__ void __launch_bounds__(1024) layer_norm(const float* __restrict__ x, const float* __restrict__ weight,
                                       const float* __restrict__ bias, float* __restrict__ out,
                                       int dim, float eps) {
     __shared__ float scratch[32];

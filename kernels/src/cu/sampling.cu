@@ -1,7 +1,7 @@
 // Sampling helpers, one block per row of logits: the greedy choice, and the softmax at a
 // temperature (probabilities in place) that temperature / nucleus sampling draws from.
 
-extern "C" __global__ void argmax(const float* __restrict__ logits, int vocab, int* __restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) argmax(const float* __restrict__ logits, int vocab, int* __restrict__ out) {
     __shared__ float best_value[1024];
     __shared__ int best_index[1024];
     const float* row = logits + (size_t)blockIdx.x * vocab;
@@ -29,7 +29,7 @@ extern "C" __global__ void argmax(const float* __restrict__ logits, int vocab, i
     if (threadIdx.x == 0) out[blockIdx.x] = best_index[0];
 }
 
-extern "C" __global__ void softmax_temperature(float* __restrict__ logits, int vocab, float temperature) {
+extern "C" __global__ void __launch_bounds__(1024) softmax_temperature(float* __restrict__ logits, int vocab, float temperature) {
     __shared__ float scratch[32];
     float* row = logits + (size_t)blockIdx.x * vocab;
     float m = -INFINITY;

@@ -24,7 +24,7 @@ __device__ int topk_block_count(int v, int* scratch) {
     return total;
 }
 
-extern "C" __global__ void topk(const float* __restrict__ scores, int len, int k,
+extern "C" __global__ void __launch_bounds__(1024) topk(const float* __restrict__ scores, int len, int k,
                                 int* __restrict__ out_idx, int* __restrict__ out_count) {
     __shared__ int counts[TOPK_THREADS];
     __shared__ int gt_offsets[TOPK_THREADS];

@@ -313,12 +313,16 @@ mod tests {
             .iter()
             .find(|s| s.kernels.contains(&kernel))
             .unwrap_or_else(|| panic!("no kernel {kernel}"));
-        let start = source
+        // `__global__ void [__launch_bounds__(N)] name(`
+        let name = format!(" {kernel}(");
+        let line = source
             .text
-            .find(&format!("__global__ void {kernel}("))
-            .expect("declared")
-            + "__global__ void (".len()
-            + kernel.len();
+            .lines()
+            .find(|l| l.contains("__global__ void") && l.contains(&name))
+            .expect("declared");
+        let start = source.text.find(line).expect("a line of the source")
+            + line.find(&name).expect("the name")
+            + name.len();
         let list = &source.text[start..start + source.text[start..].find(')').expect("closed")];
         list.split(',')
             .map(|p| {
