@@ -195,7 +195,8 @@ impl<B: Backend> KvCache<B> {
 
     /// Whether `other` holds the very blocks of this cache's first `len` tokens (shared, not
     /// copied).
-    pub fn shares_prefix(&self, other: &Self, len: usize) -> bool {
+    #[cfg(test)]
+    pub(crate) fn shares_prefix(&self, other: &Self, len: usize) -> bool {
         let blocks = len.div_ceil(KV_BLOCK);
         self.layers.iter().zip(&other.layers).all(|(a, b)| {
             a.len() >= blocks

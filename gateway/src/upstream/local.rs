@@ -108,24 +108,18 @@ impl LocalProvider {
             Some(cuda) => {
                 let cuda = cuda.with_weights(weights.unwrap_or(WeightFormat::Bf16));
                 tracing::info!(provider = %config.name, device = %cuda.device_name(), weights = ?cuda.weight_format(), "the local engine runs on CUDA");
-                let model = load_model(index, config, cuda).map_err(invalid)?;
-                Engine::start(model, tokenizer.clone(), options)
+                start_engine(index, config, cuda, &tokenizer, options)
             }
             None => {
                 let weights = weights.unwrap_or(WeightFormat::F32);
                 tracing::info!(provider = %config.name, ?weights, "the local engine runs on the CPU");
                 match weights {
-                    WeightFormat::F32 => {
-                        let model = load_model(index, config, Cpu).map_err(invalid)?;
-                        Engine::start(model, tokenizer.clone(), options)
-                    }
-                    WeightFormat::Bf16 => {
-                        let model = load_model(index, config, CpuBf16).map_err(invalid)?;
-                        Engine::start(model, tokenizer.clone(), options)
-                    }
+                    WeightFormat::F32 => start_engine(index, config, Cpu, &tokenizer, options),
+                    WeightFormat::Bf16 => start_engine(index, config, CpuBf16, &tokenizer, options),
                 }
             }
-        };
+        }
+        .map_err(invalid)?;
         Ok(Self {
             name: config.name.clone(),
             engine,
@@ -252,8 +246,20 @@ fn parse_weights(text: &str) -> Result<WeightFormat, String> {
     }
 }
 
+/// The engine serving the configured model on `backend`.
+fn start_engine<B: Backend>(
+    index: usize,
+    config: &ProviderConfig,
+    backend: B,
+    tokenizer: &Arc<Tokenizer>,
+    options: EngineOptions,
+) -> Result<Engine, String> {
+    let model = load_model(index, config, backend)?;
+    Ok(Engine::start(model, tokenizer.clone(), options))
+}
+
 /// The configured checkpoint, or the tiny built-in model, on `backend`.
-fn load_model<B: dsgw_engine::backend::Backend>(
+fn load_model<B: Backend>(
     index: usize,
     config: &ProviderConfig,
     backend: B,
