@@ -234,7 +234,7 @@ impl<B: Backend> KvCache<B> {
 mod tests {
     use super::*;
     use crate::backend::cpu::Cpu;
-    use crate::tiny::TinySpec;
+    use crate::tooling::tiny::TinySpec;
 
     fn config() -> ModelConfig {
         ModelConfig::from_json(&TinySpec::tiny(300).config_json().to_string()).expect("config")

@@ -5,7 +5,7 @@ use dsgw_engine::backend::Backend;
 use dsgw_engine::backend::cpu::{Cpu, CpuBf16};
 use dsgw_engine::checkpoint::Checkpoint;
 use dsgw_engine::model::{Logits, Model};
-use dsgw_engine::tiny::{TinySpec, write_model};
+use dsgw_engine::tooling::tiny::{TinySpec, write_model};
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("dsgw-engine-{name}-{}", std::process::id()));

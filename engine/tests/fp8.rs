@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use dsgw_engine::backend::cpu::Cpu;
 use dsgw_engine::checkpoint::{Checkpoint, e4m3_table};
 use dsgw_engine::model::{Logits, Model};
-use dsgw_engine::tiny::{TinySpec, write_model};
+use dsgw_engine::tooling::tiny::{TinySpec, write_model};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 

@@ -9,8 +9,8 @@ use dsgw_engine::generate::{
     GenerationUsage, SamplingParams,
 };
 use dsgw_engine::model::Model;
-use dsgw_engine::tiny::{TinySpec, write_model};
 use dsgw_engine::tokenizer::Tokenizer;
+use dsgw_engine::tooling::tiny::{TinySpec, write_model};
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();

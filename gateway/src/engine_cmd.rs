@@ -9,13 +9,13 @@ use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
 use dsgw_engine::backend::Backend;
 use dsgw_engine::backend::cpu::{Cpu, CpuBf16};
-use dsgw_engine::bench;
 use dsgw_engine::chat::{self, Conversation, Message, Role, StreamParser};
 use dsgw_engine::checkpoint::Checkpoint;
 use dsgw_engine::generate::{Engine, EngineOptions, Event, GenerationRequest, SamplingParams};
 use dsgw_engine::model::{Logits, Model};
-use dsgw_engine::tiny::{TinySpec, write_model};
 use dsgw_engine::tokenizer::{EMBEDDED, Tokenizer};
+use dsgw_engine::tooling::bench;
+use dsgw_engine::tooling::tiny::{TinySpec, write_model};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Preset {
@@ -230,7 +230,7 @@ pub fn run(command: EngineCommand) -> anyhow::Result<()> {
         EngineCommand::DeviceCheck { device, out } => {
             let scratch =
                 std::env::temp_dir().join(format!("dsgw-device-check-{}", std::process::id()));
-            let report = dsgw_engine::device_check::run(device, &scratch);
+            let report = dsgw_engine::tooling::device_check::run(device, &scratch);
             let _ = std::fs::remove_dir_all(&scratch);
             let report = report.map_err(|e| anyhow::anyhow!("device check: {e}"))?;
             std::fs::write(&out, serde_json::to_string_pretty(&report)?)

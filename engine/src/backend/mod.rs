@@ -5,9 +5,10 @@
 //! `(rows, cols)`. The model never touches a buffer's contents directly, so a CUDA backend slots in
 //! by implementing this trait, without changes to the model code.
 
-pub mod conformance;
 pub mod cpu;
 pub mod cuda;
+
+use crate::model::gate::MoeGate;
 
 /// Which positions each query attends to.
 #[derive(Debug, Clone, Copy)]
@@ -81,27 +82,22 @@ pub trait Backend: Send + Sync + 'static {
     fn upload_weight(&self, data: &[f32]) -> Self::Weight;
 
     /// `len` values from N(mean, std²), value `i` a pure function of `(seed, i)`
-    /// ([`crate::tiny::normal_at`]), so every backend draws the same ones (to a few ulp: each
+    /// ([`crate::random::normal_at`]), so every backend draws the same ones (to a few ulp: each
     /// device's `log` and `cos` round in their own way). Synthetic models and
     /// caches are made with it; a device backend draws them where they are used.
     fn random(&self, len: usize, seed: u64, mean: f32, std: f32) -> Self::Buf {
-        self.upload(&crate::tiny::normals(len, seed, mean, std))
+        self.upload(&crate::random::normals(len, seed, mean, std))
     }
     /// A weight matrix of [`Backend::random`] values.
     fn random_weight(&self, len: usize, seed: u64, std: f32) -> Self::Weight {
-        self.upload_weight(&crate::tiny::normals(len, seed, 0.0, std))
+        self.upload_weight(&crate::random::normals(len, seed, 0.0, std))
     }
     /// The MoE gate for every token of `logits (tokens, experts)`: each token's chosen experts
-    /// and weights ([`crate::model::route_token`]).
-    fn route(
-        &self,
-        logits: &Self::Buf,
-        bias: &[f32],
-        moe: &crate::config::MoeConfig,
-    ) -> Vec<Vec<(usize, f32)>> {
+    /// and weights, as [`MoeGate::route`] selects them.
+    fn route(&self, logits: &Self::Buf, gate: &MoeGate<'_>) -> Vec<Vec<(usize, f32)>> {
         self.download(logits)
-            .chunks_exact(moe.n_routed_experts)
-            .map(|row| crate::model::route_token(row, bias, moe))
+            .chunks_exact(gate.config.n_routed_experts)
+            .map(|row| gate.route(row))
             .collect()
     }
 

@@ -94,7 +94,7 @@ mod tests {
     use super::*;
     use crate::backend::cpu::Cpu;
     use crate::config::ModelConfig;
-    use crate::tiny::TinySpec;
+    use crate::tooling::tiny::TinySpec;
 
     #[test]
     fn a_hit_shares_the_stored_blocks_instead_of_copying_them() {

@@ -1,7 +1,7 @@
 //! Choosing the next token: greedy at temperature 0, else temperature and nucleus (top-p)
 //! sampling from a per-request seeded generator.
 
-use crate::tiny::SplitMix;
+use crate::random::SplitMix;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {

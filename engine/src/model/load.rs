@@ -90,7 +90,7 @@ impl<B: Backend> Source<B> for Checkpointed<'_, B> {
 }
 
 /// Random weights drawn on the backend, each tensor from its own stream (a hash of its name and
-/// the seed), scaled like [`crate::tiny`]'s so activations stay O(1) through the layers.
+/// the seed), scaled like [`crate::tooling::tiny`]'s so activations stay O(1) through the layers.
 struct Drawn<'a, B: Backend> {
     backend: &'a B,
     seed: u64,
@@ -127,7 +127,7 @@ impl<B: Backend> Source<B> for Drawn<'_, B> {
     }
 
     fn correction_bias(&self, name: &str, experts: usize) -> Result<Vec<f32>, CheckpointError> {
-        Ok(crate::tiny::normals(experts, self.stream(name), 0.0, 0.5))
+        Ok(crate::random::normals(experts, self.stream(name), 0.0, 0.5))
     }
 
     fn absorbed(
@@ -347,7 +347,7 @@ mod tests {
     use super::*;
     use crate::backend::cpu::Cpu;
     use crate::model::Logits;
-    use crate::tiny::TinySpec;
+    use crate::tooling::tiny::TinySpec;
 
     fn tiny_config() -> ModelConfig {
         let spec = TinySpec::tiny(512);

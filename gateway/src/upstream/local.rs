@@ -18,8 +18,8 @@ use dsgw_engine::generate::{
     SamplingParams,
 };
 use dsgw_engine::model::Model;
-use dsgw_engine::tiny::{TinySpec, write_model};
 use dsgw_engine::tokenizer::Tokenizer;
+use dsgw_engine::tooling::tiny::{TinySpec, write_model};
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{Value, json};

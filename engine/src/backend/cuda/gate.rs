@@ -8,7 +8,7 @@ use super::{Cuda, DeviceBuf, n32};
 
 impl Cuda {
     /// The MoE gate for every token of `logits (tokens, experts)`: each token's chosen experts
-    /// and their weights (the device version of `model::route_token`).
+    /// and their weights (the device version of `model::gate::MoeGate::route`).
     pub fn moe_route(
         &self,
         logits: &DeviceBuf,

@@ -219,7 +219,7 @@ mod tests {
     use super::emulation;
     use crate::backend::cpu::Cpu;
     use crate::backend::{Backend, KV_BLOCK, Paged, Selection};
-    use crate::tiny::normals;
+    use crate::random::normals;
     use dsgw_kernels::launch::Candidates;
 
     #[test]
@@ -260,7 +260,7 @@ mod tests {
             let got = emulation::mla_decode(
                 &q_lat, &q_pe, &c, &k_pe, heads, r, p, &positions, None, scale, splits,
             );
-            let error = crate::backend::conformance::rel_error(&want, &got);
+            let error = crate::tooling::conformance::rel_error(&want, &got);
             assert!(
                 error < 1e-5,
                 "dense, {heads} heads, {splits} splits: {error}"
@@ -296,7 +296,7 @@ mod tests {
                 scale,
                 splits,
             );
-            let error = crate::backend::conformance::rel_error(&want, &got);
+            let error = crate::tooling::conformance::rel_error(&want, &got);
             assert!(
                 error < 1e-5,
                 "sparse, {heads} heads, {splits} splits: {error}"
@@ -316,7 +316,7 @@ mod tests {
             (100, 2048, 4),
         ] {
             // Values on a coarse grid: many ties, positive and negative, some masked (-inf).
-            let row: Vec<f32> = crate::tiny::normals(len, seed, 0.0, 4.0)
+            let row: Vec<f32> = crate::random::normals(len, seed, 0.0, 4.0)
                 .into_iter()
                 .enumerate()
                 .map(|(i, v)| {

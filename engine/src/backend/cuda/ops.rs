@@ -96,10 +96,9 @@ impl Backend for Cuda {
     fn route(
         &self,
         logits: &DeviceBuf,
-        bias: &[f32],
-        moe: &crate::config::MoeConfig,
+        gate: &crate::model::gate::MoeGate<'_>,
     ) -> Vec<Vec<(usize, f32)>> {
-        self.moe_route(logits, &self.upload(bias), moe)
+        self.moe_route(logits, &self.upload(gate.bias), gate.config)
     }
 
     fn embed(&self, table: &DeviceBuf, ids: &[u32], dim: usize) -> DeviceBuf {

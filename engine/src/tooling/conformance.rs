@@ -4,8 +4,8 @@
 //! the candidate; on machines without a GPU it is tested against a CPU backend with a planted
 //! fault, so the harness itself is known to catch one.
 
-use super::{Backend, KV_BLOCK, Paged, RopeStyle, Selection};
-use crate::tiny::SplitMix;
+use crate::backend::{Backend, KV_BLOCK, Paged, RopeStyle, Selection};
+use crate::random::SplitMix;
 
 /// Shapes the operations run at: DeepSeek-V3.2's per-head sizes with few heads, short caches.
 #[derive(Debug, Clone, Copy)]

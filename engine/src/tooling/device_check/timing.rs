@@ -8,7 +8,7 @@ use crate::backend::cuda::{Cuda, DeviceBuf};
 use crate::backend::{Backend, KV_BLOCK, Paged, Selection, WeightFormat};
 use crate::config::ModelConfig;
 use crate::model::Model;
-use crate::tiny::TinySpec;
+use crate::tooling::tiny::TinySpec;
 
 /// A device-to-device copy of 1 GiB, counting its reads and its writes: what a kernel that
 /// streams memory can reach at best.
@@ -218,8 +218,8 @@ pub(super) fn end_to_end(
     );
     let mut model = Model::synthesize(config, cuda, 5);
     let indexer = model.config.indexer.clone();
-    crate::bench::prefill(&model, 256); // warm-up: cuBLAS picks its kernels
-    let ttft = |model: &Model<Cuda>| prompt as f64 / crate::bench::prefill(model, prompt);
+    crate::tooling::bench::prefill(&model, 256); // warm-up: cuBLAS picks its kernels
+    let ttft = |model: &Model<Cuda>| prompt as f64 / crate::tooling::bench::prefill(model, prompt);
     let time_to_first_token_dsa_s = ttft(&model);
     model.config.indexer = None;
     let time_to_first_token_dense_s = ttft(&model);
@@ -227,9 +227,9 @@ pub(super) fn end_to_end(
     for &context in contexts {
         eprintln!("device check: decoding after {context} tokens");
         model.config.indexer = indexer.clone();
-        let sparse = crate::bench::decode(&model, context, 8, true);
+        let sparse = crate::tooling::bench::decode(&model, context, 8, true);
         model.config.indexer = None;
-        let dense = crate::bench::decode(&model, context, 8, false);
+        let dense = crate::tooling::bench::decode(&model, context, 8, false);
         decode.push(DecodeTiming {
             context,
             dsa_tokens_per_s: 1.0 / sparse.seconds_per_token,

@@ -10,13 +10,15 @@ use std::path::Path;
 use safetensors::Dtype;
 use serde::Serialize;
 
-use crate::backend::conformance::{self, OpReport, Shapes};
 use crate::backend::cpu::{Cpu, CpuBf16};
 use crate::backend::cuda::Cuda;
 use crate::backend::{Backend, WeightFormat};
 use crate::checkpoint::Checkpoint;
+use crate::model::gate::MoeGate;
 use crate::model::{Logits, Model};
-use crate::tiny::{SplitMix, TinySpec, write_model_as};
+use crate::random::SplitMix;
+use crate::tooling::conformance::{self, OpReport, Shapes};
+use crate::tooling::tiny::{TinySpec, write_model_as};
 
 /// f32 agreement each operation must reach (relative to max(1, |reference|)).
 pub const OP_TOLERANCE: f64 = 1e-5;
@@ -91,11 +93,15 @@ pub(super) fn gate_and_sampling(cuda: &Cuda) -> Vec<Agreement> {
     let tokens = 64;
     let logits = random(&mut rng, tokens * 256);
     let bias: Vec<f32> = random(&mut rng, 256).iter().map(|b| b * 0.1).collect();
-    let routed = cuda.route(&cuda.upload(&logits), &bias, &moe);
+    let gate = MoeGate {
+        bias: &bias,
+        config: &moe,
+    };
+    let routed = cuda.route(&cuda.upload(&logits), &gate);
     let mut same_experts = routed.len() == tokens;
     let mut weight_error = 0.0f64;
     for (t, got) in routed.iter().enumerate() {
-        let want = crate::model::route_token(&logits[t * 256..][..256], &bias, &moe);
+        let want = gate.route(&logits[t * 256..][..256]);
         let mut got_sorted = got.clone();
         let mut want_sorted = want.clone();
         got_sorted.sort_by_key(|(e, _)| *e);
