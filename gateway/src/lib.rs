@@ -1,37 +1,22 @@
-//! `dsgw`: a DeepSeek- and OpenAI-compatible API gateway.
+//! `dsgw`: a DeepSeek-, OpenAI- and Anthropic-compatible API gateway.
 //!
-//! A request flows one way through these modules: [`server`] (routes, auth layer, body limit) →
-//! [`request`] (parse and validate, raw body kept) → [`chat`] (model resolution, budgets,
-//! limits) → [`routing`] (deployment order, retries, fallback) → [`upstream`] (provider
-//! dialects, HTTP) → [`relay`] (streams) → [`settlement`] (one completion record per request,
-//! usage from [`usage`]).
+//! Folders name the request's phases, and dependencies point down this list:
+//!
+//! - [`app`]: the server, its state, the middleware stack (request ids, traces, body limit,
+//!   authentication), operational endpoints;
+//! - [`surface`]: the APIs clients speak, each a translation around the one pipeline;
+//! - [`pipeline`]: one request's phases, admit -> route -> call -> respond -> settle, with
+//!   admission (keys, policies, budgets, limits) and routing (catalogue, plan, dispatch, health);
+//! - [`providers`]: the upstreams (remote dialects over HTTP, the in-process engine), emitting
+//!   typed events;
+//! - [`accounting`]: usage, prices, the completion record, spend, metrics;
+//! - [`wire`] and [`support`]: wire formats and the error envelope; configuration, Redis,
+//!   identity, hashing.
 
-pub mod account;
-pub mod anthropic;
-pub mod auth;
-pub mod budgets;
-pub mod chat;
-pub mod config;
-pub mod error;
-pub mod estimate;
-pub mod fim;
-pub mod health;
-pub mod ledger;
-pub mod limits;
-pub mod metrics;
-pub mod models;
-pub mod policy;
-pub mod pricing;
-pub mod raw_object;
-pub mod redis_link;
-pub mod relay;
-pub mod request;
-pub mod routing;
-pub mod server;
-pub mod settlement;
-pub mod shared_spend;
-pub mod sse;
-pub mod state;
-pub mod strict_schema;
-pub mod upstream;
-pub mod usage;
+pub mod accounting;
+pub mod app;
+pub mod pipeline;
+pub mod providers;
+pub mod support;
+pub mod surface;
+pub mod wire;

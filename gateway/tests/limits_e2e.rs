@@ -9,7 +9,7 @@ use dsgw_tests::redis_server::RedisServer;
 use serde_json::{Value, json};
 
 fn gateway(fake: &FakeUpstream, extra: &str) -> Gateway {
-    dsgw::upstream::install_tls();
+    dsgw::providers::install_tls();
     Gateway::start(
         Path::new(env!("CARGO_BIN_EXE_dsgw")),
         &harness::config(&fake.base_url(), extra),

@@ -26,7 +26,7 @@ deployments = [{ provider = "engine", model = "builtin-tiny" }]
 "#;
 
 fn start() -> Gateway {
-    dsgw::upstream::install_tls();
+    dsgw::providers::install_tls();
     Gateway::start(Path::new(env!("CARGO_BIN_EXE_dsgw")), CONFIG, &[])
 }
 
@@ -287,7 +287,7 @@ async fn local_engine_answers_anthropic_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_engine_serves_with_bf16_weights_on_the_cpu() {
-    dsgw::upstream::install_tls();
+    dsgw::providers::install_tls();
     let config = CONFIG.replace(
         "region = \"on-prem\"",
         "region = \"on-prem\"\ndevice = \"cpu\"\nweights = \"bf16\"",

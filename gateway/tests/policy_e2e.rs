@@ -114,7 +114,7 @@ fn allowed(set: &str, key: &str, class: &str, place: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forbidden_upstreams_never_see_the_prompt_and_every_decision_is_audited() {
-    dsgw::upstream::install_tls();
+    dsgw::providers::install_tls();
     let u = Upstreams {
         cn: FakeUpstream::start(None).await,
         eu: FakeUpstream::start(None).await,

@@ -22,7 +22,7 @@ pub async fn setup() -> Setup {
 
 /// Starts the fake and a gateway whose config text `edit` may change.
 pub async fn setup_with(edit: impl FnOnce(String) -> String) -> Setup {
-    dsgw::upstream::install_tls();
+    dsgw::providers::install_tls();
     let fake = FakeUpstream::start(Some(harness::UPSTREAM_KEY)).await;
     let config = edit(harness::config(&fake.base_url(), ""));
     let gw = Gateway::start(

@@ -1,0 +1,357 @@
+//! Prometheus metrics, behind this one module. Labels are route-independent and bounded: model
+//! and deployment names from the config, team names and key ids (never a secret), statuses.
+//! Money is counted in integer nanodollars, so no float accumulation creeps into spend.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use crate::accounting::pricing::Cost;
+use crate::accounting::usage::Usage;
+
+/// One finished request, as the settlement reports it.
+#[derive(Debug)]
+pub struct CompletionEvent<'a> {
+    pub model: &'a str,
+    pub provider: &'a str,
+    pub deployment: &'a str,
+    pub team: &'a str,
+    pub key_id: &'a str,
+    pub status: u16,
+    pub outcome: &'a str,
+    pub usage: Option<&'a Usage>,
+    pub cost: Option<(&'a Cost, &'a str)>,
+    /// Picodollars the cache hits saved.
+    pub savings: u64,
+    pub duration_s: f64,
+    pub ttft_s: Option<f64>,
+    pub overhead_s: Option<f64>,
+}
+
+/// A deployment's health as the gauges show it.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthReading {
+    /// `closed`, `half_open` or `open`.
+    pub circuit: &'static str,
+    pub ttfb: Option<std::time::Duration>,
+    pub error_rate: f64,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    tokens: IntCounterVec,
+    cost: IntCounterVec,
+    duration: HistogramVec,
+    ttft: HistogramVec,
+    inter_token: HistogramVec,
+    overhead: HistogramVec,
+    errors: IntCounterVec,
+    rejections: IntCounterVec,
+    savings: IntCounterVec,
+    budget_remaining: prometheus::IntGaugeVec,
+    circuit: prometheus::IntGaugeVec,
+    ttfb: prometheus::GaugeVec,
+    error_rate: prometheus::GaugeVec,
+    upstream_calls: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("dsgw_requests_total", "Chat requests by outcome."),
+            &[
+                "model",
+                "deployment",
+                "provider",
+                "team",
+                "key_id",
+                "status",
+                "outcome",
+            ],
+        )
+        .expect("metric");
+        let tokens = IntCounterVec::new(
+            Opts::new("dsgw_tokens_total", "Tokens as DeepSeek bills them: kind is cache_hit, cache_miss, output, or reasoning (a part of output)."),
+            &["model", "deployment", "provider", "team", "key_id", "kind"],
+        )
+        .expect("metric");
+        let cost = IntCounterVec::new(
+            Opts::new("dsgw_cost_nanodollars_total", "Spend in nanodollars (1e-9 of the currency) by part: cache_hit, cache_miss, output."),
+            &["model", "deployment", "provider", "team", "key_id", "currency", "part"],
+        )
+        .expect("metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "dsgw_request_duration_seconds",
+                "Request duration, to the last byte.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model", "provider"],
+        )
+        .expect("metric");
+        let ttft = HistogramVec::new(
+            HistogramOpts::new(
+                "dsgw_time_to_first_token_seconds",
+                "Streaming requests: time to the first content chunk.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model", "provider"],
+        )
+        .expect("metric");
+        let inter_token = HistogramVec::new(
+            HistogramOpts::new(
+                "dsgw_inter_token_seconds",
+                "Streaming requests: gap between consecutive content chunks sent to the client.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["model", "provider"],
+        )
+        .expect("metric");
+        let overhead = HistogramVec::new(
+            HistogramOpts::new("dsgw_gateway_overhead_seconds", "Time the gateway itself spent on a request: before calling the provider and after its last byte.")
+                .buckets(vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]),
+            &["model", "provider"],
+        )
+        .expect("metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "dsgw_errors_total",
+                "Failed requests by fault domain: client, limit, provider, gateway.",
+            ),
+            &["model", "provider", "fault"],
+        )
+        .expect("metric");
+        let rejections = IntCounterVec::new(
+            Opts::new("dsgw_rejections_total", "Requests refused by a limit or budget: reason is requests_per_minute, tokens_per_minute, concurrent or budget."),
+            &["team", "key_id", "reason"],
+        )
+        .expect("metric");
+        let savings = IntCounterVec::new(
+            Opts::new("dsgw_cache_savings_nanodollars_total", "What cache hits saved against paying the cache-miss price for the same tokens, in nanodollars."),
+            &["model", "deployment", "provider", "team", "key_id", "currency"],
+        )
+        .expect("metric");
+        let budget_remaining = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "dsgw_budget_remaining_nanodollars",
+                "What is left of each budget in its current period, in nanodollars.",
+            ),
+            &["scope", "name", "period"],
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(budget_remaining.clone()))
+            .expect("unique metric");
+        let circuit = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "dsgw_circuit_state",
+                "Each deployment's circuit: 0 closed, 1 half-open, 2 open.",
+            ),
+            &["model", "provider", "deployment"],
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(circuit.clone()))
+            .expect("unique metric");
+        let ttfb = prometheus::GaugeVec::new(
+            Opts::new(
+                "dsgw_deployment_ttfb_seconds",
+                "Each deployment's smoothed time to first byte over successful calls (passive health).",
+            ),
+            &["model", "provider", "deployment"],
+        )
+        .expect("metric");
+        let error_rate = prometheus::GaugeVec::new(
+            Opts::new(
+                "dsgw_deployment_error_rate",
+                "Share of provider faults among each deployment's recent calls.",
+            ),
+            &["model", "provider", "deployment"],
+        )
+        .expect("metric");
+        for g in [&ttfb, &error_rate] {
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+        }
+        let upstream_calls = IntCounterVec::new(
+            Opts::new(
+                "dsgw_upstream_calls_total",
+                "Provider calls, retries and fallbacks included: outcome is success, provider_fault (the router moved on) or request_error.",
+            ),
+            &["model", "provider", "outcome"],
+        )
+        .expect("metric");
+        for c in [
+            &requests,
+            &tokens,
+            &cost,
+            &errors,
+            &rejections,
+            &savings,
+            &upstream_calls,
+        ] {
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+        }
+        for h in [&duration, &ttft, &inter_token, &overhead] {
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+        }
+        Self {
+            registry,
+            requests,
+            tokens,
+            cost,
+            duration,
+            ttft,
+            inter_token,
+            overhead,
+            errors,
+            rejections,
+            savings,
+            budget_remaining,
+            circuit,
+            ttfb,
+            error_rate,
+            upstream_calls,
+        }
+    }
+
+    pub fn completion(&self, e: &CompletionEvent<'_>) {
+        let base = [e.model, e.deployment, e.provider, e.team, e.key_id];
+        let status = e.status.to_string();
+        self.requests
+            .with_label_values(&[
+                base[0],
+                base[1],
+                base[2],
+                base[3],
+                base[4],
+                status.as_str(),
+                e.outcome,
+            ])
+            .inc();
+        if let Some(u) = e.usage {
+            for (kind, n) in [
+                ("cache_hit", u.cache_hit),
+                ("cache_miss", u.cache_miss),
+                ("output", u.output),
+                ("reasoning", u.reasoning),
+            ] {
+                self.tokens
+                    .with_label_values(&[base[0], base[1], base[2], base[3], base[4], kind])
+                    .inc_by(n);
+            }
+        }
+        if let Some((_, currency)) = e.cost {
+            self.savings
+                .with_label_values(&[base[0], base[1], base[2], base[3], base[4], currency])
+                .inc_by(e.savings / 1000);
+        }
+        if let Some((cost, currency)) = e.cost {
+            for (part, pico) in [
+                ("cache_hit", cost.cache_hit),
+                ("cache_miss", cost.cache_miss),
+                ("output", cost.output),
+            ] {
+                self.cost
+                    .with_label_values(&[
+                        base[0], base[1], base[2], base[3], base[4], currency, part,
+                    ])
+                    .inc_by(pico / 1000);
+            }
+        }
+        self.duration
+            .with_label_values(&[e.model, e.provider])
+            .observe(e.duration_s);
+        if let Some(t) = e.ttft_s {
+            self.ttft
+                .with_label_values(&[e.model, e.provider])
+                .observe(t);
+        }
+        if let Some(t) = e.overhead_s {
+            self.overhead
+                .with_label_values(&[e.model, e.provider])
+                .observe(t);
+        }
+    }
+
+    /// Counts a failure by whose fault it was.
+    pub fn error(&self, model: &str, provider: &str, fault: &str) {
+        self.errors
+            .with_label_values(&[model, provider, fault])
+            .inc();
+    }
+
+    /// One gap between two content chunks of a stream.
+    pub fn inter_token(&self, model: &str, provider: &str, gap_s: f64) {
+        self.inter_token
+            .with_label_values(&[model, provider])
+            .observe(gap_s);
+    }
+
+    /// Counts a request a limit or budget refused.
+    pub fn rejection(&self, team: &str, key_id: &str, reason: &str) {
+        self.rejections
+            .with_label_values(&[team, key_id, reason])
+            .inc();
+    }
+
+    /// Sets a deployment's health gauges: circuit state, latency, error rate.
+    pub fn deployment_health(&self, labels: [&str; 3], health: &HealthReading) {
+        let value = match health.circuit {
+            "closed" => 0,
+            "half_open" => 1,
+            _ => 2,
+        };
+        self.circuit.with_label_values(&labels).set(value);
+        if let Some(t) = health.ttfb {
+            self.ttfb.with_label_values(&labels).set(t.as_secs_f64());
+        }
+        self.error_rate
+            .with_label_values(&labels)
+            .set(health.error_rate);
+    }
+
+    /// Counts one provider call.
+    pub fn upstream_call(&self, model: &str, provider: &str, outcome: &str) {
+        self.upstream_calls
+            .with_label_values(&[model, provider, outcome])
+            .inc();
+    }
+
+    /// Sets a budget's remaining amount (picodollars in, nanodollars out).
+    pub fn budget(&self, scope: &str, name: &str, period: &str, remaining_pico: u64) {
+        let nano = i64::try_from(remaining_pico / 1000).unwrap_or(i64::MAX);
+        self.budget_remaining
+            .with_label_values(&[scope, name, period])
+            .set(nano);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding of gathered metrics");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

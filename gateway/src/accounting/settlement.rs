@@ -1,0 +1,286 @@
+//! A request's completion record: what it was, who served it, what it used and cost, how it
+//! ended. Written once, by the pipeline's settle phase, to the completion log
+//! (`dsgw::completion`), the spend ledger and the metrics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::accounting::estimate;
+use crate::accounting::metrics::{CompletionEvent, Metrics};
+use crate::accounting::pricing::{Cost, Money, Price};
+use crate::accounting::spend::ledger::Ledger;
+use crate::accounting::spend::record::{Record, now};
+use crate::accounting::usage::Usage;
+use crate::support::principal::Principal;
+use crate::wire::error::{ApiError, Fault};
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    /// The gateway answered with an error status before any body byte.
+    Failed(u16, Fault),
+    /// The stream broke after its first byte (upstream cut, idle timeout, upstream error event).
+    StreamFailed,
+    /// The client went away before the end.
+    ClientDisconnected,
+}
+
+impl From<&ApiError> for Outcome {
+    fn from(e: &ApiError) -> Self {
+        Self::Failed(e.status.as_u16(), e.fault)
+    }
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Failed(..) => "failed",
+            Self::StreamFailed => "stream_failed",
+            Self::ClientDisconnected => "client_disconnected",
+        }
+    }
+}
+
+/// The deployment that served (or last answered) a request.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub provider: String,
+    pub upstream_model: String,
+    pub price: Arc<Price>,
+}
+
+/// One request's record, filled in as it goes and written by [`Settlement::write`].
+#[derive(Debug)]
+pub struct Settlement {
+    principal: Principal,
+    model: Arc<str>,
+    request_id: Arc<str>,
+    started: Instant,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+    /// When the provider call started and when its last byte arrived.
+    upstream: (Option<Instant>, Option<Instant>),
+    served: Option<Served>,
+    usage: Option<Usage>,
+    metrics: Option<Arc<Metrics>>,
+    ledger: Option<Arc<Ledger>>,
+    /// The request body and mode, to estimate usage a provider never reported.
+    estimate_from: Option<(bytes::Bytes, bool)>,
+    /// Content chunks streamed to the client (about one token each).
+    output_chunks: u64,
+    /// Provider calls the router made (retries and fallbacks included).
+    attempts: u32,
+}
+
+impl Settlement {
+    pub fn new(
+        principal: Principal,
+        model: &str,
+        request_id: Arc<str>,
+        metrics: Option<Arc<Metrics>>,
+        ledger: Option<Arc<Ledger>>,
+    ) -> Self {
+        Self {
+            principal,
+            model: Arc::from(model),
+            request_id,
+            started: Instant::now(),
+            first_token: None,
+            last_token: None,
+            upstream: (None, None),
+            served: None,
+            usage: None,
+            metrics,
+            ledger,
+            estimate_from: None,
+            output_chunks: 0,
+            attempts: 0,
+        }
+    }
+
+    /// The model name the record is kept under (what the client asked for, once it is known to
+    /// be served).
+    pub fn set_model(&mut self, model: &str) {
+        self.model = Arc::from(model);
+    }
+
+    /// Records which deployment served (or last answered) the request, after how many calls.
+    pub fn served(&mut self, served: Served, attempts: u32) {
+        self.attempts = attempts;
+        self.served = Some(served);
+    }
+
+    /// Records the provider calls of a request no deployment answered.
+    pub fn attempted(&mut self, attempts: u32) {
+        self.attempts = attempts;
+    }
+
+    /// Marks content sent to the client: the first one times the first token, and each counts
+    /// toward an estimate if the provider never reports usage.
+    pub fn first_token(&mut self) {
+        let now = Instant::now();
+        self.first_token.get_or_insert(now);
+        if let (Some(last), Some(metrics), Some(served)) =
+            (self.last_token, &self.metrics, &self.served)
+        {
+            metrics.inter_token(&self.model, &served.provider, (now - last).as_secs_f64());
+        }
+        self.last_token = Some(now);
+        self.output_chunks += 1;
+    }
+
+    /// The provider call starts now.
+    pub fn upstream_started(&mut self) {
+        self.upstream.0 = Some(Instant::now());
+    }
+
+    /// The provider's last byte arrived now.
+    pub fn upstream_finished(&mut self) {
+        self.upstream.1.get_or_insert_with(Instant::now);
+    }
+
+    /// Keeps what is needed to estimate usage if the provider never reports it.
+    pub fn estimate_from(&mut self, body: bytes::Bytes, thinking: bool) {
+        self.estimate_from = Some((body, thinking));
+    }
+
+    pub fn record_usage(&mut self, usage: Usage) {
+        self.usage = Some(usage);
+    }
+
+    /// The cost of `usage` at the serving deployment's price.
+    pub fn price(&self, usage: &Usage) -> Option<(Cost, &Price)> {
+        let price = &self.served.as_ref()?.price;
+        Some((price.cost(usage), price))
+    }
+
+    /// The cost of the recorded usage.
+    pub fn cost(&self) -> Option<(Cost, &Price)> {
+        self.price(self.usage.as_ref()?)
+    }
+
+    /// The usage the request ends with: the provider's, or, for a request that was served but
+    /// never told how much, the gateway's own count (marked estimated). A request refused
+    /// before any provider answered used nothing.
+    pub fn final_usage(&mut self, outcome: Outcome) -> Option<Usage> {
+        if self.usage.is_none()
+            && self.served.is_some()
+            && !matches!(outcome, Outcome::Failed(..))
+            && let Some((body, thinking)) = &self.estimate_from
+        {
+            let prompt = estimate::prompt_tokens(body, *thinking);
+            self.usage = Some(estimate::usage(prompt, self.output_chunks));
+        }
+        self.usage
+    }
+
+    /// Writes the record: the completion log line, the ledger, the metrics.
+    pub fn write(mut self, outcome: Outcome) {
+        let usage = self.final_usage(outcome);
+        let status = match outcome {
+            Outcome::Failed(status, _) => status,
+            _ => 200,
+        };
+        let cost = self.cost();
+        self.log(outcome, status, usage, cost.as_ref().map(|(c, _)| c));
+        if let (Some(ledger), Some(usage), Some((cost, price))) = (&self.ledger, &usage, &cost) {
+            let (provider, upstream_model) = self.deployment();
+            ledger.append(Record {
+                ts: now(),
+                key_id: self.principal.key_id.to_string(),
+                team: self.principal.team.to_string(),
+                model: self.model.to_string(),
+                deployment: format!("{provider}/{upstream_model}"),
+                cache_hit: usage.cache_hit,
+                cache_miss: usage.cache_miss,
+                output: usage.output,
+                reasoning: usage.reasoning,
+                cost: cost.total(),
+                currency: price.currency.clone(),
+                estimated: usage.estimated,
+            });
+        }
+        if let Some(metrics) = &self.metrics {
+            self.count(metrics, outcome, status, usage.as_ref(), cost);
+        }
+    }
+
+    fn deployment(&self) -> (&str, &str) {
+        self.served.as_ref().map_or(("-", "-"), |s| {
+            (s.provider.as_str(), s.upstream_model.as_str())
+        })
+    }
+
+    fn log(&self, outcome: Outcome, status: u16, usage: Option<Usage>, cost: Option<&Cost>) {
+        let (provider, upstream_model) = self.deployment();
+        let u = usage.unwrap_or_default();
+        tracing::info!(
+            target: "dsgw::completion",
+            request_id = %self.request_id,
+            key_id = %self.principal.key_id,
+            team = %self.principal.team,
+            model = %self.model,
+            provider,
+            upstream_model,
+            outcome = outcome.as_str(),
+            status,
+            attempts = self.attempts,
+            usage_estimated = u.estimated,
+            cache_hit = u.cache_hit,
+            cache_miss = u.cache_miss,
+            output = u.output,
+            reasoning = u.reasoning,
+            cost = %cost.map_or_else(|| "0".to_owned(), |c| Money(c.total()).to_string()),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+        );
+    }
+
+    fn count(
+        &self,
+        metrics: &Metrics,
+        outcome: Outcome,
+        status: u16,
+        usage: Option<&Usage>,
+        cost: Option<(Cost, &Price)>,
+    ) {
+        let (provider, upstream_model) = self.deployment();
+        if let Outcome::Failed(_, fault) = outcome {
+            let fault = match fault {
+                Fault::Client if status == 429 => "limit",
+                Fault::Client => "client",
+                Fault::Upstream => "provider",
+                Fault::Gateway => "gateway",
+            };
+            metrics.error(&self.model, provider, fault);
+        }
+        if outcome == Outcome::StreamFailed {
+            metrics.error(&self.model, provider, "provider");
+        }
+        metrics.completion(&CompletionEvent {
+            model: &self.model,
+            provider,
+            deployment: upstream_model,
+            team: &self.principal.team,
+            key_id: &self.principal.key_id,
+            status,
+            outcome: outcome.as_str(),
+            usage,
+            cost: cost.as_ref().map(|(c, p)| (c, p.currency.as_str())),
+            savings: match (&cost, usage) {
+                (Some((_, p)), Some(u)) => u.cache_hit * p.cache_miss.saturating_sub(p.cache_hit),
+                _ => 0,
+            },
+            duration_s: self.started.elapsed().as_secs_f64(),
+            ttft_s: self.first_token.map(|t| (t - self.started).as_secs_f64()),
+            overhead_s: match self.upstream {
+                (Some(start), end) => {
+                    let end = end.unwrap_or_else(Instant::now);
+                    Some(((start - self.started) + end.elapsed()).as_secs_f64())
+                }
+                (None, _) => None,
+            },
+        });
+    }
+}

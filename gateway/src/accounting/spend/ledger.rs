@@ -1,0 +1,292 @@
+//! The spend ledger: one JSON line per finished request, appended by a writer thread that commits
+//! in groups (write + fdatasync at most every few milliseconds), replayed at start-up into the
+//! aggregates that budgets, `/user/balance` and `/v1/usage` read. A crash or `kill -9` loses only
+//! records not yet committed (requests that ended in the last commit window), never committed
+//! spend; a torn last line from a crash is skipped on replay.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::record::{Record, Totals, counters_for, day_of};
+use super::shared::SharedSpend;
+
+/// How long the writer gathers records before one commit.
+const COMMIT_WINDOW: Duration = Duration::from_millis(20);
+
+/// `(day, key_id, team, model, deployment)` -> totals: everything the queries group by.
+type Aggregates = BTreeMap<(String, String, String, String, String), Totals>;
+
+/// What the ledger keeps in memory: the usage aggregates, and spend counters (picodollars)
+/// named like the shared ones ([`super::record::counter`]), so a budget check is one lookup
+/// however long the ledger grows.
+#[derive(Debug, Default)]
+struct Book {
+    aggregates: Aggregates,
+    counters: HashMap<String, u64>,
+}
+
+impl Book {
+    fn add(&mut self, r: &Record) {
+        self.aggregates.entry(group(r)).or_default().add(r);
+        for counter in counters_for(&r.team, &r.key_id, &day_of(r.ts)) {
+            *self.counters.entry(counter).or_default() += r.cost;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug)]
+pub struct Ledger {
+    book: Mutex<Book>,
+    /// The writer thread's queue (taken on close) and the thread, joined on close.
+    writer: Option<Mutex<Option<Sender<Record>>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// With Redis: the counters every replica's budgets read.
+    shared: Option<SharedSpend>,
+}
+
+impl Ledger {
+    /// A ledger that only keeps aggregates in memory.
+    pub fn in_memory() -> Self {
+        Self {
+            book: Mutex::new(Book::default()),
+            writer: None,
+            thread: Mutex::new(None),
+            shared: None,
+        }
+    }
+
+    /// Opens (or creates) the ledger file, replays it, and starts the writer.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let io = |source| LedgerError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut book = Book::default();
+        if path.exists() {
+            let file = File::open(path).map_err(io)?;
+            for line in BufReader::new(file).lines() {
+                let line = line.map_err(io)?;
+                // A torn final line from a crash is not a committed record.
+                if let Ok(record) = serde_json::from_str::<Record>(&line) {
+                    book.add(&record);
+                }
+            }
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        // Close a torn line left by a crash, so the next record starts on its own line.
+        let len = file.metadata().map_err(io)?.len();
+        if len > 0 {
+            let mut last = [0u8; 1];
+            use std::io::{Read, Seek, SeekFrom};
+            let mut reader = File::open(path).map_err(io)?;
+            reader.seek(SeekFrom::End(-1)).map_err(io)?;
+            reader.read_exact(&mut last).map_err(io)?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n").map_err(io)?;
+            }
+        }
+        let (tx, rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name("dsgw-ledger".into())
+            .spawn(move || write_loop(file, rx))
+            .map_err(io)?;
+        Ok(Self {
+            book: Mutex::new(book),
+            writer: Some(Mutex::new(Some(tx))),
+            thread: Mutex::new(Some(thread)),
+            shared: None,
+        })
+    }
+
+    /// Also adds every record's cost to the Redis counters replicas share.
+    pub fn with_shared(mut self, shared: SharedSpend) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    pub fn shared(&self) -> Option<&SharedSpend> {
+        self.shared.as_ref()
+    }
+
+    pub fn append(&self, record: Record) {
+        if let Some(shared) = &self.shared {
+            shared.record(&record);
+        }
+        self.book.lock().expect("ledger lock").add(&record);
+        if let Some(writer) = &self.writer
+            && writer
+                .lock()
+                .expect("ledger writer lock")
+                .as_ref()
+                .is_none_or(|tx| tx.send(record).is_err())
+        {
+            tracing::error!(target: "dsgw::ledger", "the ledger writer has stopped; spend is kept in memory only");
+        }
+    }
+
+    /// Commits every queued record and stops the writer (at shutdown, after the drain).
+    pub fn close(&self) {
+        if let Some(writer) = &self.writer {
+            writer.lock().expect("ledger writer lock").take();
+        }
+        if let Some(thread) = self.thread.lock().expect("ledger thread lock").take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Picodollars on each named spend counter (`shared_spend::counter`).
+    pub fn spent(&self, counters: &[String]) -> Vec<u64> {
+        let book = self.book.lock().expect("ledger lock");
+        counters
+            .iter()
+            .map(|c| book.counters.get(c).copied().unwrap_or(0))
+            .collect()
+    }
+
+    /// Totals by day, model and deployment for the rows `filter` keeps.
+    pub fn usage(
+        &self,
+        filter: impl Fn(&str, &str) -> bool,
+    ) -> Vec<(String, String, String, Totals)> {
+        let mut out: BTreeMap<(String, String, String), Totals> = BTreeMap::new();
+        for ((day, key, team, model, deployment), t) in
+            self.book.lock().expect("ledger lock").aggregates.iter()
+        {
+            if filter(key, team) {
+                out.entry((day.clone(), model.clone(), deployment.clone()))
+                    .or_default()
+                    .merge(t);
+            }
+        }
+        out.into_iter()
+            .map(|((d, m, dep), t)| (d, m, dep, t))
+            .collect()
+    }
+}
+
+fn group(r: &Record) -> (String, String, String, String, String) {
+    (
+        day_of(r.ts),
+        r.key_id.clone(),
+        r.team.clone(),
+        r.model.clone(),
+        r.deployment.clone(),
+    )
+}
+
+fn write_loop(mut file: File, rx: Receiver<Record>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        std::thread::sleep(COMMIT_WINDOW);
+        batch.extend(rx.try_iter());
+        let mut text = String::new();
+        for r in &batch {
+            text.push_str(&serde_json::to_string(r).expect("a record serialises"));
+            text.push('\n');
+        }
+        if let Err(e) = file
+            .write_all(text.as_bytes())
+            .and_then(|()| file.sync_data())
+        {
+            tracing::error!(target: "dsgw::ledger", error = %e, records = batch.len(), "ledger commit failed");
+        }
+    }
+}
+
+/// Shared handle.
+pub type SharedLedger = Arc<Ledger>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ts: u64, key: &str, cost: u64) -> Record {
+        Record {
+            ts,
+            key_id: key.into(),
+            team: "research".into(),
+            model: "deepseek-chat".into(),
+            deployment: "deepseek/deepseek-chat".into(),
+            cache_hit: 64,
+            cache_miss: 10,
+            output: 5,
+            reasoning: 0,
+            cost,
+            currency: "USD".into(),
+            estimated: false,
+        }
+    }
+
+    fn counter(scope: &str, name: &str, period: &str) -> String {
+        super::super::record::counter("research", scope, name, period)
+    }
+
+    #[test]
+    fn days_are_civil_dates_in_utc() {
+        assert_eq!(day_of(0), "1970-01-01");
+        assert_eq!(day_of(951_782_400), "2000-02-29");
+        assert_eq!(day_of(1_795_883_817), "2026-11-28");
+    }
+
+    #[test]
+    fn replay_restores_the_aggregates_and_skips_a_torn_line() {
+        let path = std::env::temp_dir().join(format!("dsgw-ledger-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        {
+            let l = Ledger::open(&path).unwrap();
+            l.append(record(1_795_883_817, "alice", 1000));
+            l.append(record(1_795_883_818, "bob", 500));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"ts\":1795883819,\"key_id\":\"al").unwrap();
+        {
+            let l = Ledger::open(&path).unwrap();
+            assert_eq!(
+                l.spent(&[counter("team", "research", "2026-11-28")]),
+                [1500]
+            );
+            l.append(record(1_795_883_820, "alice", 7));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let l = Ledger::open(&path).unwrap();
+        assert_eq!(
+            l.spent(&[counter("team", "research", "2026-11-28")]),
+            [1507],
+            "a record after a torn line survives"
+        );
+        assert_eq!(
+            l.spent(&[
+                counter("key", "alice", "2026-11"),
+                counter("key", "alice", "total")
+            ]),
+            [1007, 1007]
+        );
+        assert_eq!(l.spent(&[counter("team", "research", "2026-11-29")]), [0]);
+        let usage = l.usage(|_, t| t == "research");
+        assert_eq!(usage.len(), 1);
+        assert_eq!(usage[0].3.requests, 3);
+        std::fs::remove_file(&path).unwrap();
+    }
+}

@@ -1,0 +1,100 @@
+//! What spend is made of: one record per finished request, the totals records add up to, and
+//! the names of the spend counters (per key and team, by day, month and in total) that the
+//! ledger keeps in memory and the shared store keeps in Redis alike.
+
+use serde::{Deserialize, Serialize};
+
+/// One finished request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Unix seconds (UTC).
+    pub ts: u64,
+    pub key_id: String,
+    pub team: String,
+    pub model: String,
+    /// `provider/upstream_model`.
+    pub deployment: String,
+    pub cache_hit: u64,
+    pub cache_miss: u64,
+    pub output: u64,
+    pub reasoning: u64,
+    /// Picodollars.
+    pub cost: u64,
+    pub currency: String,
+    pub estimated: bool,
+}
+
+/// Sums of tokens and spend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub requests: u64,
+    pub cache_hit: u64,
+    pub cache_miss: u64,
+    pub output: u64,
+    pub reasoning: u64,
+    /// Picodollars.
+    pub cost: u64,
+}
+
+impl Totals {
+    pub fn add(&mut self, r: &Record) {
+        self.merge(&Totals {
+            requests: 1,
+            cache_hit: r.cache_hit,
+            cache_miss: r.cache_miss,
+            output: r.output,
+            reasoning: r.reasoning,
+            cost: r.cost,
+        });
+    }
+
+    pub fn merge(&mut self, other: &Totals) {
+        self.requests += other.requests;
+        self.cache_hit += other.cache_hit;
+        self.cache_miss += other.cache_miss;
+        self.output += other.output;
+        self.reasoning += other.reasoning;
+        self.cost += other.cost;
+    }
+}
+
+/// `dsgw:{team}:spend:<scope>:<name>:<period>`.
+pub fn counter(team: &str, scope: &str, name: &str, period: &str) -> String {
+    format!("dsgw:{{{team}}}:spend:{scope}:{name}:{period}")
+}
+
+/// The six counters one request adds to: its key's and its team's, for its day, its month and
+/// all time.
+pub fn counters_for(team: &str, key_id: &str, day: &str) -> [String; 6] {
+    let month = &day[..7];
+    [
+        counter(team, "team", team, day),
+        counter(team, "team", team, month),
+        counter(team, "team", team, "total"),
+        counter(team, "key", key_id, day),
+        counter(team, "key", key_id, month),
+        counter(team, "key", key_id, "total"),
+    ]
+}
+
+/// Days since 1970-01-01 -> `YYYY-MM-DD` (proleptic Gregorian, UTC).
+pub fn day_of(ts: u64) -> String {
+    let days = (ts / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Unix seconds now (UTC).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,163 @@
+//! Spend counters in Redis, so that every replica enforces one budget: each finished request adds
+//! its cost to its key's and team's counters for the day, the month and all time. Counters are
+//! integer nanodollars (`INCRBY`), hash-tagged by team like the limit buckets.
+
+use std::sync::Arc;
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::record::{Record, Totals, counters_for, day_of};
+use crate::support::redis_link::{RedisLink, RedisLinkError};
+
+/// Separates the parts of a usage field (never in key ids, model or deployment names).
+const SEP: &str = "\u{1f}";
+/// Every team with usage, for the admin view.
+const TEAMS: &str = "dsgw:teams";
+
+/// Day counters outlive their day by this much, month counters their month.
+const DAY_TTL_S: i64 = 3 * 86_400;
+const MONTH_TTL_S: i64 = 40 * 86_400;
+
+#[derive(Debug, Clone)]
+pub struct SharedSpend {
+    link: Arc<RedisLink>,
+}
+
+impl SharedSpend {
+    pub fn new(link: Arc<RedisLink>) -> Self {
+        Self { link }
+    }
+
+    /// Adds a finished request to the shared counters (budgets) and usage tables, off the
+    /// request path.
+    pub fn record(&self, r: &Record) {
+        let (team, key_id, day) = (r.team.as_str(), r.key_id.as_str(), day_of(r.ts));
+        let day = day.as_str();
+        let nano = (r.cost / 1000) as i64;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let table = format!("dsgw:{{{team}}}:usage:{day}");
+        for (metric, n) in [
+            ("requests", 1),
+            ("cache_hit", r.cache_hit),
+            ("cache_miss", r.cache_miss),
+            ("output", r.output),
+            ("reasoning", r.reasoning),
+            ("cost_nano", nano as u64),
+        ] {
+            let field = [key_id, &r.model, &r.deployment, metric].join(SEP);
+            pipe.cmd("HINCRBY").arg(&table).arg(field).arg(n).ignore();
+        }
+        pipe.cmd("SADD")
+            .arg(format!("dsgw:{{{team}}}:usage:days"))
+            .arg(day)
+            .ignore();
+        if nano > 0 {
+            // Day, month, total for the team, then the same for the key (see `counters_for`).
+            let ttls = [
+                Some(DAY_TTL_S),
+                Some(MONTH_TTL_S),
+                None,
+                Some(DAY_TTL_S),
+                Some(MONTH_TTL_S),
+                None,
+            ];
+            for (key, ttl) in counters_for(team, key_id, day).iter().zip(ttls) {
+                pipe.cmd("INCRBY").arg(key).arg(nano).ignore();
+                if let Some(ttl) = ttl {
+                    pipe.cmd("EXPIRE").arg(key).arg(ttl).ignore();
+                }
+            }
+        }
+        // The team index lives outside the team's hash slot: a separate, idempotent command.
+        let mut index = redis::pipe();
+        index.cmd("SADD").arg(TEAMS).arg(team).ignore();
+        let link = self.link.clone();
+        let send = async move {
+            if let Err(e) = link
+                .query::<()>(&pipe)
+                .await
+                .and(link.query::<()>(&index).await)
+            {
+                tracing::error!(target: "dsgw::ledger", error = %e, "could not add spend to the shared counters");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(send);
+            }
+            Err(_) => tracing::error!(target: "dsgw::ledger", "no runtime to record shared spend"),
+        }
+    }
+
+    /// Totals by (day, model, deployment) for the usage rows `filter(key_id, team)` keeps, in
+    /// `team` or in every team.
+    pub async fn usage(
+        &self,
+        team: Option<&str>,
+        filter: impl Fn(&str, &str) -> bool,
+    ) -> Result<Vec<(String, String, String, Totals)>, RedisLinkError> {
+        let teams: Vec<String> = match team {
+            Some(t) => vec![t.to_owned()],
+            None => {
+                let mut pipe = redis::pipe();
+                pipe.cmd("SMEMBERS").arg(TEAMS);
+                let (teams,): (Vec<String>,) = self.link.query(&pipe).await?;
+                teams
+            }
+        };
+        let mut out: BTreeMap<(String, String, String), Totals> = BTreeMap::new();
+        for team in &teams {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SMEMBERS")
+                .arg(format!("dsgw:{{{team}}}:usage:days"));
+            let (days,): (Vec<String>,) = self.link.query(&pipe).await?;
+            for day in days {
+                let mut pipe = redis::pipe();
+                pipe.cmd("HGETALL")
+                    .arg(format!("dsgw:{{{team}}}:usage:{day}"));
+                let (fields,): (HashMap<String, i64>,) = self.link.query(&pipe).await?;
+                for (field, n) in fields {
+                    let parts: Vec<&str> = field.split(SEP).collect();
+                    let [key, model, deployment, metric] = parts.as_slice() else {
+                        return Err(RedisLinkError::Shape);
+                    };
+                    if !filter(key, team) {
+                        continue;
+                    }
+                    let t = out
+                        .entry((day.clone(), (*model).to_owned(), (*deployment).to_owned()))
+                        .or_default();
+                    let n = n.max(0) as u64;
+                    match *metric {
+                        "requests" => t.requests += n,
+                        "cache_hit" => t.cache_hit += n,
+                        "cache_miss" => t.cache_miss += n,
+                        "output" => t.output += n,
+                        "reasoning" => t.reasoning += n,
+                        "cost_nano" => t.cost += n * 1000,
+                        _ => return Err(RedisLinkError::Shape),
+                    }
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|((d, m, dep), t)| (d, m, dep, t))
+            .collect())
+    }
+
+    /// Picodollars spent on each counter.
+    pub async fn spent(&self, counters: &[String]) -> Result<Vec<u64>, RedisLinkError> {
+        if counters.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET").arg(counters);
+        let (values,): (Vec<Option<i64>>,) = self.link.query(&pipe).await?;
+        Ok(values
+            .into_iter()
+            .map(|v| v.unwrap_or(0).max(0) as u64 * 1000)
+            .collect())
+    }
+}

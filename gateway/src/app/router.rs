@@ -1,0 +1,101 @@
+//! The routes and the middleware stack, read top to bottom.
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post};
+use http::{HeaderName, Request, Uri, header};
+use tower::ServiceBuilder;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+
+use super::request_id::{self, FreshIds};
+use super::{AppState, authenticate, ops};
+use crate::surface::{account, anthropic, openai};
+use crate::wire::error::ApiError;
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    let public = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        // Prometheus scrapes without a key; labels carry key ids and team names, never secrets.
+        .route("/metrics", get(ops::metrics));
+
+    // Everything added from here on requires a virtual key.
+    let deepseek = Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/chat/completions", post(openai::chat_completions))
+        .route(
+            "/beta/chat/completions",
+            post(openai::beta_chat_completions),
+        )
+        .route("/beta/completions", post(openai::fim_completions))
+        .route("/v1/models", get(ops::models))
+        .route("/models", get(ops::models))
+        .route("/user/balance", get(account::balance))
+        .route("/v1/usage", get(account::usage))
+        .route("/v1/admin/usage", get(account::admin_usage))
+        .route("/v1/admin/deployments", get(account::deployments))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            authenticate::deepseek,
+        ));
+    // Anthropic's Messages API: the same keys (`x-api-key` or Bearer), its own error shape.
+    let anthropic = Router::new()
+        .route("/anthropic/v1/messages", post(anthropic::messages))
+        .route(
+            "/anthropic/v1/messages/count_tokens",
+            post(anthropic::count_tokens),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            authenticate::anthropic,
+        ));
+
+    let edge = ServiceBuilder::new()
+        // Marked before anything can log them.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-api-key"),
+        ]))
+        .map_request(request_id::keep_usable)
+        .layer(SetRequestIdLayer::new(
+            HeaderName::from_static(request_id::HEADER),
+            FreshIds,
+        ))
+        // Failures are logged where they happen, once, with their cause.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(span)
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(HeaderName::from_static(
+            request_id::HEADER,
+        )));
+    public
+        .merge(deepseek)
+        .merge(anthropic)
+        .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        // One body limit for every route; handlers see a 413 as a rejected body.
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(edge)
+        .with_state(state)
+}
+
+/// The span of one request: its id, method and path, never a header.
+fn span<B>(request: &Request<B>) -> tracing::Span {
+    let id = request
+        .headers()
+        .get(request_id::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        id,
+        method = %request.method(),
+        path = request.uri().path(),
+    )
+}

@@ -1,0 +1,8 @@
+//! The commands of the `dsgw` binary besides serving: keys, config checks, the engine's tools and
+//! the policies' tools.
+
+pub mod check;
+pub mod engine;
+pub mod keys;
+pub mod policy;
+pub mod serve;

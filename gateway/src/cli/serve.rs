@@ -1,0 +1,74 @@
+//! `dsgw serve`: the gateway, on the configured (or embedded default) configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use dsgw::app::AppState;
+use dsgw::support::config::Config;
+
+pub fn serve(path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    init_tracing();
+    dsgw::providers::install_tls();
+    // Each open stream holds two sockets; a default soft limit of 1024 would cap a replica at
+    // ~500 streams.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
+    let mut config = match &path {
+        Some(p) => Config::load(p)?,
+        None => Config::embedded_default(std::env::var_os("DEEPSEEK_API_KEY").is_some()),
+    };
+    if let Some(addr) = listen {
+        config.server.listen = addr;
+    }
+    let state = AppState::build(&config)?;
+    let drain = Duration::from_secs(config.server.drain_timeout_secs);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("binding {}", config.server.listen))?;
+        let addr = listener.local_addr()?;
+        announce(&config, path.is_none(), &state, addr);
+        dsgw::app::serve::serve(listener, state.clone(), drain).await?;
+        // Commit what the last requests queued before the process goes.
+        state.pipeline.close();
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn announce(config: &Config, embedded: bool, state: &AppState, addr: SocketAddr) {
+    // Tests and scripts read this line to learn the port.
+    eprintln!("dsgw: listening on http://{addr}");
+    let models: Vec<&str> = state.pipeline.catalog.names().collect();
+    tracing::info!(%addr, models = %models.join(","), "dsgw listening");
+    if embedded && config.providers.is_empty() {
+        tracing::warn!(
+            "no config file and DEEPSEEK_API_KEY is not set: models are listed but requests answer 503 until a provider is configured"
+        );
+    }
+    if state.keys.is_open() {
+        eprintln!(
+            "dsgw: no [[keys]] configured; accepting any API key on loopback {addr} only.\n      \
+             try: curl http://{addr}/v1/models -H 'Authorization: Bearer any'\n      \
+             add keys with `dsgw keys new --id ID --team TEAM`"
+        );
+    } else {
+        eprintln!("dsgw: send `Authorization: Bearer <virtual key>`");
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("DSGW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,238 @@
+//! What differs between providers that speak the OpenAI chat API: how the thinking mode is asked
+//! for, where reasoning comes back, and extra routing fields. Everything else passes untouched.
+
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::accounting::usage::Usage;
+use crate::providers::reply::{Reply, ReplyUsage};
+use crate::support::config::ProviderKind;
+use crate::wire::raw_object::{Edit, RawObject};
+
+/// Sampling fields DeepSeek accepts and ignores in thinking mode; other providers would honour
+/// them, so the gateway removes them to behave like DeepSeek everywhere.
+const IGNORED_WHEN_THINKING: [&str; 4] = [
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+];
+
+/// Reads a top-level object field from the client's body (absent or not an object: empty).
+fn object_field(raw: &RawObject, key: &str) -> Map<String, Value> {
+    raw.get(key)
+        .and_then(|v| serde_json::from_str::<Map<String, Value>>(v.get()).ok())
+        .unwrap_or_default()
+}
+
+fn json(value: &Value) -> String {
+    value.to_string()
+}
+
+/// The edits that turn a client's body into this provider's request.
+pub fn request_edits(
+    kind: ProviderKind,
+    raw: &RawObject,
+    upstream_model: &str,
+    thinking: bool,
+    stream: bool,
+    routing: Option<&str>,
+) -> Vec<Edit> {
+    let mut edits = vec![Edit::Set("model", json(&Value::from(upstream_model)))];
+    if stream {
+        // Always ask for usage: spend must be counted even when the client did not ask to see it.
+        let mut options = object_field(raw, "stream_options");
+        options.insert("include_usage".into(), Value::Bool(true));
+        edits.push(Edit::Set("stream_options", json(&Value::Object(options))));
+    }
+    if thinking {
+        edits.extend(IGNORED_WHEN_THINKING.map(Edit::Remove));
+    }
+    match kind {
+        ProviderKind::Deepseek | ProviderKind::Local => {
+            let mode = if thinking { "enabled" } else { "disabled" };
+            edits.push(Edit::Set("thinking", format!(r#"{{"type":"{mode}"}}"#)));
+        }
+        ProviderKind::Openai => {
+            // vLLM and SGLang switch DeepSeek's chat template with `chat_template_kwargs.thinking`.
+            let mut kwargs = object_field(raw, "chat_template_kwargs");
+            kwargs.insert("thinking".into(), Value::Bool(thinking));
+            edits.push(Edit::Set(
+                "chat_template_kwargs",
+                json(&Value::Object(kwargs)),
+            ));
+            edits.push(Edit::Remove("thinking"));
+        }
+        ProviderKind::Openrouter => {
+            let mut reasoning = object_field(raw, "reasoning");
+            reasoning.insert("enabled".into(), Value::Bool(thinking));
+            edits.push(Edit::Set("reasoning", json(&Value::Object(reasoning))));
+            edits.push(Edit::Remove("thinking"));
+            if let Some(routing) = routing {
+                edits.push(Edit::Set("provider", routing.to_owned()));
+            }
+        }
+    }
+    edits
+}
+
+/// OpenRouter and recent vLLM name the field `reasoning`; DeepSeek clients read `reasoning_content`.
+fn rename_reasoning(message: &mut Value) {
+    let Some(message) = message.as_object_mut() else {
+        return;
+    };
+    if message.contains_key("reasoning_content") {
+        message.remove("reasoning");
+    } else if let Some(reasoning) = message.remove("reasoning") {
+        message.insert("reasoning_content".into(), reasoning);
+    }
+}
+
+/// The `choices` array with `reasoning` renamed inside each `message` / `delta`, or `None` when
+/// there is nothing to rename (the common case, decided without building a JSON tree).
+fn renamed_choices(choices: &RawValue, inner: &str) -> Option<String> {
+    if !choices.get().contains("\"reasoning\"") {
+        return None;
+    }
+    let mut choices: Value = serde_json::from_str(choices.get()).ok()?;
+    for choice in choices.as_array_mut()? {
+        if let Some(message) = choice.get_mut(inner) {
+            rename_reasoning(message);
+        }
+    }
+    Some(choices.to_string())
+}
+
+/// The provider's usage read into the one record, and completed to DeepSeek's wire form.
+fn normalized_usage(usage: &RawValue) -> Option<ReplyUsage> {
+    let value: Value = serde_json::from_str(usage.get()).ok()?;
+    let record = Usage::from_wire(&value)?;
+    let mut wire = match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    record.write_wire(&mut wire);
+    Some(ReplyUsage {
+        usage: record,
+        wire,
+    })
+}
+
+/// Where a choice keeps its text: a whole completion's `message`, a chunk's `delta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inner {
+    Message,
+    Delta,
+}
+
+/// A provider's completion or chunk in DeepSeek's shape: `reasoning_content` where reasoning
+/// came back as `reasoning`, and usage read and completed. Nothing else is re-encoded.
+pub fn normalize(raw: RawObject, inner: Inner) -> Reply {
+    let field = match inner {
+        Inner::Message => "message",
+        Inner::Delta => "delta",
+    };
+    let choices = raw.get("choices").and_then(|c| renamed_choices(c, field));
+    let usage = raw.get("usage").and_then(normalized_usage);
+    Reply::new(raw, choices, usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(text: &str) -> RawObject {
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn rendered(kind: ProviderKind, text: &str, thinking: bool, stream: bool) -> Value {
+        let raw = body(text);
+        let edits = request_edits(
+            kind,
+            &raw,
+            "up-model",
+            thinking,
+            stream,
+            Some(r#"{"only":["x"]}"#),
+        );
+        serde_json::from_slice(&raw.render(&edits)).unwrap()
+    }
+
+    const REQ: &str = r#"{"model":"deepseek-chat","messages":[{"role":"user","content":"hi"}],"temperature":0.3,"stream_options":{"include_usage":false,"x":1},"custom":7}"#;
+
+    #[test]
+    fn deepseek_gets_explicit_mode_and_always_usage() {
+        let v = rendered(ProviderKind::Deepseek, REQ, false, true);
+        assert_eq!(v["model"], "up-model");
+        assert_eq!(v["thinking"], json!({"type":"disabled"}));
+        assert_eq!(v["stream_options"], json!({"include_usage":true,"x":1}));
+        assert_eq!(v["temperature"], 0.3);
+        assert_eq!(v["custom"], 7);
+    }
+
+    #[test]
+    fn thinking_mode_drops_ignored_sampling_fields() {
+        let v = rendered(ProviderKind::Deepseek, REQ, true, false);
+        assert_eq!(v["thinking"], json!({"type":"enabled"}));
+        assert!(v.get("temperature").is_none());
+        assert_eq!(v["stream_options"], json!({"include_usage":false,"x":1}));
+    }
+
+    #[test]
+    fn openai_kind_uses_chat_template_kwargs() {
+        let v = rendered(ProviderKind::Openai, REQ, true, false);
+        assert_eq!(v["chat_template_kwargs"], json!({"thinking": true}));
+        assert!(v.get("thinking").is_none());
+    }
+
+    #[test]
+    fn openrouter_gets_reasoning_and_provider_routing() {
+        let v = rendered(ProviderKind::Openrouter, REQ, true, false);
+        assert_eq!(v["reasoning"], json!({"enabled": true}));
+        assert_eq!(v["provider"], json!({"only":["x"]}));
+    }
+
+    #[test]
+    fn completion_reasoning_is_renamed_and_usage_completed() {
+        let raw = body(
+            r#"{"model":"deepseek/deepseek-v3.2","choices":[{"index":0,"message":{"role":"assistant","content":"hi","reasoning":"think"}}],
+               "usage":{"prompt_tokens":100,"completion_tokens":10,"prompt_tokens_details":{"cached_tokens":64}},"extra":[1,  2]}"#,
+        );
+        let reply = normalize(raw, Inner::Message);
+        let text = String::from_utf8(reply.render(Vec::new())).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["choices"][0]["message"]["reasoning_content"], "think");
+        assert!(v["choices"][0]["message"].get("reasoning").is_none());
+        let usage = reply.usage().unwrap();
+        assert_eq!(usage.usage.cache_hit, 64);
+        assert_eq!(usage.wire["prompt_cache_hit_tokens"], 64);
+        assert_eq!(usage.wire["prompt_cache_miss_tokens"], 36);
+        assert!(text.contains(r#""extra":[1,  2]"#), "{text}");
+    }
+
+    #[test]
+    fn chunks_keep_their_bytes_unless_reasoning_is_renamed() {
+        let usage_chunk =
+            body(r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}"#);
+        let reply = normalize(usage_chunk, Inner::Delta);
+        assert_eq!(reply.usage().unwrap().usage.cache_miss, 5);
+        assert!(!reply.has_choices());
+
+        let content = body(r#"{"choices":[{"delta":{"reasoning":"r"}}],"usage":null}"#);
+        let reply = normalize(content, Inner::Delta);
+        assert!(reply.usage().is_none());
+        assert_eq!(
+            reply
+                .first_choice()
+                .body()
+                .unwrap()
+                .reasoning_content
+                .as_deref(),
+            Some("r")
+        );
+        let plain = r#"{"choices":[{"delta":{"content":"c"}}],"usage":null}"#;
+        let reply = normalize(body(plain), Inner::Delta);
+        assert_eq!(String::from_utf8(reply.render(Vec::new())).unwrap(), plain);
+    }
+}

@@ -1,0 +1,304 @@
+//! A provider spoken to over HTTP in one of the OpenAI chat dialects: the request rendered in
+//! its dialect ([`dialect`]), sent with deadlines, and its answer normalised (a whole body here,
+//! a stream by [`relay`]).
+
+pub mod dialect;
+pub mod relay;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, header};
+
+use super::ProviderError;
+use super::call::{Call, Endpoint, Residency, Target};
+use super::reply::Started;
+use crate::support::config::{ProviderConfig, ProviderKind};
+use crate::support::secret::Secret;
+use crate::wire::error::ApiError;
+use crate::wire::raw_object::{Edit, RawObject};
+
+/// An upstream that speaks the OpenAI chat-completions API in one of its dialects.
+#[derive(Debug)]
+pub struct HttpProvider {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Parsed once: parsing (and IDNA-normalising) a URL string per request shows in profiles.
+    chat_url: reqwest::Url,
+    /// Chat prefix completion and strict tools: DeepSeek serves them under `/beta`.
+    beta_chat_url: reqwest::Url,
+    /// Fill in the middle: DeepSeek's `/beta/completions`, a vLLM / SGLang `/completions`.
+    fim_url: reqwest::Url,
+    auth: Option<HeaderValue>,
+    client: reqwest::Client,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
+    request_timeout: Duration,
+    /// OpenRouter's `provider` object, pre-rendered as JSON.
+    routing: Option<String>,
+}
+
+/// Selects rustls' ring backend once per process: it builds with a C compiler alone (aws-lc-rs,
+/// reqwest's default, wants cmake, which a fresh machine may lack).
+pub fn install_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl HttpProvider {
+    pub fn from_config(index: usize, config: &ProviderConfig) -> Result<Self, ProviderError> {
+        let kind = config.kind();
+        let invalid = |message: String| ProviderError::Invalid {
+            index,
+            name: config.name().to_owned(),
+            message,
+        };
+        let config = config
+            .remote()
+            .ok_or_else(|| invalid("not a remote provider".into()))?;
+        let key = match &config.api_key_env {
+            Some(var) => Some(Secret::new(std::env::var(var).map_err(|_| {
+                ProviderError::MissingKey {
+                    index,
+                    name: config.name.clone(),
+                    var: var.clone(),
+                }
+            })?)),
+            None => None,
+        };
+        let auth = key
+            .map(|k| {
+                let mut value =
+                    HeaderValue::from_str(&format!("Bearer {}", k.expose())).map_err(|_| {
+                        invalid("the API key contains characters not allowed in a header".into())
+                    })?;
+                value.set_sensitive(true);
+                Ok(value)
+            })
+            .transpose()?;
+        install_tls();
+        let base = config.base_url.trim_end_matches('/');
+        let url = |path: &str| {
+            reqwest::Url::parse(&format!("{base}{path}"))
+                .map_err(|e| invalid(format!("`base_url` is not a valid URL: {e}")))
+        };
+        let chat_url = url("/chat/completions")?;
+        let (beta_chat_url, fim_url) = if kind == ProviderKind::Deepseek {
+            (url("/beta/chat/completions")?, url("/beta/completions")?)
+        } else {
+            (chat_url.clone(), url("/completions")?)
+        };
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("dsgw/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| invalid(format!("cannot build HTTP client: {e}")))?;
+        let routing = config
+            .routing
+            .as_ref()
+            .map(|t| serde_json::to_string(t).expect("a TOML table converts to JSON"));
+        Ok(Self {
+            name: config.name.clone(),
+            kind,
+            chat_url,
+            beta_chat_url,
+            fim_url,
+            auth,
+            client,
+            first_byte_timeout: Duration::from_millis(config.first_byte_timeout_ms),
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            routing,
+        })
+    }
+
+    /// Sends `call`; a stream comes back with nothing read, a whole answer read and normalised.
+    pub async fn call(&self, call: &Call<'_>, target: &Target<'_>) -> Result<Started, ApiError> {
+        let body = self.render(call, target);
+        if call.stream {
+            let response = self.send(body, true, call.endpoint).await?;
+            return Ok(Started::Stream(relay::events(
+                response,
+                self.name.clone(),
+                self.idle_timeout,
+            )));
+        }
+        let exchange = async {
+            let response = self.send(body, false, call.endpoint).await?;
+            self.read_body(response).await
+        };
+        let body = tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .map_err(|_| ApiError::upstream_timeout(&self.name, "request deadline"))??;
+        self.json_answer(&body)
+            .map(|raw| Started::Whole(dialect::normalize(raw, dialect::Inner::Message)))
+    }
+
+    /// A whole completion, parsed; a malformed one is a provider fault.
+    fn json_answer(&self, body: &[u8]) -> Result<RawObject, ApiError> {
+        // DeepSeek sends blank lines while a request is queued; serde_json skips leading whitespace.
+        let raw: RawObject = serde_json::from_slice(body)
+            .map_err(|_| ApiError::bad_gateway(&self.name, "response is not a JSON object"))?;
+        if raw.get("choices").is_none() {
+            return Err(ApiError::bad_gateway(
+                &self.name,
+                "response has no `choices`",
+            ));
+        }
+        Ok(raw)
+    }
+
+    pub fn first_byte_timeout(&self) -> Duration {
+        self.first_byte_timeout
+    }
+
+    /// The body this provider should receive for `call`; the target's overrides (a redacted
+    /// prompt, a policy's provider preferences) replace the fields they name.
+    pub fn render(&self, call: &Call<'_>, target: &Target<'_>) -> Vec<u8> {
+        let mut edits = match call.endpoint {
+            // A completions endpoint has no chat mode switches: only the model and stream usage.
+            Endpoint::Fim => dialect::request_edits(
+                ProviderKind::Deepseek,
+                call.body,
+                target.upstream_model,
+                false,
+                call.stream,
+                None,
+            )
+            .into_iter()
+            .filter(|e| matches!(e.key(), "model" | "stream_options"))
+            .collect(),
+            Endpoint::Chat | Endpoint::BetaChat => dialect::request_edits(
+                self.kind,
+                call.body,
+                target.upstream_model,
+                call.mode.thinking(),
+                call.stream,
+                self.routing.as_deref(),
+            ),
+        };
+        if call.prefix && self.kind == ProviderKind::Openai {
+            // vLLM and SGLang continue the last assistant message this way.
+            edits.push(Edit::Set("continue_final_message", "true".into()));
+            edits.push(Edit::Set("add_generation_prompt", "false".into()));
+        }
+        let mut overrides = target.redaction_edits();
+        if let Some(provider) = target.residency.and_then(|r| self.provider_object(r)) {
+            overrides.push(Edit::Set("provider", provider));
+        }
+        let overridden = |e: &Edit| overrides.iter().any(|o| o.key() == e.key());
+        let kept: Vec<Edit> = edits.into_iter().filter(|e| !overridden(e)).collect();
+        overrides.extend(kept);
+        call.body.render(&overrides)
+    }
+
+    /// OpenRouter's `provider` object with a policy's demands merged into the configured one, or
+    /// `None` when there is nothing to say (or the provider is not OpenRouter).
+    fn provider_object(&self, residency: &Residency) -> Option<String> {
+        if self.kind != ProviderKind::Openrouter || residency.is_empty() {
+            return None;
+        }
+        let mut object: serde_json::Map<String, serde_json::Value> = self
+            .routing
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok())
+            .unwrap_or_default();
+        if !residency.only.is_empty() {
+            object.insert("only".into(), serde_json::json!(residency.only));
+            object.insert("allow_fallbacks".into(), false.into());
+        }
+        if let Some(d) = &residency.data_collection {
+            object.insert("data_collection".into(), d.as_str().into());
+        }
+        if residency.zdr {
+            object.insert("zdr".into(), true.into());
+        }
+        Some(serde_json::Value::Object(object).to_string())
+    }
+
+    /// Sends a request and waits for a success status. Every failure is mapped to the status the
+    /// client should see and marked retryable when another deployment may succeed.
+    async fn send(
+        &self,
+        body: Vec<u8>,
+        stream: bool,
+        endpoint: Endpoint,
+    ) -> Result<reqwest::Response, ApiError> {
+        let url = match endpoint {
+            Endpoint::Chat => &self.chat_url,
+            Endpoint::BetaChat => &self.beta_chat_url,
+            Endpoint::Fim => &self.fim_url,
+        };
+        let mut request = self
+            .client
+            .post(url.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(
+                header::ACCEPT,
+                if stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            )
+            .body(body);
+        if let Some(auth) = &self.auth {
+            request = request.header(header::AUTHORIZATION, auth.clone());
+        }
+        let response = match tokio::time::timeout(self.first_byte_timeout, request.send()).await {
+            Err(_) => {
+                return Err(ApiError::upstream_timeout(
+                    &self.name,
+                    "no response headers",
+                ));
+            }
+            Ok(Err(e)) => return Err(self.transport_error(&e)),
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        // A provider's Retry-After (seconds) reaches the client with its 429.
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = self.read_body(response).await.unwrap_or_default();
+        let mut error = ApiError::from_upstream(&self.name, status, &body);
+        if status == http::StatusCode::TOO_MANY_REQUESTS {
+            error.retry_after = retry_after;
+        }
+        Err(error)
+    }
+
+    /// Reads a whole body, allowing at most the idle timeout between chunks.
+    async fn read_body(&self, mut response: reqwest::Response) -> Result<Bytes, ApiError> {
+        let mut body = BytesMut::new();
+        loop {
+            match tokio::time::timeout(self.idle_timeout, response.chunk()).await {
+                Err(_) => return Err(ApiError::upstream_timeout(&self.name, "body idle")),
+                Ok(Err(e)) => return Err(self.transport_error(&e)),
+                Ok(Ok(None)) => return Ok(body.freeze()),
+                Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+            }
+        }
+    }
+
+    /// Maps a transport error without its URL or headers (logged here, once, in full).
+    pub fn transport_error(&self, error: &reqwest::Error) -> ApiError {
+        tracing::warn!(provider = %self.name, error = %error, "upstream transport error");
+        let what = if error.is_connect() {
+            "connection failed"
+        } else if error.is_timeout() {
+            return ApiError::upstream_timeout(&self.name, "transport");
+        } else if error.is_body() || error.is_decode() {
+            "response body interrupted"
+        } else {
+            "request failed"
+        };
+        ApiError::bad_gateway(&self.name, what)
+    }
+}

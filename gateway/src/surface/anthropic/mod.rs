@@ -1,0 +1,136 @@
+//! Anthropic's Messages API at `/anthropic/v1/messages` (so `ANTHROPIC_BASE_URL=http://host/anthropic`
+//! works for Claude Code and the Anthropic SDKs). A request is translated into a chat request
+//! ([`request`]) and goes through the one pipeline like any other (keys, policies, budgets,
+//! limits, routing, accounting, every upstream kind and the local engine); the pipeline's typed
+//! answer is rendered as a message ([`response`]) or as Anthropic's stream events ([`stream`]),
+//! and its errors in Anthropic's shape.
+
+pub mod request;
+pub mod response;
+pub mod stream;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::pipeline::Pipeline;
+use crate::pipeline::context::Caller;
+use crate::pipeline::respond::{Answer, Event};
+use crate::providers::call::Endpoint;
+use crate::wire::error::ApiError;
+
+/// What the Anthropic surface needs besides the pipeline.
+#[derive(Debug)]
+pub struct Settings {
+    /// Where requests naming a model that is not served here go.
+    pub default_model: String,
+}
+
+/// `POST /anthropic/v1/messages`.
+pub async fn messages(
+    State(pipeline): State<Arc<Pipeline>>,
+    State(settings): State<Arc<Settings>>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let translated = super::body(body).and_then(|body| {
+        request::to_chat(
+            &body,
+            |m| pipeline.catalog.get(m).is_some(),
+            &settings.default_model,
+        )
+    });
+    let (request, model) = match translated {
+        Ok(t) => (
+            super::openai::request::parse(t.chat_body.into(), Endpoint::Chat),
+            t.model,
+        ),
+        Err(e) => (Err(e), String::new()),
+    };
+    let handled = pipeline.run(&caller, request).await;
+    let response = match handled.answer {
+        Err(error) => response::error_response(error),
+        Ok(Answer::Whole(whole)) => super::json_response(
+            response::message(&whole.reply, &model)
+                .to_string()
+                .into_bytes(),
+        ),
+        Ok(Answer::Stream(streaming)) => {
+            let translator = stream::StreamTranslator::new(&model);
+            let events = Box::pin(streaming.events().ready_chunks(32));
+            super::sse_response(Body::from_stream(translate(events, translator)))
+        }
+    };
+    super::finish(response, &caller, &handled.rate_headers)
+}
+
+/// `POST /anthropic/v1/messages/count_tokens`: the prompt's tokens as DeepSeek-V3.2's tokenizer
+/// and chat encoding count them (Claude Code asks before long requests). No provider is called
+/// and nothing is billed.
+pub async fn count_tokens(
+    State(pipeline): State<Arc<Pipeline>>,
+    State(settings): State<Arc<Settings>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match count(&pipeline, &settings, body) {
+        Ok(tokens) => super::json_response(
+            serde_json::json!({"input_tokens": tokens})
+                .to_string()
+                .into_bytes(),
+        ),
+        Err(e) => response::error_response(e),
+    }
+}
+
+fn count(
+    pipeline: &Pipeline,
+    settings: &Settings,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<u64, ApiError> {
+    let body = super::body(body)?;
+    // count_tokens takes a Messages body without max_tokens.
+    let mut value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))?;
+    if value.get("max_tokens").is_none() && value.is_object() {
+        value["max_tokens"] = 1.into();
+    }
+    let translated = request::to_chat(
+        value.to_string().as_bytes(),
+        |m| pipeline.catalog.get(m).is_some(),
+        &settings.default_model,
+    )?;
+    let thinking = value["thinking"]["type"] == "enabled";
+    Ok(crate::accounting::estimate::prompt_tokens(
+        &translated.chat_body,
+        thinking,
+    ))
+}
+
+/// The translated stream: each batch of ready events as one frame, then the translator's end.
+fn translate(
+    events: impl futures_util::Stream<Item = Vec<Event>> + Send + Unpin + 'static,
+    translator: stream::StreamTranslator,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
+    futures_util::stream::unfold(Some((events, translator)), |state| async move {
+        let (mut events, mut translator) = state?;
+        loop {
+            match events.next().await {
+                Some(batch) => {
+                    let out = translator.push(&batch);
+                    if !out.is_empty() {
+                        return Some((Ok(out), Some((events, translator))));
+                    }
+                }
+                None => {
+                    let out = translator.end();
+                    return (!out.is_empty()).then_some((Ok(out), None));
+                }
+            }
+        }
+    })
+}

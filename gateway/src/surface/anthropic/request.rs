@@ -1,0 +1,409 @@
+//! Anthropic Messages requests, translated into the chat request every upstream serves.
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::wire::error::ApiError;
+
+#[derive(Debug, Deserialize)]
+struct Messages {
+    model: String,
+    max_tokens: Option<i64>,
+    #[serde(default)]
+    system: Option<System>,
+    messages: Vec<Message>,
+    #[serde(default)]
+    tools: Option<Vec<Tool>>,
+    #[serde(default)]
+    tool_choice: Option<ToolChoice>,
+    #[serde(default)]
+    stop_sequences: Option<Vec<String>>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    thinking: Option<Thinking>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum System {
+    Text(String),
+    Blocks(Vec<TextBlock>),
+}
+
+#[derive(Debug, Deserialize)]
+struct TextBlock {
+    text: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Message {
+    role: Role,
+    content: Content,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Role {
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Blocks(Vec<Block>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block {
+    Text {
+        text: String,
+    },
+    Thinking {
+        thinking: String,
+    },
+    RedactedThinking {},
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
+    ToolResult {
+        tool_use_id: String,
+        #[serde(default)]
+        content: Option<ToolResultContent>,
+        #[serde(default)]
+        is_error: bool,
+    },
+    Image {},
+    Document {},
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ToolResultContent {
+    Text(String),
+    Blocks(Vec<Value>),
+}
+
+#[derive(Debug, Deserialize)]
+struct Tool {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    input_schema: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ToolChoice {
+    Auto {},
+    Any {},
+    Tool { name: String },
+    None {},
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Thinking {
+    Enabled {
+        #[serde(default)]
+        #[allow(dead_code)]
+        budget_tokens: Option<u64>,
+    },
+    Disabled {},
+}
+
+/// The translated request: the chat body, and what the response needs to know.
+#[derive(Debug)]
+pub struct Translated {
+    pub chat_body: Vec<u8>,
+    /// The model name the client sent, echoed in responses.
+    pub model: String,
+    pub stream: bool,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request(message)
+}
+
+/// Translates a Messages request. `serves` says whether a model name is served here; other
+/// names (`claude-...`) map to `default_model`, as DeepSeek's own Anthropic endpoint does.
+pub fn to_chat(
+    body: &[u8],
+    serves: impl Fn(&str) -> bool,
+    default_model: &str,
+) -> Result<Translated, ApiError> {
+    let request: Messages = serde_json::from_slice(body).map_err(|e| {
+        invalid(format!(
+            "Invalid Messages request: {e} (see https://docs.anthropic.com/en/api/messages)"
+        ))
+    })?;
+    let max_tokens = request
+        .max_tokens
+        .ok_or_else(|| invalid("max_tokens: Field required"))?;
+    if max_tokens < 1 {
+        return Err(invalid("max_tokens: must be at least 1"));
+    }
+    let mut messages = Vec::new();
+    match request.system {
+        Some(System::Text(text)) if !text.is_empty() => {
+            messages.push(json!({"role": "system", "content": text}));
+        }
+        Some(System::Blocks(blocks)) if !blocks.is_empty() => {
+            let text: Vec<String> = blocks.into_iter().map(|b| b.text).collect();
+            messages.push(json!({"role": "system", "content": text.join("\n\n")}));
+        }
+        _ => {}
+    }
+    for (i, m) in request.messages.into_iter().enumerate() {
+        translate_message(i, m, &mut messages)?;
+    }
+    if messages.iter().all(|m| m["role"] == "system") {
+        return Err(invalid("messages: at least one message is required"));
+    }
+    let model = if serves(&request.model) {
+        request.model.clone()
+    } else {
+        default_model.to_owned()
+    };
+    let mut chat = Map::new();
+    chat.insert("model".into(), model.into());
+    chat.insert("messages".into(), Value::Array(messages));
+    chat.insert("max_tokens".into(), max_tokens.into());
+    if let Some(stop) = request.stop_sequences.filter(|s| !s.is_empty()) {
+        chat.insert("stop".into(), json!(stop));
+    }
+    if let Some(t) = request.temperature {
+        chat.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = request.top_p {
+        chat.insert("top_p".into(), json!(p));
+    }
+    if let Some(tools) = request.tools.filter(|t| !t.is_empty()) {
+        let tools: Vec<Value> = tools
+            .into_iter()
+            .map(|t| {
+                let mut function = json!({
+                    "name": t.name,
+                    "parameters": t.input_schema.unwrap_or_else(|| json!({"type": "object"})),
+                });
+                if let Some(d) = t.description {
+                    function["description"] = d.into();
+                }
+                json!({"type": "function", "function": function})
+            })
+            .collect();
+        chat.insert("tools".into(), Value::Array(tools));
+    }
+    if let Some(choice) = request.tool_choice {
+        let choice = match choice {
+            ToolChoice::Auto {} => json!("auto"),
+            ToolChoice::Any {} => json!("required"),
+            ToolChoice::None {} => json!("none"),
+            ToolChoice::Tool { name } => json!({"type": "function", "function": {"name": name}}),
+        };
+        chat.insert("tool_choice".into(), choice);
+    }
+    match request.thinking {
+        Some(Thinking::Enabled { .. }) => {
+            chat.insert("thinking".into(), json!({"type": "enabled"}));
+        }
+        Some(Thinking::Disabled {}) => {
+            chat.insert("thinking".into(), json!({"type": "disabled"}));
+        }
+        None => {}
+    }
+    if request.stream {
+        chat.insert("stream".into(), true.into());
+        // The usage chunk becomes message_delta's usage.
+        chat.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Ok(Translated {
+        chat_body: serde_json::to_vec(&Value::Object(chat)).expect("JSON serialises"),
+        model: request.model,
+        stream: request.stream,
+    })
+}
+
+/// One Anthropic message becomes one or more chat messages: tool results are `tool` messages
+/// (which must directly follow the assistant's calls), the rest stays in order.
+fn translate_message(index: usize, m: Message, out: &mut Vec<Value>) -> Result<(), ApiError> {
+    let blocks = match m.content {
+        Content::Text(text) => vec![Block::Text { text }],
+        Content::Blocks(blocks) => blocks,
+    };
+    let mut text = String::new();
+    let mut reasoning = String::new();
+    let mut calls = Vec::new();
+    for block in blocks {
+        match (m.role, block) {
+            (_, Block::Text { text: t }) => {
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(&t);
+            }
+            (Role::Assistant, Block::Thinking { thinking }) => reasoning.push_str(&thinking),
+            (_, Block::RedactedThinking {}) | (Role::User, Block::Thinking { .. }) => {}
+            (Role::Assistant, Block::ToolUse { id, name, input }) => {
+                calls.push(json!({
+                    "id": id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": input.to_string()},
+                }));
+            }
+            (
+                Role::User,
+                Block::ToolResult {
+                    tool_use_id,
+                    content,
+                    is_error,
+                },
+            ) => {
+                let mut result = match content {
+                    None => String::new(),
+                    Some(ToolResultContent::Text(t)) => t,
+                    Some(ToolResultContent::Blocks(blocks)) => blocks
+                        .iter()
+                        .filter_map(|b| b["text"].as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                };
+                if is_error {
+                    result = format!("Error: {result}");
+                }
+                out.push(json!({"role": "tool", "tool_call_id": tool_use_id, "content": result}));
+            }
+            (_, Block::Image {} | Block::Document {}) => {
+                return Err(invalid(format!(
+                    "messages.{index}: image and document blocks are not supported by DeepSeek models"
+                )));
+            }
+            (Role::User, Block::ToolUse { .. }) => {
+                return Err(invalid(format!(
+                    "messages.{index}: tool_use blocks belong in assistant messages"
+                )));
+            }
+            (Role::Assistant, Block::ToolResult { .. }) => {
+                return Err(invalid(format!(
+                    "messages.{index}: tool_result blocks belong in user messages"
+                )));
+            }
+        }
+    }
+    match m.role {
+        Role::User => {
+            if !text.is_empty() {
+                out.push(json!({"role": "user", "content": text}));
+            }
+        }
+        Role::Assistant => {
+            let mut message = json!({"role": "assistant", "content": text});
+            if !reasoning.is_empty() {
+                message["reasoning_content"] = reasoning.into();
+            }
+            if !calls.is_empty() {
+                message["tool_calls"] = Value::Array(calls);
+            }
+            out.push(message);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: Value) -> Value {
+        let t = to_chat(
+            body.to_string().as_bytes(),
+            |m| m == "deepseek-chat",
+            "deepseek-chat",
+        )
+        .unwrap();
+        serde_json::from_slice(&t.chat_body).unwrap()
+    }
+
+    #[test]
+    fn a_tool_loop_translates_in_order() {
+        let c = chat(json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 100,
+            "system": [{"type": "text", "text": "Be brief."}],
+            "tools": [{"name": "weather", "description": "w", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+            "tool_choice": {"type": "any"},
+            "messages": [
+                {"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "Need the tool.", "signature": "x"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Paris"}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "Sunny"}]},
+                    {"type": "text", "text": "Thanks"}
+                ]}
+            ],
+            "stop_sequences": ["END"],
+            "thinking": {"type": "enabled", "budget_tokens": 2048},
+            "stream": true
+        }));
+        assert_eq!(
+            c["model"], "deepseek-chat",
+            "unknown names map to the default"
+        );
+        assert_eq!(
+            c["messages"][0],
+            json!({"role": "system", "content": "Be brief."})
+        );
+        assert_eq!(c["messages"][2]["reasoning_content"], "Need the tool.");
+        assert_eq!(
+            c["messages"][2]["tool_calls"][0]["function"],
+            json!({"name": "weather", "arguments": "{\"city\":\"Paris\"}"})
+        );
+        assert_eq!(
+            c["messages"][3],
+            json!({"role": "tool", "tool_call_id": "toolu_1", "content": "Sunny"})
+        );
+        assert_eq!(
+            c["messages"][4],
+            json!({"role": "user", "content": "Thanks"})
+        );
+        assert_eq!(
+            c["tools"][0]["function"]["parameters"]["properties"]["city"]["type"],
+            "string"
+        );
+        assert_eq!(c["tool_choice"], "required");
+        assert_eq!(c["stop"], json!(["END"]));
+        assert_eq!(c["thinking"], json!({"type": "enabled"}));
+        assert_eq!(c["stream_options"], json!({"include_usage": true}));
+    }
+
+    #[test]
+    fn bad_requests_are_refused_clearly() {
+        let refuse = |body: Value| {
+            to_chat(body.to_string().as_bytes(), |_| true, "deepseek-chat")
+                .unwrap_err()
+                .body
+                .message
+        };
+        assert!(
+            refuse(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))
+                .contains("max_tokens")
+        );
+        assert!(refuse(json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]})).contains("image"));
+        assert!(
+            refuse(json!({"model": "m", "max_tokens": 5, "messages": []})).contains("at least one")
+        );
+        assert!(refuse(json!({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]})).contains("Invalid Messages request"));
+    }
+}

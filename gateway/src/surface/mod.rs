@@ -1,0 +1,92 @@
+//! The APIs clients speak, each a translation around the one pipeline: a surface parses its
+//! wire form into the pipeline's typed request and renders the pipeline's typed answer (or
+//! error) back into its own wire form. OpenAI / DeepSeek chat, beta chat and FIM
+//! ([`openai`]), Anthropic Messages ([`anthropic`]), and the spend a caller may read
+//! ([`account`]).
+
+pub mod account;
+pub mod anthropic;
+pub mod openai;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::extract::rejection::BytesRejection;
+use axum::response::Response;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, StatusCode, header};
+
+use crate::pipeline::admission::limits::RateHeaders;
+use crate::pipeline::admission::policy::gate::CLASSIFICATION_HEADER;
+use crate::pipeline::context::Caller;
+use crate::support::principal::Principal;
+use crate::support::random::random_hex;
+use crate::wire::error::ApiError;
+
+/// The request id the edge gave a request (`x-request-id`), or a fresh one.
+pub fn request_id(parts: &Parts) -> Arc<str> {
+    parts
+        .extensions
+        .get::<tower_http::request_id::RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .map_or_else(|| Arc::from(random_hex(8)), Arc::from)
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("the route has no authentication layer"))?;
+        Ok(Self {
+            principal,
+            request_id: request_id(parts),
+            classification: parts.headers.get(CLASSIFICATION_HEADER).cloned(),
+        })
+    }
+}
+
+/// The body as axum's one body limit (set for every route) let it through, or the error.
+pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(),
+        _ => ApiError::bad_request("Failed to read the request body."),
+    })
+}
+
+/// A response with a JSON body.
+pub fn json_response(body: Vec<u8>) -> Response {
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A response streaming server-sent events.
+pub fn sse_response(body: Body) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// What every answer to a pipeline request carries: its id and the caller's limits.
+pub fn finish(mut response: Response, caller: &Caller, rate_headers: &RateHeaders) -> Response {
+    rate_headers.apply(response.headers_mut());
+    if let Ok(id) = HeaderValue::from_str(&caller.request_id) {
+        response.headers_mut().insert("x-dsgw-request-id", id);
+    }
+    response
+}

@@ -1,0 +1,151 @@
+//! The pipeline's answer in DeepSeek's (OpenAI-compatible) shapes. A reply keeps the provider's
+//! bytes; only `model` (as the client named it) and `usage` (DeepSeek's complete form, with
+//! `dsgw_cost`) are re-encoded, and the usage is shown in a stream only when the client asked.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::Value;
+
+use crate::accounting::pricing::Priced;
+use crate::pipeline::respond::{Event, Whole};
+use crate::providers::reply::Reply;
+use crate::wire::raw_object::Edit;
+
+/// The usage object with its cost, as JSON text.
+fn usage_json(reply: &Reply, priced: Option<&Priced>) -> Option<String> {
+    let usage = reply.usage()?;
+    let mut wire = usage.wire.clone();
+    if let Some(priced) = priced {
+        wire.insert("dsgw_cost".into(), priced.to_json());
+    }
+    Some(Value::Object(wire).to_string())
+}
+
+/// A whole completion's body.
+pub fn whole(whole: &Whole) -> Vec<u8> {
+    let mut edits = vec![Edit::Set("model", whole.model.name_json.clone())];
+    if let Some(usage) = usage_json(&whole.reply, whole.priced.as_ref()) {
+        edits.push(Edit::Set("usage", usage));
+    }
+    whole.reply.render(edits)
+}
+
+/// One chunk's text, or `None` for a usage-only chunk the client did not ask to see. The
+/// gateway always asks providers for usage; without `include_usage` the client sees none.
+pub fn chunk(
+    reply: &Reply,
+    priced: Option<&Priced>,
+    model_json: &str,
+    include_usage: bool,
+) -> Option<Vec<u8>> {
+    let mut edits = vec![Edit::Set("model", model_json.to_owned())];
+    if include_usage {
+        if let Some(usage) = usage_json(reply, priced) {
+            edits.push(Edit::Set("usage", usage));
+        }
+    } else {
+        if reply.usage().is_some() && !reply.has_choices() {
+            return None;
+        }
+        edits.push(Edit::Remove("usage"));
+    }
+    Some(reply.render(edits))
+}
+
+/// Stream events as SSE frames: chunks, `[DONE]` after a clean end, and an error event in
+/// DeepSeek's envelope (never a silent end) when the stream broke.
+pub fn frames(events: &[Event], model_json: &str, include_usage: bool) -> Bytes {
+    let mut out = BytesMut::new();
+    for event in events {
+        match event {
+            Event::Chunk { reply, priced } => {
+                if let Some(data) = chunk(reply, priced.as_ref(), model_json, include_usage) {
+                    frame(&mut out, &data);
+                }
+            }
+            Event::Done => frame(&mut out, b"[DONE]"),
+            Event::Failed(error) => frame(&mut out, error.envelope_json().as_bytes()),
+        }
+    }
+    out.freeze()
+}
+
+fn frame(out: &mut BytesMut, data: &[u8]) {
+    out.put_slice(b"data: ");
+    out.put_slice(data);
+    out.put_slice(b"\n\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounting::pricing::Price;
+    use crate::providers::remote::dialect::{Inner, normalize};
+    use serde_json::json;
+
+    fn reply(text: &str, inner: Inner) -> Reply {
+        normalize(serde_json::from_str(text).unwrap(), inner)
+    }
+
+    fn value(bytes: &[u8]) -> Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_completion_gets_the_clients_model_and_its_cost() {
+        let r = reply(
+            r#"{"model":"deepseek/deepseek-v3.2","choices":[{"index":0,"message":{"role":"assistant","content":"hi","reasoning":"think"}}],
+               "usage":{"prompt_tokens":100,"completion_tokens":10,"prompt_tokens_details":{"cached_tokens":64}},"extra":[1,  2]}"#,
+            Inner::Message,
+        );
+        let price = Price::builtin("deepseek-v3.2").unwrap();
+        let priced = price.priced(&r.usage().unwrap().usage);
+        let model = std::sync::Arc::new(crate::pipeline::routing::catalog::ModelSpec::for_tests(
+            "deepseek-reasoner",
+            crate::pipeline::routing::catalog::ModelMode::Thinking,
+            true,
+        ));
+        let body = whole(&Whole {
+            reply: r,
+            model,
+            priced: Some(priced),
+        });
+        let v = value(&body);
+        assert_eq!(v["model"], "deepseek-reasoner");
+        assert_eq!(v["choices"][0]["message"]["reasoning_content"], "think");
+        assert_eq!(v["usage"]["prompt_cache_hit_tokens"], 64);
+        assert_eq!(v["usage"]["prompt_cache_miss_tokens"], 36);
+        // 64 * 0.028 + 36 * 0.28 + 10 * 0.42 per 1M tokens.
+        assert_eq!(v["usage"]["dsgw_cost"]["total"], "0.000016072");
+        assert!(
+            String::from_utf8(body)
+                .unwrap()
+                .contains(r#""extra":[1,  2]"#)
+        );
+    }
+
+    #[test]
+    fn usage_chunk_is_dropped_unless_asked() {
+        let usage_chunk = reply(
+            r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}"#,
+            Inner::Delta,
+        );
+        assert!(chunk(&usage_chunk, None, r#""m""#, false).is_none());
+        let shown = value(&chunk(&usage_chunk, None, r#""m""#, true).unwrap());
+        assert_eq!(shown["usage"]["prompt_cache_miss_tokens"], 5);
+
+        let content = reply(
+            r#"{"choices":[{"delta":{"reasoning":"r"}}],"usage":null}"#,
+            Inner::Delta,
+        );
+        let v = value(&chunk(&content, None, r#""m""#, false).unwrap());
+        assert!(v.get("usage").is_none());
+        assert_eq!(v["choices"][0]["delta"]["reasoning_content"], "r");
+        assert_eq!(v["model"], "m");
+        let v = value(&chunk(&content, None, r#""m""#, true).unwrap());
+        assert!(v["usage"].is_null());
+        assert_eq!(
+            v,
+            json!({"choices":[{"delta":{"reasoning_content":"r"}}],"usage":null,"model":"m"})
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! The wire formats every layer reads and writes: JSON objects kept as their fields' bytes
+//! ([`raw_object`]), server-sent events ([`sse`]), and the one error type with DeepSeek's
+//! envelope ([`error`]).
+
+pub mod error;
+pub mod raw_object;
+pub mod sse;
