@@ -14,22 +14,27 @@ use dsgw_engine::tooling::tiny::{TinySpec, write_model};
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("dsgw-engine-generate-{}", std::process::id()));
-        let spec = TinySpec {
-            hidden_size: 32,
-            max_position_embeddings: 1024,
-            ..TinySpec::tiny(129_280)
-        };
-        write_model(&dir, &spec, 3).unwrap();
-        let model = Model::load(&Checkpoint::open(&dir).unwrap(), Cpu).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        Engine::start(
-            model,
-            std::sync::Arc::new(Tokenizer::deepseek_v32().unwrap()),
-            EngineOptions::default(),
-        )
-    })
+    ENGINE.get_or_init(|| start("shared"))
+}
+
+fn start(name: &str) -> Engine {
+    let dir = std::env::temp_dir().join(format!(
+        "dsgw-engine-generate-{name}-{}",
+        std::process::id()
+    ));
+    let spec = TinySpec {
+        hidden_size: 32,
+        max_position_embeddings: 1024,
+        ..TinySpec::tiny(129_280)
+    };
+    write_model(&dir, &spec, 3).unwrap();
+    let model = Model::load(&Checkpoint::open(&dir).unwrap(), Cpu).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    Engine::start(
+        model,
+        std::sync::Arc::new(Tokenizer::deepseek_v32().unwrap()),
+        EngineOptions::default(),
+    )
 }
 
 fn greedy(max_tokens: usize) -> SamplingParams {
@@ -170,6 +175,41 @@ fn a_prompt_over_the_context_is_refused_with_deepseeks_message() {
         err.to_string()
             .starts_with("This model's maximum context length is 1024 tokens.")
     );
+}
+
+#[test]
+fn a_stopped_engine_ends_its_sequences_and_refuses_new_ones() {
+    let engine = start("stopped");
+    let mut running = engine
+        .submit(GenerationRequest {
+            prompt: prompt(10, 8),
+            params: greedy(1000),
+        })
+        .unwrap();
+    assert!(matches!(running.blocking_recv(), Some(Event::Text(_))));
+    engine.stop();
+    // The channel closes without a Finished event, as if the engine had crashed.
+    while let Some(event) = running.blocking_recv() {
+        assert!(matches!(event, Event::Text(_)), "{event:?}");
+    }
+    // A submission after the thread has gone is refused; one that raced it is dropped unanswered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match engine.submit(GenerationRequest {
+            prompt: prompt(10, 9),
+            params: greedy(3),
+        }) {
+            Err(e) => {
+                assert_eq!(e, EngineError::Stopped);
+                break;
+            }
+            Ok(mut rx) => assert!(rx.blocking_recv().is_none()),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine never stopped"
+        );
+    }
 }
 
 #[test]

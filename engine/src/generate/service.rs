@@ -90,10 +90,15 @@ struct Job {
     events: UnboundedSender<Event>,
 }
 
+enum Message {
+    Job(Job),
+    Stop,
+}
+
 /// A handle to the engine thread; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Engine {
-    jobs: Sender<Job>,
+    jobs: Sender<Message>,
     max_context: usize,
 }
 
@@ -135,9 +140,16 @@ impl Engine {
         }
         let (events, receiver) = unbounded_channel();
         self.jobs
-            .send(Job { request, events })
+            .send(Message::Job(Job { request, events }))
             .map_err(|_| EngineError::Stopped)?;
         Ok(receiver)
+    }
+
+    /// Ends the engine thread at its next step. Running and queued sequences end as if it had
+    /// crashed: their event channels close without a `Finished` event. Later submissions fail
+    /// with [`EngineError::Stopped`].
+    pub fn stop(&self) {
+        let _ = self.jobs.send(Message::Stop);
     }
 }
 
@@ -197,17 +209,18 @@ impl<B: Backend> Scheduler<B> {
         scheduler
     }
 
-    fn run(mut self, queue: Receiver<Job>) {
+    fn run(mut self, queue: Receiver<Message>) {
         loop {
             if self.running.is_empty() {
                 match queue.recv() {
-                    Ok(job) => self.admit(job),
-                    Err(_) => return,
+                    Ok(Message::Job(job)) => self.admit(job),
+                    Ok(Message::Stop) | Err(_) => return,
                 }
             }
             while self.running.len() < self.options.max_batch {
                 match queue.try_recv() {
-                    Ok(job) => self.admit(job),
+                    Ok(Message::Job(job)) => self.admit(job),
+                    Ok(Message::Stop) => return,
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) if self.running.is_empty() => return,
                     Err(TryRecvError::Disconnected) => break,

@@ -4,9 +4,8 @@
 
 use std::fmt;
 
-use serde::Deserialize;
-
 use crate::accounting::usage::Usage;
+use crate::support::config::prices::{BUILTIN, PriceConfig, per_token};
 
 /// Picodollars per token for each kind of token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,90 +107,23 @@ impl Price {
         }
     }
 
-    /// DeepSeek's published eras (USD per 1M tokens: hit / miss / output).
+    /// A built-in price table ([`BUILTIN`]).
     pub fn builtin(name: &str) -> Option<Self> {
-        let (hit, miss, output, from) = match name {
-            "deepseek-v3.2" => ("0.028", "0.28", "0.42", "2025-09-29"),
-            "deepseek-v3.1" => ("0.07", "0.56", "1.68", "2025-09-05"),
-            "deepseek-v3" => ("0.07", "0.27", "1.10", "2024-12-26"),
-            "deepseek-r1" => ("0.14", "0.55", "2.19", "2025-01-20"),
-            "free" => ("0", "0", "0", "1970-01-01"),
-            _ => return None,
-        };
-        Some(Self {
-            name: name.to_owned(),
-            currency: "USD".to_owned(),
-            effective_from: Some(from.to_owned()),
-            cache_hit: per_token(hit).expect("built-in prices parse"),
-            cache_miss: per_token(miss).expect("built-in prices parse"),
-            output: per_token(output).expect("built-in prices parse"),
-        })
+        BUILTIN
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| Self::from_config(&p.to_config()).expect("built-in prices parse"))
     }
-}
 
-/// `"100.00"` (currency units) -> picodollars.
-pub fn dollars(amount: &str) -> Result<u64, String> {
-    // The same exact decimal parsing, scaled: 1 unit = 1e12 picodollars = per_token(x) * 1e6.
-    per_token(amount)?
-        .checked_mul(1_000_000)
-        .ok_or_else(|| format!("{amount:?} is too large"))
-}
-
-/// `"0.028"` (currency per 1M tokens) -> picodollars per token, exactly (up to 6 decimals).
-pub fn per_token(per_million: &str) -> Result<u64, String> {
-    let (whole, frac) = per_million.split_once('.').unwrap_or((per_million, ""));
-    if whole.is_empty() && frac.is_empty()
-        || !whole.bytes().all(|b| b.is_ascii_digit())
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-    {
-        return Err(format!("{per_million:?} is not a decimal amount"));
-    }
-    if frac.len() > 6 {
-        return Err(format!("{per_million:?} has more than 6 decimal places"));
-    }
-    let whole: u64 = if whole.is_empty() {
-        0
-    } else {
-        whole
-            .parse()
-            .map_err(|_| format!("{per_million:?} is too large"))?
-    };
-    let frac_value: u64 = format!("{frac:0<6}").parse().unwrap_or(0);
-    // Per 1M tokens -> per token: x USD / 1e6 = x * 1e6 picodollars.
-    whole
-        .checked_mul(1_000_000)
-        .and_then(|w| w.checked_add(frac_value))
-        .ok_or_else(|| format!("{per_million:?} is too large"))
-}
-
-/// A `[[prices]]` entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PriceConfig {
-    pub name: String,
-    #[serde(default = "usd")]
-    pub currency: String,
-    /// Per 1M tokens, as decimal strings (`"0.028"`).
-    pub cache_hit: String,
-    pub cache_miss: String,
-    pub output: String,
-    #[serde(default)]
-    pub effective_from: Option<String>,
-}
-
-fn usd() -> String {
-    "USD".to_owned()
-}
-
-impl PriceConfig {
-    pub fn to_price(&self) -> Result<Price, String> {
-        Ok(Price {
-            name: self.name.clone(),
-            currency: self.currency.clone(),
-            effective_from: self.effective_from.clone(),
-            cache_hit: per_token(&self.cache_hit)?,
-            cache_miss: per_token(&self.cache_miss)?,
-            output: per_token(&self.output)?,
+    /// A `[[prices]]` entry, its decimal figures read exactly.
+    pub fn from_config(c: &PriceConfig) -> Result<Self, String> {
+        Ok(Self {
+            name: c.name.clone(),
+            currency: c.currency.clone(),
+            effective_from: c.effective_from.clone(),
+            cache_hit: per_token(&c.cache_hit)?,
+            cache_miss: per_token(&c.cache_miss)?,
+            output: per_token(&c.output)?,
         })
     }
 }
@@ -199,16 +131,6 @@ impl PriceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn published_prices_parse_exactly() {
-        assert_eq!(per_token("0.028"), Ok(28_000));
-        assert_eq!(per_token("0.28"), Ok(280_000));
-        assert_eq!(per_token("2.19"), Ok(2_190_000));
-        assert_eq!(per_token("3"), Ok(3_000_000));
-        assert!(per_token("0.0000001").is_err());
-        assert!(per_token("abc").is_err());
-    }
 
     #[test]
     fn cost_is_exact_to_the_picodollar_and_bills_reasoning_as_output() {

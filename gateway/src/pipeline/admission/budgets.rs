@@ -1,8 +1,8 @@
 //! Spend budgets per team and per key, by day, month or in total, read from the ledger.
 
-use crate::accounting::pricing::dollars;
 use crate::accounting::spend::ledger::Ledger;
 use crate::accounting::spend::record::day_of;
+use crate::support::config::prices::dollars;
 use crate::support::config::{BudgetConfig, BudgetPeriod, LimitScope};
 use crate::support::principal::Principal;
 use crate::support::redis_link::RedisLinkError;

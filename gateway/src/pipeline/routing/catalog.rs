@@ -89,7 +89,7 @@ impl Deployment {
             .prices
             .iter()
             .find(|p| p.name == name)
-            .and_then(|p| p.to_price().ok())
+            .and_then(|p| Price::from_config(p).ok())
             .or_else(|| Price::builtin(name))
             .expect("validated price name");
         Self {

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 mod keys;
+pub mod prices;
 mod providers;
 mod routing;
 mod spend;
@@ -60,7 +61,7 @@ pub struct Config {
     /// Named price tables, in addition to the built-in ones (deepseek-v3.2, deepseek-v3.1,
     /// deepseek-v3, deepseek-r1, free).
     #[serde(default)]
-    pub prices: Vec<crate::accounting::pricing::PriceConfig>,
+    pub prices: Vec<prices::PriceConfig>,
     /// Where spend is recorded.
     #[serde(default)]
     pub ledger: LedgerConfig,
@@ -378,7 +379,7 @@ impl Config {
 
     fn validate_deployment(&self, at: &str, d: &DeploymentConfig) -> Result<(), String> {
         if let Some(price) = &d.price
-            && crate::accounting::pricing::Price::builtin(price).is_none()
+            && !prices::is_builtin(price)
             && !self.prices.iter().any(|p| &p.name == price)
         {
             return Err(format!(
@@ -460,12 +461,12 @@ impl Config {
             if !known(b.scope, &b.name) {
                 return Err(format!("{at}: no configured key has this {:?}", b.scope));
             }
-            if let Err(e) = crate::accounting::pricing::dollars(&b.amount) {
+            if let Err(e) = prices::dollars(&b.amount) {
                 return Err(format!("{at}: `amount` {e}"));
             }
         }
         for (i, p) in self.prices.iter().enumerate() {
-            if let Err(e) = p.to_price() {
+            if let Err(e) = p.validate() {
                 return Err(format!("prices[{i}] (name = {:?}): {e}", p.name));
             }
         }

@@ -153,17 +153,7 @@ pub fn to_chat(
     if max_tokens < 1 {
         return Err(invalid("max_tokens: must be at least 1"));
     }
-    let mut messages = Vec::new();
-    match request.system {
-        Some(System::Text(text)) if !text.is_empty() => {
-            messages.push(json!({"role": "system", "content": text}));
-        }
-        Some(System::Blocks(blocks)) if !blocks.is_empty() => {
-            let text: Vec<String> = blocks.into_iter().map(|b| b.text).collect();
-            messages.push(json!({"role": "system", "content": text.join("\n\n")}));
-        }
-        _ => {}
-    }
+    let mut messages: Vec<Value> = system_message(request.system).into_iter().collect();
     for (i, m) in request.messages.into_iter().enumerate() {
         translate_message(i, m, &mut messages)?;
     }
@@ -189,29 +179,10 @@ pub fn to_chat(
         chat.insert("top_p".into(), json!(p));
     }
     if let Some(tools) = request.tools.filter(|t| !t.is_empty()) {
-        let tools: Vec<Value> = tools
-            .into_iter()
-            .map(|t| {
-                let mut function = json!({
-                    "name": t.name,
-                    "parameters": t.input_schema.unwrap_or_else(|| json!({"type": "object"})),
-                });
-                if let Some(d) = t.description {
-                    function["description"] = d.into();
-                }
-                json!({"type": "function", "function": function})
-            })
-            .collect();
-        chat.insert("tools".into(), Value::Array(tools));
+        chat.insert("tools".into(), chat_tools(tools));
     }
     if let Some(choice) = request.tool_choice {
-        let choice = match choice {
-            ToolChoice::Auto {} => json!("auto"),
-            ToolChoice::Any {} => json!("required"),
-            ToolChoice::None {} => json!("none"),
-            ToolChoice::Tool { name } => json!({"type": "function", "function": {"name": name}}),
-        };
-        chat.insert("tool_choice".into(), choice);
+        chat.insert("tool_choice".into(), chat_tool_choice(choice));
     }
     match request.thinking {
         Some(Thinking::Enabled { .. }) => {
@@ -232,6 +203,45 @@ pub fn to_chat(
         model: request.model,
         stream: request.stream,
     })
+}
+
+/// The `system` field as the first chat message.
+fn system_message(system: Option<System>) -> Option<Value> {
+    match system {
+        Some(System::Text(text)) if !text.is_empty() => {
+            Some(json!({"role": "system", "content": text}))
+        }
+        Some(System::Blocks(blocks)) if !blocks.is_empty() => {
+            let text: Vec<String> = blocks.into_iter().map(|b| b.text).collect();
+            Some(json!({"role": "system", "content": text.join("\n\n")}))
+        }
+        _ => None,
+    }
+}
+
+fn chat_tools(tools: Vec<Tool>) -> Value {
+    tools
+        .into_iter()
+        .map(|t| {
+            let mut function = json!({
+                "name": t.name,
+                "parameters": t.input_schema.unwrap_or_else(|| json!({"type": "object"})),
+            });
+            if let Some(d) = t.description {
+                function["description"] = d.into();
+            }
+            json!({"type": "function", "function": function})
+        })
+        .collect()
+}
+
+fn chat_tool_choice(choice: ToolChoice) -> Value {
+    match choice {
+        ToolChoice::Auto {} => json!("auto"),
+        ToolChoice::Any {} => json!("required"),
+        ToolChoice::None {} => json!("none"),
+        ToolChoice::Tool { name } => json!({"type": "function", "function": {"name": name}}),
+    }
 }
 
 /// One Anthropic message becomes one or more chat messages: tool results are `tool` messages
@@ -269,18 +279,7 @@ fn translate_message(index: usize, m: Message, out: &mut Vec<Value>) -> Result<(
                     is_error,
                 },
             ) => {
-                let mut result = match content {
-                    None => String::new(),
-                    Some(ToolResultContent::Text(t)) => t,
-                    Some(ToolResultContent::Blocks(blocks)) => blocks
-                        .iter()
-                        .filter_map(|b| b["text"].as_str())
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                };
-                if is_error {
-                    result = format!("Error: {result}");
-                }
+                let result = tool_result_text(content, is_error);
                 out.push(json!({"role": "tool", "tool_call_id": tool_use_id, "content": result}));
             }
             (_, Block::Image {} | Block::Document {}) => {
@@ -318,6 +317,24 @@ fn translate_message(index: usize, m: Message, out: &mut Vec<Value>) -> Result<(
         }
     }
     Ok(())
+}
+
+/// A tool result's text (an error's marked as one).
+fn tool_result_text(content: Option<ToolResultContent>, is_error: bool) -> String {
+    let text = match content {
+        None => String::new(),
+        Some(ToolResultContent::Text(t)) => t,
+        Some(ToolResultContent::Blocks(blocks)) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    if is_error {
+        format!("Error: {text}")
+    } else {
+        text
+    }
 }
 
 #[cfg(test)]

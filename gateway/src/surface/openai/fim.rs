@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use super::request::{field, include_usage, sampling_ranges, stop_sequences};
+use super::fields::{field, include_usage, sampling_ranges, stop_sequences};
 use crate::pipeline::request::Request;
 use crate::providers::call::{Endpoint, Mode};
 use crate::wire::error::ApiError;

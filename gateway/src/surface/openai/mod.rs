@@ -3,6 +3,7 @@
 //! Each parses its body ([`request`], [`fim`]), runs the pipeline, and renders the answer in
 //! DeepSeek's shape, streaming or not ([`render`]).
 
+pub mod fields;
 pub mod fim;
 pub mod render;
 pub mod request;

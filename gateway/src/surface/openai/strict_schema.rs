@@ -34,15 +34,24 @@ fn check(schema: &Value, at: &str) -> Result<(), String> {
     let Some(object) = schema.as_object() else {
         return Err(format!("{at}: a schema must be an object"));
     };
+    check_keywords(object, at)?;
+    let kinds = kinds(object, at)?;
+    for kind in &kinds {
+        check_kind(object, kind, &kinds, at)?;
+    }
+    Ok(())
+}
+
+/// Every keyword is one strict mode knows; nested schemas are checked where they are.
+fn check_keywords(object: &Map<String, Value>, at: &str) -> Result<(), String> {
     for (key, value) in object {
         match key.as_str() {
-            "description" | "title" | "default" | "$ref" | "type" => {}
+            "description" | "title" | "default" | "$ref" | "type" | "enum" | "const" => {}
             "$defs" | "definitions" => {
                 for (name, def) in value.as_object().into_iter().flatten() {
                     check(def, &format!("{at}.{key}.{name}"))?;
                 }
             }
-            "enum" | "const" => {}
             "anyOf" => {
                 let variants = value
                     .as_array()
@@ -51,22 +60,32 @@ fn check(schema: &Value, at: &str) -> Result<(), String> {
                     check(v, &format!("{at}.anyOf[{i}]"))?;
                 }
             }
-            "properties"
-            | "required"
-            | "additionalProperties"
-            | "items"
-            | "pattern"
-            | "format"
-            | "minimum"
-            | "maximum"
-            | "exclusiveMinimum"
-            | "exclusiveMaximum"
-            | "multipleOf" => {}
+            k if TYPED_KEYWORDS.contains(&k) => {}
             other => {
                 return Err(format!("{at}: `{other}` is not supported in strict mode"));
             }
         }
     }
+    Ok(())
+}
+
+/// Keywords that apply to some types only.
+const TYPED_KEYWORDS: [&str; 11] = [
+    "properties",
+    "required",
+    "additionalProperties",
+    "pattern",
+    "format",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "items",
+];
+
+/// The schema's `type`s; a schema without one must say what it is some other way.
+fn kinds<'a>(object: &'a Map<String, Value>, at: &str) -> Result<Vec<&'a str>, String> {
     let kinds: Vec<&str> = match object.get("type") {
         None => Vec::new(),
         Some(Value::String(t)) => vec![t.as_str()],
@@ -87,54 +106,50 @@ fn check(schema: &Value, at: &str) -> Result<(), String> {
             "{at}: strict mode needs a `type` (or `anyOf`, `enum`, `$ref`)"
         ));
     }
-    for kind in &kinds {
-        if !matches!(
-            *kind,
-            "object" | "string" | "number" | "integer" | "array" | "boolean" | "null"
-        ) {
-            return Err(format!("{at}.type: `{kind}` is not a JSON Schema type"));
-        }
-        for key in [
-            "properties",
-            "required",
-            "additionalProperties",
-            "pattern",
-            "format",
-            "minimum",
-            "maximum",
-            "exclusiveMinimum",
-            "exclusiveMaximum",
-            "multipleOf",
-            "items",
-        ] {
-            if object.contains_key(key) && !kinds.iter().any(|k| keyword_fits(k, key)) {
-                return Err(format!(
-                    "{at}: `{key}` does not apply to type `{kind}` in strict mode"
-                ));
-            }
-        }
-        match *kind {
-            "object" => check_object(object, at)?,
-            "string" => {
-                if let Some(f) = object.get("format") {
-                    let f = f.as_str().unwrap_or("");
-                    if !STRING_FORMATS.contains(&f) {
-                        return Err(format!(
-                            "{at}.format: `{f}` is not supported in strict mode (supported: {})",
-                            STRING_FORMATS.join(", ")
-                        ));
-                    }
-                }
-            }
-            "array" => {
-                if let Some(items) = object.get("items") {
-                    check(items, &format!("{at}.items"))?;
-                }
-            }
-            _ => {}
+    Ok(kinds)
+}
+
+fn check_kind(
+    object: &Map<String, Value>,
+    kind: &str,
+    kinds: &[&str],
+    at: &str,
+) -> Result<(), String> {
+    if !matches!(
+        kind,
+        "object" | "string" | "number" | "integer" | "array" | "boolean" | "null"
+    ) {
+        return Err(format!("{at}.type: `{kind}` is not a JSON Schema type"));
+    }
+    for key in TYPED_KEYWORDS {
+        if object.contains_key(key) && !kinds.iter().any(|k| keyword_fits(k, key)) {
+            return Err(format!(
+                "{at}: `{key}` does not apply to type `{kind}` in strict mode"
+            ));
         }
     }
-    Ok(())
+    match kind {
+        "object" => check_object(object, at),
+        "string" => match object.get("format") {
+            Some(f) => {
+                let f = f.as_str().unwrap_or("");
+                if STRING_FORMATS.contains(&f) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{at}.format: `{f}` is not supported in strict mode (supported: {})",
+                        STRING_FORMATS.join(", ")
+                    ))
+                }
+            }
+            None => Ok(()),
+        },
+        "array" => match object.get("items") {
+            Some(items) => check(items, &format!("{at}.items")),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
 }
 
 fn keyword_fits(kind: &str, key: &str) -> bool {
