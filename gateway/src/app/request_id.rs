@@ -5,7 +5,7 @@
 use http::{HeaderValue, Request};
 use tower_http::request_id::{MakeRequestId, RequestId};
 
-use crate::support::random::random_hex;
+use crate::support::random::random_id;
 
 /// The header a request id travels in, both ways.
 pub const HEADER: &str = "x-request-id";
@@ -19,9 +19,7 @@ pub struct FreshIds;
 
 impl MakeRequestId for FreshIds {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&random_hex(8))
-            .ok()
-            .map(RequestId::new)
+        HeaderValue::from_str(&random_id()).ok().map(RequestId::new)
     }
 }
 

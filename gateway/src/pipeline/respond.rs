@@ -118,8 +118,8 @@ impl Streaming {
         }
     }
 
-    /// The events, to the end. Dropping the stream before its end settles the request as a
-    /// client disconnect (and cancels the provider call).
+    /// The events, to the end, which is always a `Done` or a `Failed`. Dropping the stream
+    /// before its end settles the request as a client disconnect (and cancels the provider call).
     pub fn events(self) -> impl Stream<Item = Event> + Send + 'static {
         futures_util::stream::unfold(self.state, |mut state| async move {
             state.next().await.map(|event| (event, state))

@@ -7,8 +7,8 @@ use std::pin::Pin;
 
 use futures_util::Stream;
 use serde::Deserialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use crate::accounting::usage::Usage;
 use crate::wire::error::ApiError;
@@ -29,8 +29,9 @@ pub struct Reply {
 #[derive(Debug, Clone)]
 pub struct ReplyUsage {
     pub usage: Usage,
-    /// The usage object with both cache forms and totals (the provider's other fields kept).
-    pub wire: Map<String, Value>,
+    /// The usage object's JSON text with both cache forms and totals (the provider's other
+    /// fields kept).
+    pub wire: String,
 }
 
 /// One step of a stream.
@@ -51,6 +52,17 @@ pub enum Started {
     Whole(Reply),
     /// A stream, not yet read.
     Stream(Events),
+}
+
+impl ReplyUsage {
+    /// The wire form with dsgw's cost appended as `dsgw_cost`.
+    pub fn wire_with_cost(&self, cost: &Value) -> String {
+        match self.wire.strip_suffix('}') {
+            // `{}` has no field to follow.
+            Some(open) if open.trim_end() != "{" => format!("{open},\"dsgw_cost\":{cost}}}"),
+            _ => format!("{{\"dsgw_cost\":{cost}}}"),
+        }
+    }
 }
 
 impl Reply {

@@ -8,6 +8,11 @@ pub fn random_u64() -> u64 {
     std::collections::hash_map::RandomState::new().hash_one(0u8)
 }
 
+/// 16 hex digits from [`random_u64`]: an id, not a secret.
+pub fn random_id() -> String {
+    format!("{:016x}", random_u64())
+}
+
 /// `bytes` random bytes from the operating system's generator, in hex.
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];

@@ -8,21 +8,26 @@ pub mod account;
 pub mod anthropic;
 pub mod openai;
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::FromRequestParts;
 use axum::extract::rejection::BytesRejection;
 use axum::response::Response;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
 use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
 
 use crate::pipeline::admission::limits::RateHeaders;
 use crate::pipeline::admission::policy::gate::CLASSIFICATION_HEADER;
 use crate::pipeline::context::Caller;
+use crate::pipeline::respond::Event;
 use crate::support::principal::Principal;
-use crate::support::random::random_hex;
+use crate::support::random::random_id;
 use crate::wire::error::ApiError;
 
 /// The request id the edge gave a request (`x-request-id`), or a fresh one.
@@ -31,7 +36,7 @@ pub fn request_id(parts: &Parts) -> Arc<str> {
         .extensions
         .get::<tower_http::request_id::RequestId>()
         .and_then(|id| id.header_value().to_str().ok())
-        .map_or_else(|| Arc::from(random_hex(8)), Arc::from)
+        .map_or_else(|| Arc::from(random_id()), Arc::from)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -57,6 +62,48 @@ pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(),
         _ => ApiError::bad_request("Failed to read the request body."),
     })
+}
+
+/// A body of SSE frames: every event that is ready at once (one upstream read's worth) is
+/// rendered into one frame by `render`, so a stream leaves in as few writes as it came.
+pub fn frames<S, F>(events: S, render: F) -> Body
+where
+    S: Stream<Item = Event> + Send + 'static,
+    F: FnMut(&Event, &mut BytesMut) + Send + Unpin + 'static,
+{
+    Body::from_stream(Frames {
+        events: Box::pin(events),
+        render,
+        ended: false,
+    })
+}
+
+struct Frames<F> {
+    events: Pin<Box<dyn Stream<Item = Event> + Send>>,
+    render: F,
+    ended: bool,
+}
+
+impl<F: FnMut(&Event, &mut BytesMut) + Unpin> Stream for Frames<F> {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let mut out = BytesMut::new();
+        while !this.ended {
+            match this.events.as_mut().poll_next(cx) {
+                Poll::Ready(Some(event)) => (this.render)(&event, &mut out),
+                Poll::Ready(None) => this.ended = true,
+                Poll::Pending if out.is_empty() => return Poll::Pending,
+                Poll::Pending => break,
+            }
+        }
+        if out.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Ready(Some(Ok(out.freeze())))
+        }
+    }
 }
 
 /// A response with a JSON body.

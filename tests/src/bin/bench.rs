@@ -48,6 +48,17 @@ struct Args {
     /// Back-to-back streams on one connection.
     #[arg(long, default_value_t = 300)]
     sequential: usize,
+    /// A second dsgw binary (an earlier build, say) measured beside --dsgw in the same run: in
+    /// the latency table (interleaved) and the open-stream memory.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Sections to run: latency, limits, accounting, sequential, memory.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "latency,limits,accounting,sequential,memory"
+    )]
+    sections: Vec<String>,
 }
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
@@ -165,6 +176,11 @@ fn main() {
     let mut env = harness::env();
     env.push(("DSGW_LOG", args.log.as_str()));
     let gw = Gateway::start(&args.dsgw, &harness::config(&base, ""), &env);
+    let baseline = args
+        .baseline
+        .as_ref()
+        .map(|bin| Gateway::start(bin, &harness::config(&base, ""), &env));
+    let run = |section: &str| args.sections.iter().any(|s| s == section);
     let mut floor_cmd = Command::new(&args.fake);
     floor_cmd.arg("--proxy-to").arg(&base);
     let (mut floor, floor_addr, _) =
@@ -184,41 +200,18 @@ fn main() {
         };
         let pool = client(64);
 
-        println!("## Added latency, open loop ({} s per run)\n", args.seconds);
-        println!("Added = latency through the hop minus latency calling the fake directly, same run.");
-        println!("`bare proxy` is a pass-through hyper proxy with no parsing: the floor any extra hop pays here.\n");
-        println!("| mode | rate (req/s) | direct p50 | dsgw added p50 | bare proxy added p50 | direct p99 | dsgw added p99 | bare proxy added p99 | failures (direct / dsgw / proxy) |");
-        println!("|---|---|---|---|---|---|---|---|---|");
-        for stream in [false, true] {
-            let body = chat_body("deepseek-chat", "Hello", stream);
-            for target in [&direct, &via, &hop] {
-                for _ in 0..200 {
-                    once(&pool, target, &body).await;
-                }
-            }
-            for &rate in &args.rates {
-                let d = open_loop(&pool, &direct, &body, rate, args.seconds).await;
-                let g = open_loop(&pool, &via, &body, rate, args.seconds).await;
-                let h = open_loop(&pool, &hop, &body, rate, args.seconds).await;
-                let p50 = |r: &Run| pct(&r.latencies, 0.5);
-                let p99 = |r: &Run| pct(&r.latencies, 0.99);
-                println!(
-                    "| {} | {rate} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {} / {} / {} |",
-                    if stream { "stream" } else { "non-stream" },
-                    p50(&d),
-                    p50(&g) - p50(&d),
-                    p50(&h) - p50(&d),
-                    p99(&d),
-                    p99(&g) - p99(&d),
-                    p99(&h) - p99(&d),
-                    d.failures,
-                    g.failures,
-                    h.failures,
-                );
-            }
+        let old = baseline.as_ref().map(|b| Target {
+            name: "dsgw (baseline)",
+            url: b.url("/v1/chat/completions"),
+            key: "sk-alice",
+        });
+        if run("latency") {
+            let mut targets = vec![&via];
+            targets.extend(old.as_ref());
+            targets.push(&hop);
+            latency_table(&pool, &direct, &targets, &args).await;
         }
-
-        if args.limits_rate > 0 {
+        if run("limits") && args.limits_rate > 0 {
             let redis = dsgw_tests::redis_server::RedisServer::start();
             let extra = format!(
                 "[redis]\nurl = \"{}\"\n\n[[limits]]\nscope = \"team\"\nname = \"research\"\nrequests_per_minute = 100000000\ntokens_per_minute = 10000000000\nconcurrent = 100000\n",
@@ -248,7 +241,7 @@ fn main() {
             );
         }
 
-        {
+        if run("accounting") {
             let plain_config = harness::config(&base, "").replace("drain_timeout_secs = 5", "drain_timeout_secs = 5\naccounting = false");
             let plain_gw = Gateway::start(&args.dsgw, &plain_config, &env);
             let without = Target { name: "dsgw without accounting", url: plain_gw.url("/v1/chat/completions"), key: "sk-alice" };
@@ -296,6 +289,7 @@ fn main() {
             }
         }
 
+        if run("sequential") {
         println!("\n## Back-to-back streams on one keep-alive connection ({} each)\n", args.sequential);
         println!("| target | p50 | p99 | max | over 30 ms |");
         println!("|---|---|---|---|---|");
@@ -319,50 +313,100 @@ fn main() {
             );
         }
 
-        println!("\n## Resident memory with {} open streams\n", args.streams);
-        let idle = rss_kib(gw.pid());
-        let body = chat_body("deepseek-chat", "__hold__", true);
-        let mut open = Vec::with_capacity(args.streams);
-        let started = Instant::now();
-        for _ in 0..args.streams {
-            let c = client(0);
-            let request = http::Request::post(&via.url)
-                .header("content-type", "application/json")
-                .header("authorization", "Bearer sk-alice")
-                .body(Full::new(body.clone()))
-                .unwrap();
-            open.push(tokio::spawn(async move {
-                let response = c.request(request).await.ok()?;
-                let mut body = response.into_body();
-                // Wait for the first data frame: the stream is open end to end.
-                let frame = body.frame().await?.ok()?;
-                frame.data_ref()?;
-                Some(body)
-            }));
         }
-        let mut bodies = Vec::with_capacity(args.streams);
-        for t in open {
-            if let Ok(Some(b)) = t.await {
-                bodies.push(b);
+
+        if run("memory") {
+            println!("\n## Resident memory with {} open streams\n", args.streams);
+            println!("| gateway | open streams | gateway RSS idle | gateway RSS with streams open | per stream | time to open all |");
+            println!("|---|---|---|---|---|---|");
+            memory(&via, gw.pid(), args.streams).await;
+            if let (Some(old), Some(b)) = (&old, &baseline) {
+                memory(old, b.pid(), args.streams).await;
             }
         }
-        let opened = started.elapsed();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let held = rss_kib(gw.pid());
-        println!("| open streams | gateway RSS idle | gateway RSS with streams open | per stream | time to open all |");
-        println!("|---|---|---|---|---|");
-        println!(
-            "| {} | {:.1} MB | {:.1} MB | {:.1} KiB | {:.2} s |",
-            bodies.len(),
-            idle as f64 / 1024.0,
-            held as f64 / 1024.0,
-            (held.saturating_sub(idle)) as f64 / bodies.len().max(1) as f64,
-            opened.as_secs_f64(),
-        );
-        drop(bodies);
     });
     for child in [&mut fake, &mut floor] {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// The added-latency table: every target beside the direct call, interleaved at each rate.
+async fn latency_table(pool: &HttpClient, direct: &Target, targets: &[&Target], args: &Args) {
+    println!("## Added latency, open loop ({} s per run)\n", args.seconds);
+    println!("Added = latency through the hop minus latency calling the fake directly, same run.");
+    println!(
+        "`bare proxy` is a pass-through hyper proxy with no parsing: the floor any extra hop pays here.\n"
+    );
+    println!(
+        "| mode | rate (req/s) | target | direct p50 | added p50 | direct p99 | added p99 | failures |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for stream in [false, true] {
+        let body = chat_body("deepseek-chat", "Hello", stream);
+        for target in std::iter::once(direct).chain(targets.iter().copied()) {
+            for _ in 0..200 {
+                once(pool, target, &body).await;
+            }
+        }
+        for &rate in &args.rates {
+            let mode = if stream { "stream" } else { "non-stream" };
+            for target in targets {
+                let d = open_loop(pool, direct, &body, rate, args.seconds).await;
+                let t = open_loop(pool, target, &body, rate, args.seconds).await;
+                let (d50, d99) = (pct(&d.latencies, 0.5), pct(&d.latencies, 0.99));
+                println!(
+                    "| {mode} | {rate} | {} | {d50:.3} ms | {:.3} ms | {d99:.3} ms | {:.3} ms | {} / {} |",
+                    target.name,
+                    pct(&t.latencies, 0.5) - d50,
+                    pct(&t.latencies, 0.99) - d99,
+                    d.failures,
+                    t.failures,
+                );
+            }
+        }
+    }
+}
+
+/// Resident memory of the gateway `pid` holding `streams` open streams through `via`.
+async fn memory(via: &Target, pid: u32, streams: usize) {
+    let idle = rss_kib(pid);
+    let body = chat_body("deepseek-chat", "__hold__", true);
+    let mut open = Vec::with_capacity(streams);
+    let started = Instant::now();
+    for _ in 0..streams {
+        let c = client(0);
+        let request = http::Request::post(&via.url)
+            .header("content-type", "application/json")
+            .header("authorization", "Bearer sk-alice")
+            .body(Full::new(body.clone()))
+            .unwrap();
+        open.push(tokio::spawn(async move {
+            let response = c.request(request).await.ok()?;
+            let mut body = response.into_body();
+            // Wait for the first data frame: the stream is open end to end.
+            let frame = body.frame().await?.ok()?;
+            frame.data_ref()?;
+            Some(body)
+        }));
+    }
+    let mut bodies = Vec::with_capacity(streams);
+    for t in open {
+        if let Ok(Some(b)) = t.await {
+            bodies.push(b);
+        }
+    }
+    let opened = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = rss_kib(pid);
+    println!(
+        "| {} | {} | {:.1} MB | {:.1} MB | {:.1} KiB | {:.2} s |",
+        via.name,
+        bodies.len(),
+        idle as f64 / 1024.0,
+        held as f64 / 1024.0,
+        (held.saturating_sub(idle)) as f64 / bodies.len().max(1) as f64,
+        opened.as_secs_f64(),
+    );
+    drop(bodies);
 }

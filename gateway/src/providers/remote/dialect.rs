@@ -114,7 +114,7 @@ fn normalized_usage(usage: &RawValue) -> Option<ReplyUsage> {
     record.write_wire(&mut wire);
     Some(ReplyUsage {
         usage: record,
-        wire,
+        wire: Value::Object(wire).to_string(),
     })
 }
 
@@ -206,8 +206,9 @@ mod tests {
         assert!(v["choices"][0]["message"].get("reasoning").is_none());
         let usage = reply.usage().unwrap();
         assert_eq!(usage.usage.cache_hit, 64);
-        assert_eq!(usage.wire["prompt_cache_hit_tokens"], 64);
-        assert_eq!(usage.wire["prompt_cache_miss_tokens"], 36);
+        let wire: Value = serde_json::from_str(&usage.wire).unwrap();
+        assert_eq!(wire["prompt_cache_hit_tokens"], 64);
+        assert_eq!(wire["prompt_cache_miss_tokens"], 36);
         assert!(text.contains(r#""extra":[1,  2]"#), "{text}");
     }
 

@@ -11,16 +11,14 @@ pub mod stream;
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::StreamExt;
 
 use crate::pipeline::Pipeline;
 use crate::pipeline::context::Caller;
-use crate::pipeline::respond::{Answer, Event};
+use crate::pipeline::respond::Answer;
 use crate::providers::call::Endpoint;
 use crate::wire::error::ApiError;
 
@@ -61,9 +59,11 @@ pub async fn messages(
                 .into_bytes(),
         ),
         Ok(Answer::Stream(streaming)) => {
-            let translator = stream::StreamTranslator::new(&model);
-            let events = Box::pin(streaming.events().ready_chunks(32));
-            super::sse_response(Body::from_stream(translate(events, translator)))
+            // The pipeline's stream ends with Done or Failed, which close the message.
+            let mut translator = stream::StreamTranslator::new(&model);
+            super::sse_response(super::frames(streaming.events(), move |e, out| {
+                translator.push_into(e, out)
+            }))
         }
     };
     super::finish(response, &caller, &handled.rate_headers)
@@ -109,28 +109,4 @@ fn count(
         &translated.chat_body,
         thinking,
     ))
-}
-
-/// The translated stream: each batch of ready events as one frame, then the translator's end.
-fn translate(
-    events: impl futures_util::Stream<Item = Vec<Event>> + Send + Unpin + 'static,
-    translator: stream::StreamTranslator,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
-    futures_util::stream::unfold(Some((events, translator)), |state| async move {
-        let (mut events, mut translator) = state?;
-        loop {
-            match events.next().await {
-                Some(batch) => {
-                    let out = translator.push(&batch);
-                    if !out.is_empty() {
-                        return Some((Ok(out), Some((events, translator))));
-                    }
-                }
-                None => {
-                    let out = translator.end();
-                    return (!out.is_empty()).then_some((Ok(out), None));
-                }
-            }
-        }
-    })
 }

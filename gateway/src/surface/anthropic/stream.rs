@@ -51,16 +51,21 @@ impl StreamTranslator {
     pub fn push(&mut self, events: &[Event]) -> Bytes {
         let mut out = BytesMut::new();
         for event in events {
-            if self.done {
-                break;
-            }
-            match event {
-                Event::Chunk { reply, .. } => self.chunk(reply, &mut out),
-                Event::Done => self.finish(&mut out),
-                Event::Failed(error) => self.fail(&mut out, &error.body.message),
-            }
+            self.push_into(event, &mut out);
         }
         out.freeze()
+    }
+
+    /// Translates one event into `out`.
+    pub fn push_into(&mut self, event: &Event, out: &mut BytesMut) {
+        if self.done {
+            return;
+        }
+        match event {
+            Event::Chunk { reply, .. } => self.chunk(reply, out),
+            Event::Done => self.finish(out),
+            Event::Failed(error) => self.fail(out, &error.body.message),
+        }
     }
 
     /// The stream ended: one that never said it was done (or failed) was cut.

@@ -11,12 +11,10 @@ pub mod strict_schema;
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::HeaderValue;
 
 use crate::pipeline::Pipeline;
@@ -70,17 +68,9 @@ async fn serve(
         }
         Ok(Answer::Stream(streaming)) => {
             let model_json = streaming.model.name_json.clone();
-            // Events that are ready together (one upstream read) leave in one frame.
-            let frames = streaming
-                .events()
-                .ready_chunks(32)
-                .filter_map(move |events| {
-                    let frames = render::frames(&events, &model_json, include_usage);
-                    std::future::ready(
-                        (!frames.is_empty()).then_some(Ok::<_, std::convert::Infallible>(frames)),
-                    )
-                });
-            super::sse_response(Body::from_stream(frames))
+            super::sse_response(super::frames(streaming.events(), move |e, out| {
+                render::event(e, &model_json, include_usage, out)
+            }))
         }
     };
     super::finish(response, &caller, &handled.rate_headers)

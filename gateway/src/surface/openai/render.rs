@@ -2,8 +2,7 @@
 //! bytes; only `model` (as the client named it) and `usage` (DeepSeek's complete form, with
 //! `dsgw_cost`) are re-encoded, and the usage is shown in a stream only when the client asked.
 
-use bytes::{BufMut, Bytes, BytesMut};
-use serde_json::Value;
+use bytes::{BufMut, BytesMut};
 
 use crate::accounting::pricing::Priced;
 use crate::pipeline::respond::{Event, Whole};
@@ -13,11 +12,10 @@ use crate::wire::raw_object::Edit;
 /// The usage object with its cost, as JSON text.
 fn usage_json(reply: &Reply, priced: Option<&Priced>) -> Option<String> {
     let usage = reply.usage()?;
-    let mut wire = usage.wire.clone();
-    if let Some(priced) = priced {
-        wire.insert("dsgw_cost".into(), priced.to_json());
-    }
-    Some(Value::Object(wire).to_string())
+    Some(match priced {
+        Some(priced) => usage.wire_with_cost(&priced.to_json()),
+        None => usage.wire.clone(),
+    })
 }
 
 /// A whole completion's body.
@@ -51,22 +49,18 @@ pub fn chunk(
     Some(reply.render(edits))
 }
 
-/// Stream events as SSE frames: chunks, `[DONE]` after a clean end, and an error event in
+/// One stream event as an SSE frame: a chunk, `[DONE]` after a clean end, and an error event in
 /// DeepSeek's envelope (never a silent end) when the stream broke.
-pub fn frames(events: &[Event], model_json: &str, include_usage: bool) -> Bytes {
-    let mut out = BytesMut::new();
-    for event in events {
-        match event {
-            Event::Chunk { reply, priced } => {
-                if let Some(data) = chunk(reply, priced.as_ref(), model_json, include_usage) {
-                    frame(&mut out, &data);
-                }
+pub fn event(event: &Event, model_json: &str, include_usage: bool, out: &mut BytesMut) {
+    match event {
+        Event::Chunk { reply, priced } => {
+            if let Some(data) = chunk(reply, priced.as_ref(), model_json, include_usage) {
+                frame(out, &data);
             }
-            Event::Done => frame(&mut out, b"[DONE]"),
-            Event::Failed(error) => frame(&mut out, error.envelope_json().as_bytes()),
         }
+        Event::Done => frame(out, b"[DONE]"),
+        Event::Failed(error) => frame(out, error.envelope_json().as_bytes()),
     }
-    out.freeze()
 }
 
 fn frame(out: &mut BytesMut, data: &[u8]) {
@@ -80,7 +74,7 @@ mod tests {
     use super::*;
     use crate::accounting::pricing::Price;
     use crate::providers::remote::dialect::{Inner, normalize};
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn reply(text: &str, inner: Inner) -> Reply {
         normalize(serde_json::from_str(text).unwrap(), inner)
