@@ -1,11 +1,15 @@
 //! The routes and the middleware stack, read top to bottom.
 
 use axum::Router;
+use std::convert::Infallible;
+
+use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
+use axum::response::Response;
 use axum::routing::{get, post};
 use http::{HeaderName, Request, Uri, header};
-use tower::ServiceBuilder;
+use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
@@ -15,7 +19,47 @@ use super::{AppState, authenticate, ops};
 use crate::surface::{account, anthropic, openai};
 use crate::wire::error::ApiError;
 
-/// The whole application.
+/// The whole application: the routes inside the edge's layers. The edge wraps the router once,
+/// not each route (a layer on the router is cloned into every route and every request).
+pub fn app(
+    state: AppState,
+) -> impl Service<Request<Body>, Response = Response, Error = Infallible, Future: Send>
++ Clone
++ Send
++ 'static {
+    let limit = state.max_body_bytes;
+    ServiceBuilder::new()
+        .map_response(|r: http::Response<_>| r.map(Body::new))
+        // Marked before anything can log them.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-api-key"),
+        ]))
+        .map_request(request_id::keep_usable as fn(Request<Body>) -> Request<Body>)
+        .layer(SetRequestIdLayer::new(
+            HeaderName::from_static(request_id::HEADER),
+            FreshIds,
+        ))
+        // The request's span: every line it logs carries its id. Failures are logged where
+        // they happen, once, with their cause; the completion record says how it ended.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(span as fn(&Request<Body>) -> tracing::Span)
+                .on_request(())
+                .on_response(())
+                .on_body_chunk(())
+                .on_eos(())
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(HeaderName::from_static(
+            request_id::HEADER,
+        )))
+        // One body limit for every route; handlers see a 413 as a rejected body.
+        .layer(DefaultBodyLimit::max(limit))
+        .service(router(state))
+}
+
+/// The routes.
 pub fn router(state: AppState) -> Router {
     let public = Router::new()
         .route("/healthz", get(ops::healthz))
@@ -54,48 +98,20 @@ pub fn router(state: AppState) -> Router {
             authenticate::anthropic,
         ));
 
-    let edge = ServiceBuilder::new()
-        // Marked before anything can log them.
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            header::AUTHORIZATION,
-            HeaderName::from_static("x-api-key"),
-        ]))
-        .map_request(request_id::keep_usable)
-        .layer(SetRequestIdLayer::new(
-            HeaderName::from_static(request_id::HEADER),
-            FreshIds,
-        ))
-        // Failures are logged where they happen, once, with their cause.
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(span)
-                .on_failure(()),
-        )
-        .layer(PropagateRequestIdLayer::new(HeaderName::from_static(
-            request_id::HEADER,
-        )));
     public
         .merge(deepseek)
         .merge(anthropic)
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        // One body limit for every route; handlers see a 413 as a rejected body.
-        .layer(DefaultBodyLimit::max(state.max_body_bytes))
-        .layer(edge)
         .with_state(state)
 }
 
-/// The span of one request: its id, method and path, never a header.
+/// The span of one request: its id (never a header; the completion record says the rest).
 fn span<B>(request: &Request<B>) -> tracing::Span {
     let id = request
         .headers()
         .get(request_id::HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    tracing::info_span!(
-        "request",
-        id,
-        method = %request.method(),
-        path = request.uri().path(),
-    )
+    tracing::info_span!("request", id)
 }

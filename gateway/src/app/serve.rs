@@ -8,7 +8,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use super::AppState;
-use super::router::router;
+use super::router::app;
 
 pub async fn serve(listener: TcpListener, state: AppState, drain: Duration) -> std::io::Result<()> {
     // Disable Nagle: SSE frames are small and must leave at once (a naive server stalls 40 ms on
@@ -21,7 +21,8 @@ pub async fn serve(listener: TcpListener, state: AppState, drain: Duration) -> s
     let (signalled_tx, mut signalled_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(reload_on_sighup(state.clone()));
     let pipeline = state.pipeline.clone();
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+    let app = axum::ServiceExt::into_make_service(app(state));
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         tracing::info!(
             drain_secs = drain.as_secs(),

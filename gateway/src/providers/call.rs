@@ -69,13 +69,13 @@ impl Residency {
     }
 }
 
-impl Target<'_> {
+impl<'a> Target<'a> {
     /// The policy's replacements for the client's prompt fields, as edits.
-    pub fn redaction_edits(&self) -> Vec<Edit> {
+    pub fn redaction_edits(&self) -> Vec<Edit<'a>> {
         self.redacted
             .unwrap_or_default()
             .iter()
-            .map(|(field, value)| Edit::Set(field, value.clone()))
+            .map(|(field, value)| Edit::Set(field, value.as_str().into()))
             .collect()
     }
 }

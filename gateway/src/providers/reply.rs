@@ -122,11 +122,22 @@ impl Reply {
     }
 
     /// The object's text with `edits` (and the re-encoded `choices`) applied.
-    pub fn render(&self, mut edits: Vec<Edit>) -> Vec<u8> {
-        if let Some(choices) = &self.choices {
-            edits.push(Edit::Set("choices", choices.clone()));
+    pub fn render(&self, edits: &[Edit]) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.render_into(edits, &mut out);
+        out
+    }
+
+    /// [`Reply::render`], appended to `out`.
+    pub fn render_into(&self, edits: &[Edit], out: &mut Vec<u8>) {
+        match &self.choices {
+            None => self.raw.render_into(edits, out),
+            Some(choices) => {
+                let mut all = edits.to_vec();
+                all.push(Edit::Set("choices", choices.as_str().into()));
+                self.raw.render_into(&all, out);
+            }
         }
-        self.raw.render(&edits)
     }
 
     /// The first choice, typed (surfaces that translate the answer read it this way).
@@ -219,7 +230,7 @@ mod tests {
         r.set_choices(r#"[{"text":"b"}]"#.to_owned());
         assert_eq!(r.first_choice().text.as_deref(), Some("b"));
         assert_eq!(
-            String::from_utf8(r.render(vec![Edit::Set("model", "\"m\"".into())])).unwrap(),
+            String::from_utf8(r.render(&[Edit::Set("model", "\"m\"".into())])).unwrap(),
             r#"{"id":"x","choices":[{"text":"b"}],"z":1,"model":"m"}"#
         );
     }

@@ -17,7 +17,7 @@ use axum::body::Body;
 use axum::extract::FromRequestParts;
 use axum::extract::rejection::BytesRejection;
 use axum::response::Response;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::Stream;
 use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
@@ -69,7 +69,7 @@ pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 pub fn frames<S, F>(events: S, render: F) -> Body
 where
     S: Stream<Item = Event> + Send + 'static,
-    F: FnMut(&Event, &mut BytesMut) + Send + Unpin + 'static,
+    F: FnMut(&Event, &mut Vec<u8>) + Send + Unpin + 'static,
 {
     Body::from_stream(Frames {
         events: Box::pin(events),
@@ -84,12 +84,12 @@ struct Frames<F> {
     ended: bool,
 }
 
-impl<F: FnMut(&Event, &mut BytesMut) + Unpin> Stream for Frames<F> {
+impl<F: FnMut(&Event, &mut Vec<u8>) + Unpin> Stream for Frames<F> {
     type Item = Result<Bytes, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let mut out = BytesMut::new();
+        let mut out = Vec::new();
         while !this.ended {
             match this.events.as_mut().poll_next(cx) {
                 Poll::Ready(Some(event)) => (this.render)(&event, &mut out),
@@ -101,7 +101,7 @@ impl<F: FnMut(&Event, &mut BytesMut) + Unpin> Stream for Frames<F> {
         if out.is_empty() {
             Poll::Ready(None)
         } else {
-            Poll::Ready(Some(Ok(out.freeze())))
+            Poll::Ready(Some(Ok(Bytes::from(out))))
         }
     }
 }

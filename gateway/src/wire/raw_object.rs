@@ -4,6 +4,7 @@
 //! every other byte alone: re-serialising `messages` or `tools` would change the prompt bytes and
 //! break the provider's prefix cache, which costs ten times more per token.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
@@ -14,15 +15,15 @@ pub struct RawObject {
     fields: Vec<(String, Box<RawValue>)>,
 }
 
-/// One change to a top-level field.
-#[derive(Debug)]
-pub enum Edit {
+/// One change to a top-level field; a new value is JSON text, borrowed when it can be.
+#[derive(Debug, Clone)]
+pub enum Edit<'a> {
     /// Replace the value in place, or append the field if absent.
-    Set(&'static str, String),
+    Set(&'static str, Cow<'a, str>),
     Remove(&'static str),
 }
 
-impl Edit {
+impl Edit<'_> {
     /// The field the edit touches.
     pub fn key(&self) -> &'static str {
         match self {
@@ -41,12 +42,19 @@ impl RawObject {
 
     /// The object's text with the edits applied; untouched fields keep their exact bytes.
     pub fn render(&self, edits: &[Edit]) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.render_into(edits, &mut out);
+        out
+    }
+
+    /// [`RawObject::render`], appended to `out`.
+    pub fn render_into(&self, edits: &[Edit], out: &mut Vec<u8>) {
         let size: usize = self
             .fields
             .iter()
             .map(|(k, v)| k.len() + v.get().len() + 4)
             .sum();
-        let mut out = Vec::with_capacity(size + 64);
+        out.reserve(size + 64);
         out.push(b'{');
         let mut first = true;
         let mut push = |out: &mut Vec<u8>, key: &str, value: &str| {
@@ -65,8 +73,8 @@ impl RawObject {
         };
         for (key, value) in &self.fields {
             match edit_for(key) {
-                None => push(&mut out, key, value.get()),
-                Some(Edit::Set(_, new)) => push(&mut out, key, new),
+                None => push(out, key, value.get()),
+                Some(Edit::Set(_, new)) => push(out, key, new),
                 Some(Edit::Remove(_)) => {}
             }
         }
@@ -74,11 +82,10 @@ impl RawObject {
             if let Edit::Set(key, new) = edit
                 && self.get(key).is_none()
             {
-                push(&mut out, key, new);
+                push(out, key, new);
             }
         }
         out.push(b'}');
-        out
     }
 }
 

@@ -52,6 +52,9 @@ struct Args {
     /// the latency table (interleaved) and the open-stream memory.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// Interleaved rounds of the latency table (medians reported).
+    #[arg(long, default_value_t = 1)]
+    latency_rounds: usize,
     /// Sections to run: latency, limits, accounting, sequential, memory.
     #[arg(
         long,
@@ -331,6 +334,9 @@ fn main() {
     }
 }
 
+/// One round of one target: direct p50, added p50, direct p99, added p99, failures.
+type Sample = (f64, f64, f64, f64, usize);
+
 /// The added-latency table: every target beside the direct call, interleaved at each rate.
 async fn latency_table(pool: &HttpClient, direct: &Target, targets: &[&Target], args: &Args) {
     println!("## Added latency, open loop ({} s per run)\n", args.seconds);
@@ -338,8 +344,11 @@ async fn latency_table(pool: &HttpClient, direct: &Target, targets: &[&Target], 
     println!(
         "`bare proxy` is a pass-through hyper proxy with no parsing: the floor any extra hop pays here.\n"
     );
+    if args.latency_rounds > 1 {
+        println!("Medians of {} interleaved rounds.\n", args.latency_rounds);
+    }
     println!(
-        "| mode | rate (req/s) | target | direct p50 | added p50 | direct p99 | added p99 | failures |"
+        "| mode | rate (req/s) | target | direct p50 | added p50 | direct p99 | added p99 | failures (all runs) |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for stream in [false, true] {
@@ -351,17 +360,37 @@ async fn latency_table(pool: &HttpClient, direct: &Target, targets: &[&Target], 
         }
         for &rate in &args.rates {
             let mode = if stream { "stream" } else { "non-stream" };
-            for target in targets {
-                let d = open_loop(pool, direct, &body, rate, args.seconds).await;
-                let t = open_loop(pool, target, &body, rate, args.seconds).await;
-                let (d50, d99) = (pct(&d.latencies, 0.5), pct(&d.latencies, 0.99));
+            // Interleaved rounds, medians reported: one run on a shared machine swings more than
+            // the differences measured.
+            let mut rows: Vec<Vec<Sample>> = vec![Vec::new(); targets.len()];
+            for _ in 0..args.latency_rounds {
+                for (i, target) in targets.iter().enumerate() {
+                    let d = open_loop(pool, direct, &body, rate, args.seconds).await;
+                    let t = open_loop(pool, target, &body, rate, args.seconds).await;
+                    let (d50, d99) = (pct(&d.latencies, 0.5), pct(&d.latencies, 0.99));
+                    rows[i].push((
+                        d50,
+                        pct(&t.latencies, 0.5) - d50,
+                        d99,
+                        pct(&t.latencies, 0.99) - d99,
+                        d.failures + t.failures,
+                    ));
+                }
+            }
+            for (target, runs) in targets.iter().zip(&mut rows) {
+                let median = |f: fn(&Sample) -> f64| {
+                    let mut v: Vec<f64> = runs.iter().map(f).collect();
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                };
+                let failures: usize = runs.iter().map(|r| r.4).sum();
                 println!(
-                    "| {mode} | {rate} | {} | {d50:.3} ms | {:.3} ms | {d99:.3} ms | {:.3} ms | {} / {} |",
+                    "| {mode} | {rate} | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {failures} |",
                     target.name,
-                    pct(&t.latencies, 0.5) - d50,
-                    pct(&t.latencies, 0.99) - d99,
-                    d.failures,
-                    t.failures,
+                    median(|r| r.0),
+                    median(|r| r.1),
+                    median(|r| r.2),
+                    median(|r| r.3),
                 );
             }
         }

@@ -146,10 +146,12 @@ impl Boot {
                 Model::load(&ckpt, backend).map_err(|e| e.to_string())
             }
             None => {
+                // Unique per start: two engines starting at once must not share the files.
                 let dir = std::env::temp_dir().join(format!(
-                    "dsgw-builtin-{}-{}",
+                    "dsgw-builtin-{}-{}-{}",
                     std::process::id(),
-                    self.index
+                    self.index,
+                    crate::support::random::random_id()
                 ));
                 write_model(&dir, &builtin_spec(), 0)
                     .map_err(|e| format!("writing the built-in model: {e}"))?;

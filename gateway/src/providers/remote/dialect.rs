@@ -37,13 +37,19 @@ pub fn request_edits(
     thinking: bool,
     stream: bool,
     routing: Option<&str>,
-) -> Vec<Edit> {
-    let mut edits = vec![Edit::Set("model", json(&Value::from(upstream_model)))];
+) -> Vec<Edit<'static>> {
+    let mut edits = vec![Edit::Set(
+        "model",
+        json(&Value::from(upstream_model)).into(),
+    )];
     if stream {
         // Always ask for usage: spend must be counted even when the client did not ask to see it.
         let mut options = object_field(raw, "stream_options");
         options.insert("include_usage".into(), Value::Bool(true));
-        edits.push(Edit::Set("stream_options", json(&Value::Object(options))));
+        edits.push(Edit::Set(
+            "stream_options",
+            json(&Value::Object(options)).into(),
+        ));
     }
     if thinking {
         edits.extend(IGNORED_WHEN_THINKING.map(Edit::Remove));
@@ -51,7 +57,10 @@ pub fn request_edits(
     match kind {
         ProviderKind::Deepseek | ProviderKind::Local => {
             let mode = if thinking { "enabled" } else { "disabled" };
-            edits.push(Edit::Set("thinking", format!(r#"{{"type":"{mode}"}}"#)));
+            edits.push(Edit::Set(
+                "thinking",
+                format!(r#"{{"type":"{mode}"}}"#).into(),
+            ));
         }
         ProviderKind::Openai => {
             // vLLM and SGLang switch DeepSeek's chat template with `chat_template_kwargs.thinking`.
@@ -59,17 +68,20 @@ pub fn request_edits(
             kwargs.insert("thinking".into(), Value::Bool(thinking));
             edits.push(Edit::Set(
                 "chat_template_kwargs",
-                json(&Value::Object(kwargs)),
+                json(&Value::Object(kwargs)).into(),
             ));
             edits.push(Edit::Remove("thinking"));
         }
         ProviderKind::Openrouter => {
             let mut reasoning = object_field(raw, "reasoning");
             reasoning.insert("enabled".into(), Value::Bool(thinking));
-            edits.push(Edit::Set("reasoning", json(&Value::Object(reasoning))));
+            edits.push(Edit::Set(
+                "reasoning",
+                json(&Value::Object(reasoning)).into(),
+            ));
             edits.push(Edit::Remove("thinking"));
             if let Some(routing) = routing {
-                edits.push(Edit::Set("provider", routing.to_owned()));
+                edits.push(Edit::Set("provider", routing.to_owned().into()));
             }
         }
     }
@@ -200,7 +212,7 @@ mod tests {
                "usage":{"prompt_tokens":100,"completion_tokens":10,"prompt_tokens_details":{"cached_tokens":64}},"extra":[1,  2]}"#,
         );
         let reply = normalize(raw, Inner::Message);
-        let text = String::from_utf8(reply.render(Vec::new())).unwrap();
+        let text = String::from_utf8(reply.render(&[])).unwrap();
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["choices"][0]["message"]["reasoning_content"], "think");
         assert!(v["choices"][0]["message"].get("reasoning").is_none());
@@ -234,6 +246,6 @@ mod tests {
         );
         let plain = r#"{"choices":[{"delta":{"content":"c"}}],"usage":null}"#;
         let reply = normalize(body(plain), Inner::Delta);
-        assert_eq!(String::from_utf8(reply.render(Vec::new())).unwrap(), plain);
+        assert_eq!(String::from_utf8(reply.render(&[])).unwrap(), plain);
     }
 }

@@ -185,7 +185,7 @@ impl HttpProvider {
         }
         let mut overrides = target.redaction_edits();
         if let Some(provider) = target.residency.and_then(|r| self.provider_object(r)) {
-            overrides.push(Edit::Set("provider", provider));
+            overrides.push(Edit::Set("provider", provider.into()));
         }
         let overridden = |e: &Edit| overrides.iter().any(|o| o.key() == e.key());
         let kept: Vec<Edit> = edits.into_iter().filter(|e| !overridden(e)).collect();

@@ -2,7 +2,6 @@
 //! arrives, `[DONE]` as the clean end, and every way a stream breaks (cut, stalled past the idle
 //! timeout, garbled, an error event) as one failure event, after which nothing more is read.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +11,7 @@ use super::dialect::{self, Inner};
 use crate::providers::reply::{Event, Events};
 use crate::wire::error::ApiError;
 use crate::wire::raw_object::RawObject;
-use crate::wire::sse::SseParser;
+use crate::wire::sse::{Event as SseEvent, SseParser};
 
 type Body = std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
@@ -22,9 +21,10 @@ struct Relay {
     provider: String,
     idle_timeout: Duration,
     /// Events parsed from the last read, not yet handed on.
-    ready: VecDeque<Event>,
+    pending: std::vec::IntoIter<SseEvent>,
     /// Whether an event has been handed on (the messages of failures differ before and after).
     started: bool,
+    /// A `Done` or `Failed` was handed on: nothing follows.
     ended: bool,
 }
 
@@ -35,7 +35,7 @@ pub fn events(response: reqwest::Response, provider: String, idle_timeout: Durat
         parser: SseParser::default(),
         provider,
         idle_timeout,
-        ready: VecDeque::new(),
+        pending: Vec::new().into_iter(),
         started: false,
         ended: false,
     };
@@ -47,13 +47,12 @@ pub fn events(response: reqwest::Response, provider: String, idle_timeout: Durat
 
 impl Relay {
     async fn next(&mut self) -> Option<Event> {
-        loop {
-            if let Some(event) = self.ready.pop_front() {
+        while !self.ended {
+            if let Some(sse) = self.pending.next() {
+                let event = self.event(&sse);
+                self.ended = !matches!(event, Event::Reply(_));
                 self.started = true;
                 return Some(event);
-            }
-            if self.ended {
-                return None;
             }
             // Before the first event the dispatcher's first-event deadline bounds the wait
             // (keep-alive comments while a provider queues must not count as progress).
@@ -62,59 +61,49 @@ impl Relay {
             } else {
                 Ok(self.upstream.next().await)
             };
-            match read {
-                Err(_) => {
-                    self.fail(ApiError::upstream_timeout(&self.provider, "stream idle"));
+            let failure = match read {
+                Ok(Some(Ok(bytes))) => {
+                    self.pending = self.parser.push(&bytes).into_iter();
+                    continue;
+                }
+                Err(_) => ApiError::upstream_timeout(&self.provider, "stream idle"),
+                Ok(None) if self.started => {
+                    ApiError::bad_gateway(&self.provider, "stream ended before [DONE]")
                 }
                 Ok(None) => {
-                    let what = if self.started {
-                        "stream ended before [DONE]"
-                    } else {
-                        "stream ended before its first event"
-                    };
-                    self.fail(ApiError::bad_gateway(&self.provider, what));
+                    ApiError::bad_gateway(&self.provider, "stream ended before its first event")
                 }
                 Ok(Some(Err(e))) => {
                     tracing::warn!(provider = %self.provider, error = %e, "upstream stream error");
-                    self.fail(ApiError::bad_gateway(&self.provider, "stream interrupted"));
+                    ApiError::bad_gateway(&self.provider, "stream interrupted")
                 }
-                Ok(Some(Ok(bytes))) => self.parse(&bytes),
-            }
-        }
-    }
-
-    fn fail(&mut self, error: ApiError) {
-        self.ready.push_back(Event::Failed(error));
-        self.ended = true;
-    }
-
-    fn parse(&mut self, bytes: &[u8]) {
-        for event in self.parser.push(bytes) {
-            if event.data == "[DONE]" {
-                self.ready.push_back(Event::Done);
-                self.ended = true;
-                return;
-            }
-            let Ok(chunk) = serde_json::from_str::<RawObject>(&event.data) else {
-                let what = if self.started || !self.ready.is_empty() {
-                    "malformed stream chunk"
-                } else {
-                    "malformed first stream chunk"
-                };
-                self.fail(ApiError::bad_gateway(&self.provider, what));
-                return;
             };
-            if event.name.as_deref() == Some("error") || chunk.get("error").is_some() {
-                let error = if self.started || !self.ready.is_empty() {
-                    ApiError::from_stream_error(&self.provider, event.data.as_bytes())
-                } else {
-                    ApiError::bad_gateway(&self.provider, "error event before the first chunk")
-                };
-                self.fail(error);
-                return;
-            }
-            self.ready
-                .push_back(Event::Reply(dialect::normalize(chunk, Inner::Delta)));
+            self.ended = true;
+            return Some(Event::Failed(failure));
         }
+        None
+    }
+
+    /// One SSE event as a stream event.
+    fn event(&self, sse: &SseEvent) -> Event {
+        if sse.data == "[DONE]" {
+            return Event::Done;
+        }
+        let Ok(chunk) = serde_json::from_str::<RawObject>(&sse.data) else {
+            let what = if self.started {
+                "malformed stream chunk"
+            } else {
+                "malformed first stream chunk"
+            };
+            return Event::Failed(ApiError::bad_gateway(&self.provider, what));
+        };
+        if sse.name.as_deref() == Some("error") || chunk.get("error").is_some() {
+            return Event::Failed(if self.started {
+                ApiError::from_stream_error(&self.provider, sse.data.as_bytes())
+            } else {
+                ApiError::bad_gateway(&self.provider, "error event before the first chunk")
+            });
+        }
+        Event::Reply(dialect::normalize(chunk, Inner::Delta))
     }
 }

@@ -51,13 +51,19 @@ impl StreamTranslator {
     pub fn push(&mut self, events: &[Event]) -> Bytes {
         let mut out = BytesMut::new();
         for event in events {
-            self.push_into(event, &mut out);
+            self.push_event(event, &mut out);
         }
         out.freeze()
     }
 
-    /// Translates one event into `out`.
-    pub fn push_into(&mut self, event: &Event, out: &mut BytesMut) {
+    /// Translates one event, appended to `out`.
+    pub fn push_into(&mut self, event: &Event, out: &mut Vec<u8>) {
+        let mut frames = BytesMut::new();
+        self.push_event(event, &mut frames);
+        out.extend_from_slice(&frames);
+    }
+
+    fn push_event(&mut self, event: &Event, out: &mut BytesMut) {
         if self.done {
             return;
         }

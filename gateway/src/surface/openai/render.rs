@@ -2,8 +2,6 @@
 //! bytes; only `model` (as the client named it) and `usage` (DeepSeek's complete form, with
 //! `dsgw_cost`) are re-encoded, and the usage is shown in a stream only when the client asked.
 
-use bytes::{BufMut, BytesMut};
-
 use crate::accounting::pricing::Priced;
 use crate::pipeline::respond::{Event, Whole};
 use crate::providers::reply::Reply;
@@ -20,42 +18,49 @@ fn usage_json(reply: &Reply, priced: Option<&Priced>) -> Option<String> {
 
 /// A whole completion's body.
 pub fn whole(whole: &Whole) -> Vec<u8> {
-    let mut edits = vec![Edit::Set("model", whole.model.name_json.clone())];
-    if let Some(usage) = usage_json(&whole.reply, whole.priced.as_ref()) {
-        edits.push(Edit::Set("usage", usage));
+    let model = Edit::Set("model", whole.model.name_json.as_str().into());
+    match usage_json(&whole.reply, whole.priced.as_ref()) {
+        Some(usage) => whole
+            .reply
+            .render(&[model, Edit::Set("usage", usage.into())]),
+        None => whole.reply.render(&[model]),
     }
-    whole.reply.render(edits)
 }
 
-/// One chunk's text, or `None` for a usage-only chunk the client did not ask to see. The
-/// gateway always asks providers for usage; without `include_usage` the client sees none.
-pub fn chunk(
+/// One chunk's text appended to `out`; nothing for a usage-only chunk the client did not ask to
+/// see. The gateway always asks providers for usage; without `include_usage` the client sees
+/// none.
+pub fn chunk_into(
     reply: &Reply,
     priced: Option<&Priced>,
     model_json: &str,
     include_usage: bool,
-) -> Option<Vec<u8>> {
-    let mut edits = vec![Edit::Set("model", model_json.to_owned())];
+    out: &mut Vec<u8>,
+) {
+    let model = Edit::Set("model", model_json.into());
     if include_usage {
-        if let Some(usage) = usage_json(reply, priced) {
-            edits.push(Edit::Set("usage", usage));
+        match usage_json(reply, priced) {
+            Some(usage) => reply.render_into(&[model, Edit::Set("usage", usage.into())], out),
+            None => reply.render_into(&[model], out),
         }
-    } else {
-        if reply.usage().is_some() && !reply.has_choices() {
-            return None;
-        }
-        edits.push(Edit::Remove("usage"));
+    } else if reply.usage().is_none() || reply.has_choices() {
+        reply.render_into(&[model, Edit::Remove("usage")], out);
     }
-    Some(reply.render(edits))
 }
 
-/// One stream event as an SSE frame: a chunk, `[DONE]` after a clean end, and an error event in
-/// DeepSeek's envelope (never a silent end) when the stream broke.
-pub fn event(event: &Event, model_json: &str, include_usage: bool, out: &mut BytesMut) {
+/// One stream event as an SSE frame appended to `out`: a chunk, `[DONE]` after a clean end, and
+/// an error event in DeepSeek's envelope (never a silent end) when the stream broke.
+pub fn event(event: &Event, model_json: &str, include_usage: bool, out: &mut Vec<u8>) {
     match event {
         Event::Chunk { reply, priced } => {
-            if let Some(data) = chunk(reply, priced.as_ref(), model_json, include_usage) {
-                frame(out, &data);
+            let start = out.len();
+            out.extend_from_slice(b"data: ");
+            let data = out.len();
+            chunk_into(reply, priced.as_ref(), model_json, include_usage, out);
+            if out.len() == data {
+                out.truncate(start);
+            } else {
+                out.extend_from_slice(b"\n\n");
             }
         }
         Event::Done => frame(out, b"[DONE]"),
@@ -63,10 +68,23 @@ pub fn event(event: &Event, model_json: &str, include_usage: bool, out: &mut Byt
     }
 }
 
-fn frame(out: &mut BytesMut, data: &[u8]) {
-    out.put_slice(b"data: ");
-    out.put_slice(data);
-    out.put_slice(b"\n\n");
+fn frame(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// One chunk's text, or `None` for a usage-only chunk the client did not ask to see.
+#[cfg(test)]
+fn chunk(
+    reply: &Reply,
+    priced: Option<&Priced>,
+    model_json: &str,
+    include_usage: bool,
+) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    chunk_into(reply, priced, model_json, include_usage, &mut out);
+    (!out.is_empty()).then_some(out)
 }
 
 #[cfg(test)]
