@@ -2,12 +2,60 @@
 //! and deployment names from the config, team names and key ids (never a secret), statuses.
 //! Money is counted in integer nanodollars, so no float accumulation creeps into spend.
 
+use std::sync::OnceLock;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::accounting::pricing::Cost;
 use crate::accounting::usage::Usage;
+
+/// The series of one deployment (a model name and a provider), resolved on first use so a
+/// request updates them without looking labels up.
+#[derive(Debug)]
+pub struct Series {
+    model: String,
+    provider: String,
+    duration: OnceLock<Histogram>,
+    ttft: OnceLock<Histogram>,
+    inter_token: OnceLock<Histogram>,
+    overhead: OnceLock<Histogram>,
+    calls: [OnceLock<IntCounter>; 3],
+}
+
+impl Series {
+    pub fn new(model: &str, provider: &str) -> Self {
+        Self {
+            model: model.to_owned(),
+            provider: provider.to_owned(),
+            duration: OnceLock::new(),
+            ttft: OnceLock::new(),
+            inter_token: OnceLock::new(),
+            overhead: OnceLock::new(),
+            calls: [OnceLock::new(), OnceLock::new(), OnceLock::new()],
+        }
+    }
+}
+
+/// How one provider call went, as `dsgw_upstream_calls_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    Success = 0,
+    ProviderFault = 1,
+    RequestError = 2,
+}
+
+impl CallOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::ProviderFault => "provider_fault",
+            Self::RequestError => "request_error",
+        }
+    }
+}
 
 /// One finished request, as the settlement reports it.
 #[derive(Debug)]
@@ -26,6 +74,8 @@ pub struct CompletionEvent<'a> {
     pub duration_s: f64,
     pub ttft_s: Option<f64>,
     pub overhead_s: Option<f64>,
+    /// The serving deployment's series, when one served.
+    pub series: Option<&'a Series>,
 }
 
 /// A deployment's health as the gauges show it.
@@ -273,18 +323,17 @@ impl Metrics {
                     .inc_by(pico / 1000);
             }
         }
-        self.duration
-            .with_label_values(&[e.model, e.provider])
-            .observe(e.duration_s);
+        let pair = [e.model, e.provider];
+        let series = |h: &HistogramVec, cell: Option<&OnceLock<Histogram>>| match cell {
+            Some(cell) => cell.get_or_init(|| h.with_label_values(&pair)).clone(),
+            None => h.with_label_values(&pair),
+        };
+        series(&self.duration, e.series.map(|s| &s.duration)).observe(e.duration_s);
         if let Some(t) = e.ttft_s {
-            self.ttft
-                .with_label_values(&[e.model, e.provider])
-                .observe(t);
+            series(&self.ttft, e.series.map(|s| &s.ttft)).observe(t);
         }
         if let Some(t) = e.overhead_s {
-            self.overhead
-                .with_label_values(&[e.model, e.provider])
-                .observe(t);
+            series(&self.overhead, e.series.map(|s| &s.overhead)).observe(t);
         }
     }
 
@@ -295,10 +344,14 @@ impl Metrics {
             .inc();
     }
 
-    /// One gap between two content chunks of a stream.
-    pub fn inter_token(&self, model: &str, provider: &str, gap_s: f64) {
-        self.inter_token
-            .with_label_values(&[model, provider])
+    /// One gap between two content chunks of `series`' stream.
+    pub fn inter_token(&self, series: &Series, gap_s: f64) {
+        series
+            .inter_token
+            .get_or_init(|| {
+                self.inter_token
+                    .with_label_values(&[&series.model, &series.provider])
+            })
             .observe(gap_s);
     }
 
@@ -325,10 +378,16 @@ impl Metrics {
             .set(health.error_rate);
     }
 
-    /// Counts one provider call.
-    pub fn upstream_call(&self, model: &str, provider: &str, outcome: &str) {
-        self.upstream_calls
-            .with_label_values(&[model, provider, outcome])
+    /// Counts one provider call of `series`' deployment.
+    pub fn upstream_call(&self, series: &Series, outcome: CallOutcome) {
+        series.calls[outcome as usize]
+            .get_or_init(|| {
+                self.upstream_calls.with_label_values(&[
+                    &series.model,
+                    &series.provider,
+                    outcome.label(),
+                ])
+            })
             .inc();
     }
 

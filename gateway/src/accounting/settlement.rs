@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::accounting::estimate;
-use crate::accounting::metrics::{CompletionEvent, Metrics};
+use crate::accounting::metrics::{CompletionEvent, Metrics, Series};
 use crate::accounting::pricing::{Cost, Money, Price};
 use crate::accounting::spend::ledger::Ledger;
 use crate::accounting::spend::record::{Record, now};
@@ -49,6 +49,8 @@ pub struct Served {
     pub provider: String,
     pub upstream_model: String,
     pub price: Arc<Price>,
+    /// Its metric series.
+    pub series: Arc<Series>,
 }
 
 /// One request's record, filled in as it goes and written by [`Settlement::write`].
@@ -125,7 +127,7 @@ impl Settlement {
         if let (Some(last), Some(metrics), Some(served)) =
             (self.last_token, &self.metrics, &self.served)
         {
-            metrics.inter_token(&self.model, &served.provider, (now - last).as_secs_f64());
+            metrics.inter_token(&served.series, (now - last).as_secs_f64());
         }
         self.last_token = Some(now);
         self.output_chunks += 1;
@@ -281,6 +283,7 @@ impl Settlement {
                 }
                 (None, _) => None,
             },
+            series: self.served.as_ref().map(|s| &*s.series),
         });
     }
 }

@@ -280,5 +280,6 @@ fn served(deployment: &Deployment) -> Served {
         provider: deployment.provider.name.clone(),
         upstream_model: deployment.upstream_model.clone(),
         price: deployment.price.clone(),
+        series: deployment.series.clone(),
     }
 }

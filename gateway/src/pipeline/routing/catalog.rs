@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::health::{BreakerPolicy, Health};
+use crate::accounting::metrics::Series;
 use crate::accounting::pricing::Price;
 use crate::providers::Provider;
 use crate::providers::call::Mode;
@@ -68,6 +69,8 @@ pub struct Deployment {
     pub id_hash: u64,
     /// Circuit breaker and latency, fed by every call.
     pub health: Arc<Health>,
+    /// Its metric series (model name, provider).
+    pub series: Arc<Series>,
 }
 
 impl Deployment {
@@ -102,6 +105,7 @@ impl Deployment {
             weight: d.weight,
             id_hash: stable_hash(format!("{}/{}", d.provider, d.model).as_bytes()),
             health: Arc::new(Health::new(policy)),
+            series: Arc::new(Series::new(model, &d.provider)),
         }
     }
 }

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use super::backoff;
 use super::catalog::{Deployment, ModelSpec};
 use super::health::Observation;
-use crate::accounting::metrics::Metrics;
+use crate::accounting::metrics::{CallOutcome, Metrics};
 use crate::providers::call::{Call, Target};
 use crate::providers::reply::{Event, Events, Reply, Started};
 use crate::support::config::RoutingConfig;
@@ -97,7 +97,7 @@ pub async fn dispatch<'a>(
             }
             tried = true;
             walk.attempts += 1;
-            if let Some(done) = walk.attempt(model, candidate, call, metrics).await {
+            if let Some(done) = walk.attempt(candidate, call, metrics).await {
                 return done;
             }
         }
@@ -137,7 +137,6 @@ impl<'a> Walk<'a> {
     /// One provider call; `Some` when the walk is over (an answer, or a request error).
     async fn attempt(
         &mut self,
-        model: &ModelSpec,
         candidate: &Candidate<'a>,
         call: &Call<'_>,
         metrics: &Metrics,
@@ -160,7 +159,7 @@ impl<'a> Walk<'a> {
                 deployment
                     .health
                     .observe(Observation::Answered(started.elapsed()));
-                metrics.upstream_call(&model.name, &provider.name, "success");
+                metrics.upstream_call(&deployment.series, CallOutcome::Success);
                 Some(Ok(Dispatched {
                     deployment,
                     answer,
@@ -169,7 +168,7 @@ impl<'a> Walk<'a> {
             }
             Err(error) if error.retryable => {
                 deployment.health.observe(Observation::Failed);
-                metrics.upstream_call(&model.name, &provider.name, "provider_fault");
+                metrics.upstream_call(&deployment.series, CallOutcome::ProviderFault);
                 tracing::warn!(
                     provider = %provider.name,
                     status = error.status.as_u16(),
@@ -183,7 +182,7 @@ impl<'a> Walk<'a> {
             }
             Err(error) => {
                 deployment.health.observe(Observation::RefusedRequest);
-                metrics.upstream_call(&model.name, &provider.name, "request_error");
+                metrics.upstream_call(&deployment.series, CallOutcome::RequestError);
                 Some(Err(Box::new(Failed {
                     error,
                     attempts: self.attempts,
