@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use http::HeaderName;
+
 use crate::accounting::usage::Usage;
 use crate::support::config::prices::{BUILTIN, PriceConfig, per_token};
 
@@ -45,7 +47,7 @@ impl Priced {
         self.cost.to_json(&self.currency)
     }
 
-    pub fn headers(&self) -> [(&'static str, String); 5] {
+    pub fn headers(&self) -> [(HeaderName, String); 5] {
         self.cost.headers(&self.currency)
     }
 }
@@ -78,13 +80,20 @@ impl Cost {
     }
 
     /// Response headers with the total and its parts.
-    pub fn headers(&self, currency: &str) -> [(&'static str, String); 5] {
+    pub fn headers(&self, currency: &str) -> [(HeaderName, String); 5] {
+        let name = HeaderName::from_static;
         [
-            ("x-dsgw-cost", Money(self.total()).to_string()),
-            ("x-dsgw-cost-cache-hit", Money(self.cache_hit).to_string()),
-            ("x-dsgw-cost-cache-miss", Money(self.cache_miss).to_string()),
-            ("x-dsgw-cost-output", Money(self.output).to_string()),
-            ("x-dsgw-cost-currency", currency.to_owned()),
+            (name("x-dsgw-cost"), Money(self.total()).to_string()),
+            (
+                name("x-dsgw-cost-cache-hit"),
+                Money(self.cache_hit).to_string(),
+            ),
+            (
+                name("x-dsgw-cost-cache-miss"),
+                Money(self.cache_miss).to_string(),
+            ),
+            (name("x-dsgw-cost-output"), Money(self.output).to_string()),
+            (name("x-dsgw-cost-currency"), currency.to_owned()),
         ]
     }
 }

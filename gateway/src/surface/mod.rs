@@ -20,7 +20,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::Stream;
 use http::request::Parts;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderName, HeaderValue, StatusCode, header};
 
 use crate::pipeline::admission::limits::RateHeaders;
 use crate::pipeline::admission::policy::gate::CLASSIFICATION_HEADER;
@@ -133,7 +133,9 @@ pub fn sse_response(body: Body) -> Response {
 pub fn finish(mut response: Response, caller: &Caller, rate_headers: &RateHeaders) -> Response {
     rate_headers.apply(response.headers_mut());
     if let Ok(id) = HeaderValue::from_str(&caller.request_id) {
-        response.headers_mut().insert("x-dsgw-request-id", id);
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-dsgw-request-id"), id);
     }
     response
 }

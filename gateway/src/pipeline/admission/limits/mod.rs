@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::Rejection;
 use crate::support::config::{Config, FailureMode, LimitConfig, LimitScope, TokenCount};
@@ -138,13 +138,13 @@ pub struct Reservation {
 
 /// Rate-limit headers for every response of a limited principal.
 #[derive(Debug, Clone, Default)]
-pub struct RateHeaders(Vec<(&'static str, String)>);
+pub struct RateHeaders(Vec<(HeaderName, String)>);
 
 impl RateHeaders {
     pub fn apply(&self, headers: &mut HeaderMap) {
         for (name, value) in &self.0 {
             if let Ok(v) = HeaderValue::from_str(value) {
-                headers.insert(*name, v);
+                headers.insert(name.clone(), v);
             }
         }
     }
@@ -428,15 +428,15 @@ fn headers(buckets: &[Bucket], checks: &[Check]) -> RateHeaders {
     RateHeaders(out)
 }
 
-fn header_name(kind: &str, measure: &str) -> &'static str {
-    match (kind, measure) {
+fn header_name(kind: &str, measure: &str) -> HeaderName {
+    HeaderName::from_static(match (kind, measure) {
         ("limit", "requests") => "x-ratelimit-limit-requests",
         ("remaining", "requests") => "x-ratelimit-remaining-requests",
         ("reset", "requests") => "x-ratelimit-reset-requests",
         ("limit", _) => "x-ratelimit-limit-tokens",
         ("remaining", _) => "x-ratelimit-remaining-tokens",
         _ => "x-ratelimit-reset-tokens",
-    }
+    })
 }
 
 impl From<&LimitConfig> for Rule {
