@@ -289,8 +289,8 @@ async fn requests_the_gateway_refuses_itself_leave_a_record() {
         ),
         (json!({"model": "nope", "messages": user("hi")}), 400),
         (
-            json!({"model": "deepseek-chat", "messages": user("hi"),
-                   "tools": [{"type": "function", "function": {"name": "f", "strict": true, "parameters": {"type": "object"}}}]}),
+            json!({"model": "deepseek-v3.2-speciale", "messages": user("hi"),
+                   "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}),
             400,
         ),
     ] {

@@ -79,7 +79,7 @@ STRICT_TOOL = {
 }
 
 
-def test_strict_function_calling(beta, client):
+def test_strict_function_calling(beta, client, fake):
     r = beta.chat.completions.create(
         model="deepseek-chat", messages=[{"role": "user", "content": "Weather in Hangzhou?"}], tools=[STRICT_TOOL],
     )
@@ -92,9 +92,25 @@ def test_strict_function_calling(beta, client):
     with pytest.raises(openai.BadRequestError) as e:
         beta.chat.completions.create(model="deepseek-chat", messages=[{"role": "user", "content": "x"}], tools=[loose])
     assert "properties.location: `minLength` is not supported in strict mode" in e.value.message
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="deepseek-chat", messages=[{"role": "user", "content": "x"}], tools=[STRICT_TOOL])
-    assert "/beta/chat/completions" in e.value.message
+    # On /v1 strict is accepted as DeepSeek's plain endpoint accepts it, and honoured: a schema in
+    # the strict subset goes through DeepSeek's strict path.
+    raw = client.chat.completions.with_raw_response.create(
+        model="deepseek-chat", messages=[{"role": "user", "content": "Weather in Hangzhou?"}], tools=[STRICT_TOOL],
+    )
+    assert raw.parse().choices[0].message.tool_calls[0].function.name == "get_weather"
+    assert "x-dsgw-strict" not in raw.headers
+    state = httpx.get(fake.url + "/_fake/state").json()
+    assert state["last_beta"] is True
+    assert '"strict":true' in state["last_body"]
+    # One outside the subset is forwarded without the flag, and the client is told.
+    raw = client.chat.completions.with_raw_response.create(
+        model="deepseek-chat", messages=[{"role": "user", "content": "Weather in Hangzhou?"}], tools=[loose],
+    )
+    assert raw.parse().choices[0].finish_reason == "tool_calls"
+    assert raw.headers["x-dsgw-strict"].startswith("dropped: tools[0] (get_weather)")
+    state = httpx.get(fake.url + "/_fake/state").json()
+    assert state["last_beta"] is False
+    assert '"strict"' not in state["last_body"]
 
 
 def test_json_mode_is_passed_through(client, fake):

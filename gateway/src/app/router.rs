@@ -16,7 +16,7 @@ use tower_http::trace::TraceLayer;
 
 use super::request_id::{self, FreshIds};
 use super::{AppState, authenticate, ops};
-use crate::surface::{account, anthropic, openai};
+use crate::surface::{account, anthropic, openai, responses};
 use crate::wire::error::ApiError;
 
 /// The whole application: the routes inside the edge's layers. The edge wraps the router once,
@@ -65,7 +65,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         // Prometheus scrapes without a key; labels carry key ids and team names, never secrets.
-        .route("/metrics", get(ops::metrics));
+        .route("/metrics", get(ops::metrics))
+        // Anthropic clients probe the base URL before their first request.
+        .route("/anthropic", get(ops::healthz).head(ops::healthz))
+        .route("/anthropic/", get(ops::healthz).head(ops::healthz));
 
     // Everything added from here on requires a virtual key.
     let deepseek = Router::new()
@@ -76,6 +79,8 @@ pub fn router(state: AppState) -> Router {
             post(openai::beta_chat_completions),
         )
         .route("/beta/completions", post(openai::fim_completions))
+        .route("/v1/responses", post(responses::responses))
+        .route("/responses", post(responses::responses))
         .route("/v1/models", get(ops::models))
         .route("/models", get(ops::models))
         .route("/user/balance", get(account::balance))

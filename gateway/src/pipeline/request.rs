@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use crate::pipeline::routing::catalog::{ModelMode, ModelSpec};
-use crate::providers::call::{Call, Endpoint, Mode};
+use crate::providers::call::{Call, Effort, Endpoint, Mode, Strict};
 use crate::wire::error::ApiError;
 use crate::wire::raw_object::RawObject;
 
@@ -19,6 +19,10 @@ pub struct Request {
     pub include_usage: bool,
     /// The mode the request named (`thinking.type`), if it named one.
     pub mode: Option<Mode>,
+    /// How hard to reason (`reasoning_effort`), if it said.
+    pub effort: Option<Effort>,
+    /// What becomes of `strict: true` on its functions.
+    pub strict: Strict,
     pub has_tools: bool,
     pub logprobs: bool,
     pub top_logprobs: Option<u32>,
@@ -83,6 +87,8 @@ impl Request {
             body: &self.raw,
             endpoint: self.endpoint,
             mode,
+            effort: self.effort,
+            strict: &self.strict,
             stream: self.stream,
             prefix: self.prefix,
             max_tokens: self.max_tokens,

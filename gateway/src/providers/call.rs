@@ -27,6 +27,49 @@ impl Mode {
     }
 }
 
+/// How hard a thinking model reasons: DeepSeek's `reasoning_effort` values. Clients' other names
+/// map onto them (`minimal` -> low; `medium`, `xhigh` -> high).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effort {
+    Low,
+    High,
+    Max,
+}
+
+impl Effort {
+    /// A client's effort name; `None` for one no API uses.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "minimal" | "low" => Some(Self::Low),
+            "medium" | "high" | "xhigh" => Some(Self::High),
+            "max" => Some(Self::Max),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::High => "high",
+            Self::Max => "max",
+        }
+    }
+}
+
+/// What happens to `strict: true` on the request's functions.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Strict {
+    /// No function asks for it.
+    #[default]
+    None,
+    /// Every strict function's schema is one the provider's strict mode takes: the call goes
+    /// through the provider's strict path (DeepSeek's `/beta`, the flag for others).
+    Enforced,
+    /// A schema falls outside that subset: the flags are removed (`tools` holds the tools
+    /// without them, as JSON), and the client is told why.
+    Dropped { tools: String, why: String },
+}
+
 /// One request for a provider.
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a> {
@@ -34,6 +77,9 @@ pub struct Call<'a> {
     pub body: &'a RawObject,
     pub endpoint: Endpoint,
     pub mode: Mode,
+    /// How hard to reason, when the client said (thinking mode only).
+    pub effort: Option<Effort>,
+    pub strict: &'a Strict,
     pub stream: bool,
     /// The last message is an assistant message with `prefix: true`: the model continues it.
     pub prefix: bool,

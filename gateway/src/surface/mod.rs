@@ -1,12 +1,13 @@
 //! The APIs clients speak, each a translation around the one pipeline: a surface parses its
 //! wire form into the pipeline's typed request and renders the pipeline's typed answer (or
 //! error) back into its own wire form. OpenAI / DeepSeek chat, beta chat and FIM
-//! ([`openai`]), Anthropic Messages ([`anthropic`]), and the spend a caller may read
-//! ([`account`]).
+//! ([`openai`]), OpenAI's Responses API ([`responses`]), Anthropic Messages ([`anthropic`]), and
+//! the spend a caller may read ([`account`]).
 
 pub mod account;
 pub mod anthropic;
 pub mod openai;
+pub mod responses;
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -25,7 +26,9 @@ use http::{HeaderName, HeaderValue, StatusCode, header};
 use crate::pipeline::admission::limits::RateHeaders;
 use crate::pipeline::admission::policy::gate::CLASSIFICATION_HEADER;
 use crate::pipeline::context::Caller;
+use crate::pipeline::request::Request;
 use crate::pipeline::respond::Event;
+use crate::providers::call::Strict;
 use crate::support::principal::Principal;
 use crate::support::random::random_id;
 use crate::wire::error::ApiError;
@@ -129,9 +132,54 @@ pub fn sse_response(body: Body) -> Response {
     response
 }
 
-/// What every answer to a pipeline request carries: its id and the caller's limits.
-pub fn finish(mut response: Response, caller: &Caller, rate_headers: &RateHeaders) -> Response {
+/// Headers telling a client what the gateway changed about its request on the way (strict
+/// flags it could not honour, tools no provider can run).
+#[derive(Debug, Default)]
+pub struct Notices(Vec<(HeaderName, String)>);
+
+impl Notices {
+    /// What the request itself says the gateway changed.
+    pub fn of(request: &Result<Request, ApiError>) -> Self {
+        let mut notices = Self::default();
+        if let Ok(Request {
+            strict: Strict::Dropped { why, .. },
+            ..
+        }) = request
+        {
+            notices.push("x-dsgw-strict", format!("dropped: {why}"));
+        }
+        notices
+    }
+
+    pub fn push(&mut self, name: &'static str, value: String) {
+        self.0.push((HeaderName::from_static(name), value));
+    }
+
+    fn apply(&self, response: &mut Response) {
+        for (name, value) in &self.0 {
+            // Header values are visible ASCII: anything else is left out of the note.
+            let value: String = value
+                .chars()
+                .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                .take(512)
+                .collect();
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name.clone(), v);
+            }
+        }
+    }
+}
+
+/// What every answer to a pipeline request carries: its id, the caller's limits, and what the
+/// gateway changed about the request.
+pub fn finish(
+    mut response: Response,
+    caller: &Caller,
+    rate_headers: &RateHeaders,
+    notices: &Notices,
+) -> Response {
     rate_headers.apply(response.headers_mut());
+    notices.apply(&mut response);
     if let Ok(id) = HeaderValue::from_str(&caller.request_id) {
         response
             .headers_mut()

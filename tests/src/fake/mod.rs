@@ -12,6 +12,10 @@
 //! `__hang__` never answers; `__long__` streams 200 content tokens; `__echo__` answers with the
 //! words of the last message.
 //!
+//! With tools, the fake calls the one the last line of the user's message names (or the first,
+//! when `tool_choice` requires one), with arguments made from its schema ([`tools`]); after a tool
+//! message it answers with what the tool said. In JSON mode it answers a JSON object.
+//!
 //! A path of the form `/fault/{kind}/chat/completions` (DeepSeek dialect) fails every request
 //! in one way, whatever its content: see [`crate::faults`].
 //!
@@ -37,6 +41,7 @@ use tokio::sync::mpsc;
 use crate::faults::{Fault, broken_response};
 
 mod fim;
+mod tools;
 use fim::fim;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +62,8 @@ pub struct FakeState {
     /// Every request body, most recent last (bounded), for "this upstream never saw X" checks.
     pub bodies: Mutex<std::collections::VecDeque<Bytes>>,
     pub last_auth: Mutex<Option<String>>,
+    /// Whether the last chat request came on DeepSeek's `/beta` path.
+    pub last_beta: std::sync::atomic::AtomicBool,
     /// Token sequences of earlier prompts, for the context cache.
     seen_prompts: Mutex<Vec<Vec<String>>>,
 }
@@ -142,6 +149,11 @@ impl FakeUpstream {
         self.state.disconnects.load(Ordering::SeqCst)
     }
 
+    /// Whether the last chat request came on DeepSeek's `/beta` path.
+    pub fn last_beta(&self) -> bool {
+        self.state.last_beta.load(Ordering::SeqCst)
+    }
+
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::SeqCst)
     }
@@ -192,6 +204,7 @@ async fn inspect(State(state): State<Arc<FakeState>>) -> Response {
         "disconnects": state.disconnects.load(Ordering::SeqCst),
         "last_body": last.map(|b| String::from_utf8_lossy(&b).into_owned()),
         "last_auth_matches": state.last_auth.lock().unwrap().as_deref() == state.expected_key.as_deref(),
+        "last_beta": state.last_beta.load(Ordering::SeqCst),
     });
     json_response(StatusCode::OK, body.to_string())
 }
@@ -371,14 +384,33 @@ async fn handle_as(
     let last_text = text_of(last);
     // DeepSeek serves chat prefix completion and strict tools only under /beta.
     let prefix = last["prefix"].as_bool() == Some(true);
-    let strict = request["tools"]
-        .as_array()
-        .is_some_and(|t| t.iter().any(|t| t["function"]["strict"] == true));
-    if (prefix || strict) && !beta && dialect == Dialect::Deepseek {
+    state
+        .last_beta
+        .store(beta, std::sync::atomic::Ordering::SeqCst);
+    // The plain endpoint accepts `strict` on functions and ignores it; prefix completion is
+    // beta only.
+    if prefix && !beta && dialect == Dialect::Deepseek {
         return error(
             StatusCode::BAD_REQUEST,
-            "prefix completion and strict tools need the beta endpoint (base_url https://api.deepseek.com/beta)",
+            "prefix completion needs the beta endpoint (base_url https://api.deepseek.com/beta)",
         );
+    }
+    if dialect == Dialect::Deepseek
+        && let Some(effort) = request.get("reasoning_effort")
+    {
+        if !thinking {
+            // DeepSeek's own bug, reproduced: an effort beside thinking disabled is refused.
+            return error(
+                StatusCode::BAD_REQUEST,
+                "reasoning_effort is not allowed when thinking is disabled",
+            );
+        }
+        if !matches!(effort.as_str(), Some("low" | "high" | "max")) {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "reasoning_effort must be one of low, high, max",
+            );
+        }
     }
 
     if let Some(code) = last_text
@@ -437,22 +469,19 @@ async fn handle_as(
         (best / 64 * 64) as u64
     };
 
-    let tools = request["tools"].as_array().filter(|t| !t.is_empty());
-    let tool_call = match (tools, last["role"].as_str()) {
-        (Some(tools), Some("user")) => Some((
-            tools[0]["function"]["name"]
-                .as_str()
-                .unwrap_or("tool")
-                .to_owned(),
-            r#"{"location":"Hangzhou"}"#.to_owned(),
-        )),
+    let tool_call = match last["role"].as_str() {
+        Some("user") => tools::call(&request, &last_text),
         _ => None,
     };
+    let json_mode = request["response_format"]["type"] == "json_object";
     let content = if prefix {
         // The continuation of the assistant's prefix, without the prefix itself.
         words("and so it continues.")
     } else if tool_call.is_some() {
         Vec::new()
+    } else if json_mode {
+        // JSON mode answers a JSON object, whatever was asked.
+        words(r#"{"answer": "Hello! How can I help you today?"}"#)
     } else if last["role"] == "tool" {
         words(&format!("The tool said: {last_text}"))
     } else if last_text.contains("__echo__") {

@@ -221,6 +221,8 @@ mod tests {
             body: &body,
             endpoint: Endpoint::Fim,
             mode: Mode::NonThinking,
+            effort: None,
+            strict: &crate::providers::call::Strict::None,
             stream: false,
             prefix: false,
             max_tokens: None,

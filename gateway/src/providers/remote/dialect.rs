@@ -5,6 +5,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::accounting::usage::Usage;
+use crate::providers::call::{Call, Effort, Strict};
 use crate::providers::reply::{Reply, ReplyUsage};
 use crate::support::config::ProviderKind;
 use crate::wire::raw_object::{Edit, RawObject};
@@ -32,17 +33,17 @@ fn json(value: &Value) -> String {
 /// The edits that turn a client's body into this provider's request.
 pub fn request_edits(
     kind: ProviderKind,
-    raw: &RawObject,
+    call: &Call<'_>,
     upstream_model: &str,
-    thinking: bool,
-    stream: bool,
     routing: Option<&str>,
 ) -> Vec<Edit<'static>> {
+    let raw = call.body;
+    let thinking = call.mode.thinking();
     let mut edits = vec![Edit::Set(
         "model",
         json(&Value::from(upstream_model)).into(),
     )];
-    if stream {
+    if call.stream {
         // Always ask for usage: spend must be counted even when the client did not ask to see it.
         let mut options = object_field(raw, "stream_options");
         options.insert("include_usage".into(), Value::Bool(true));
@@ -54,6 +55,11 @@ pub fn request_edits(
     if thinking {
         edits.extend(IGNORED_WHEN_THINKING.map(Edit::Remove));
     }
+    if let Strict::Dropped { tools, .. } = call.strict {
+        edits.push(Edit::Set("tools", tools.clone().into()));
+    }
+    // DeepSeek refuses an effort beside `thinking: disabled`; nobody reasons without thinking.
+    let effort = call.effort.filter(|_| thinking).map(Effort::as_str);
     match kind {
         ProviderKind::Deepseek | ProviderKind::Local => {
             let mode = if thinking { "enabled" } else { "disabled" };
@@ -61,25 +67,41 @@ pub fn request_edits(
                 "thinking",
                 format!(r#"{{"type":"{mode}"}}"#).into(),
             ));
+            match effort {
+                Some(e) if kind == ProviderKind::Deepseek => {
+                    edits.push(Edit::Set("reasoning_effort", json(&Value::from(e)).into()));
+                }
+                _ => edits.push(Edit::Remove("reasoning_effort")),
+            }
         }
         ProviderKind::Openai => {
-            // vLLM and SGLang switch DeepSeek's chat template with `chat_template_kwargs.thinking`.
+            // vLLM and SGLang switch DeepSeek's chat template with `chat_template_kwargs`.
             let mut kwargs = object_field(raw, "chat_template_kwargs");
             kwargs.insert("thinking".into(), Value::Bool(thinking));
+            if let Some(e) = effort {
+                kwargs.insert("reasoning_effort".into(), Value::from(e));
+            }
             edits.push(Edit::Set(
                 "chat_template_kwargs",
                 json(&Value::Object(kwargs)).into(),
             ));
             edits.push(Edit::Remove("thinking"));
+            edits.push(Edit::Remove("reasoning_effort"));
         }
         ProviderKind::Openrouter => {
             let mut reasoning = object_field(raw, "reasoning");
             reasoning.insert("enabled".into(), Value::Bool(thinking));
+            if let Some(e) = effort {
+                // OpenRouter's scale stops at high.
+                let e = if e == "max" { "high" } else { e };
+                reasoning.insert("effort".into(), Value::from(e));
+            }
             edits.push(Edit::Set(
                 "reasoning",
                 json(&Value::Object(reasoning)).into(),
             ));
             edits.push(Edit::Remove("thinking"));
+            edits.push(Edit::Remove("reasoning_effort"));
             if let Some(routing) = routing {
                 edits.push(Edit::Set("provider", routing.to_owned().into()));
             }
@@ -159,16 +181,61 @@ mod tests {
     }
 
     fn rendered(kind: ProviderKind, text: &str, thinking: bool, stream: bool) -> Value {
+        rendered_with(kind, text, thinking, stream, None)
+    }
+
+    fn rendered_with(
+        kind: ProviderKind,
+        text: &str,
+        thinking: bool,
+        stream: bool,
+        effort: Option<Effort>,
+    ) -> Value {
         let raw = body(text);
-        let edits = request_edits(
-            kind,
-            &raw,
-            "up-model",
-            thinking,
+        let call = Call {
+            body: &raw,
+            endpoint: crate::providers::call::Endpoint::Chat,
+            mode: if thinking {
+                crate::providers::call::Mode::Thinking
+            } else {
+                crate::providers::call::Mode::NonThinking
+            },
+            effort,
+            strict: &Strict::None,
             stream,
-            Some(r#"{"only":["x"]}"#),
-        );
+            prefix: false,
+            max_tokens: None,
+        };
+        let edits = request_edits(kind, &call, "up-model", Some(r#"{"only":["x"]}"#));
         serde_json::from_slice(&raw.render(&edits)).unwrap()
+    }
+
+    #[test]
+    fn effort_goes_in_each_dialect_and_only_with_thinking() {
+        let req = r#"{"model":"m","messages":[],"reasoning_effort":"medium"}"#;
+        let high = Some(Effort::High);
+        let v = rendered_with(ProviderKind::Deepseek, req, true, false, high);
+        assert_eq!(v["reasoning_effort"], "high");
+        let v = rendered_with(ProviderKind::Deepseek, req, false, false, high);
+        assert!(v.get("reasoning_effort").is_none(), "{v}");
+        assert_eq!(v["thinking"], json!({"type":"disabled"}));
+        let v = rendered_with(ProviderKind::Openai, req, true, false, Some(Effort::Max));
+        assert_eq!(
+            v["chat_template_kwargs"],
+            json!({"thinking": true, "reasoning_effort": "max"})
+        );
+        assert!(v.get("reasoning_effort").is_none());
+        let v = rendered_with(
+            ProviderKind::Openrouter,
+            req,
+            true,
+            false,
+            Some(Effort::Max),
+        );
+        assert_eq!(v["reasoning"], json!({"enabled": true, "effort": "high"}));
+        assert!(v.get("reasoning_effort").is_none());
+        let v = rendered_with(ProviderKind::Local, req, true, false, high);
+        assert!(v.get("reasoning_effort").is_none());
     }
 
     const REQ: &str = r#"{"model":"deepseek-chat","messages":[{"role":"user","content":"hi"}],"temperature":0.3,"stream_options":{"include_usage":false,"x":1},"custom":7}"#;

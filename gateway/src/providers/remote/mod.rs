@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, header};
 
 use super::ProviderError;
-use super::call::{Call, Endpoint, Residency, Target};
+use super::call::{Call, Endpoint, Residency, Strict, Target};
 use super::reply::Started;
 use crate::support::config::{ProviderConfig, ProviderKind};
 use crate::support::secret::Secret;
@@ -116,8 +116,13 @@ impl HttpProvider {
     /// Sends `call`; a stream comes back with nothing read, a whole answer read and normalised.
     pub async fn call(&self, call: &Call<'_>, target: &Target<'_>) -> Result<Started, ApiError> {
         let body = self.render(call, target);
+        // Strict functions go through DeepSeek's strict path, its beta endpoint.
+        let endpoint = match (call.endpoint, call.strict) {
+            (Endpoint::Chat, Strict::Enforced) => Endpoint::BetaChat,
+            (endpoint, _) => endpoint,
+        };
         if call.stream {
-            let response = self.send(body, true, call.endpoint).await?;
+            let response = self.send(body, true, endpoint).await?;
             return Ok(Started::Stream(relay::events(
                 response,
                 self.name.clone(),
@@ -125,7 +130,7 @@ impl HttpProvider {
             )));
         }
         let exchange = async {
-            let response = self.send(body, false, call.endpoint).await?;
+            let response = self.send(body, false, endpoint).await?;
             self.read_body(response).await
         };
         let body = tokio::time::timeout(self.request_timeout, exchange)
@@ -158,23 +163,16 @@ impl HttpProvider {
     pub fn render(&self, call: &Call<'_>, target: &Target<'_>) -> Vec<u8> {
         let mut edits = match call.endpoint {
             // A completions endpoint has no chat mode switches: only the model and stream usage.
-            Endpoint::Fim => dialect::request_edits(
-                ProviderKind::Deepseek,
-                call.body,
-                target.upstream_model,
-                false,
-                call.stream,
-                None,
-            )
-            .into_iter()
-            .filter(|e| matches!(e.key(), "model" | "stream_options"))
-            .collect(),
+            Endpoint::Fim => {
+                dialect::request_edits(ProviderKind::Deepseek, call, target.upstream_model, None)
+                    .into_iter()
+                    .filter(|e| matches!(e.key(), "model" | "stream_options"))
+                    .collect()
+            }
             Endpoint::Chat | Endpoint::BetaChat => dialect::request_edits(
                 self.kind,
-                call.body,
+                call,
                 target.upstream_model,
-                call.mode.thinking(),
-                call.stream,
                 self.routing.as_deref(),
             ),
         };

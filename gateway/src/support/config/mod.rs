@@ -24,6 +24,9 @@ pub use spend::{
     TokenCount,
 };
 
+/// The most output DeepSeek's V4 models take (`max_tokens` in [1, 393216]).
+pub const V4_MAX_OUTPUT_TOKENS: u32 = 393_216;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -248,8 +251,9 @@ impl Config {
     /// The configuration used when no file is given: the three DeepSeek names on 127.0.0.1:8080,
     /// routed to DeepSeek's API when `DEEPSEEK_API_KEY` is set, and always to the in-process
     /// engine's tiny built-in model as the last fallback, so the whole path works offline.
-    /// DeepSeek retired the V3.2 names in 2026, so the stable names map onto its V4 models with
-    /// the mode set explicitly.
+    /// DeepSeek retired the V3.2 names in 2026, so the stable names map onto its current models
+    /// (`deepseek-flash` for chat and reasoner, `deepseek-v4-pro` for Speciale's slot) with the
+    /// mode sent explicitly, and their output limit.
     pub fn embedded_default(deepseek_key_present: bool) -> Self {
         let mut providers = Vec::new();
         if deepseek_key_present {
@@ -293,7 +297,8 @@ impl Config {
             thinking,
             thinking_only,
             tools: !thinking_only,
-            max_output_tokens: None,
+            // What DeepSeek's V4 models take; the built-in model keeps DeepSeek's V3.2 limits.
+            max_output_tokens: deepseek_key_present.then_some(V4_MAX_OUTPUT_TOKENS),
             owned_by: default_owner(),
             description: description.clone(),
             deployments: deploy(upstream),
@@ -302,8 +307,8 @@ impl Config {
             server: ServerConfig::default(),
             providers,
             models: vec![
-                model("deepseek-chat", false, false, "deepseek-v4-flash"),
-                model("deepseek-reasoner", true, false, "deepseek-v4-flash"),
+                model("deepseek-chat", false, false, "deepseek-flash"),
+                model("deepseek-reasoner", true, false, "deepseek-flash"),
                 model("deepseek-v3.2-speciale", true, true, "deepseek-v4-pro"),
             ],
             keys: Vec::new(),

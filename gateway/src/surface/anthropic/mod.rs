@@ -39,7 +39,7 @@ pub async fn messages(
     let translated = super::body(body).and_then(|body| {
         request::to_chat(
             &body,
-            |m| pipeline.catalog.get(m).is_some(),
+            |m| pipeline.catalog.get(m).map(|m| &**m),
             &settings.default_model,
         )
     });
@@ -50,6 +50,7 @@ pub async fn messages(
         ),
         Err(e) => (Err(e), String::new()),
     };
+    let notices = super::Notices::of(&request);
     let handled = pipeline.run(&caller, request).await;
     let response = match handled.answer {
         Err(error) => response::error_response(error),
@@ -66,7 +67,7 @@ pub async fn messages(
             }))
         }
     };
-    super::finish(response, &caller, &handled.rate_headers)
+    super::finish(response, &caller, &handled.rate_headers, &notices)
 }
 
 /// `POST /anthropic/v1/messages/count_tokens`: the prompt's tokens as DeepSeek-V3.2's tokenizer
@@ -101,7 +102,7 @@ fn count(
     }
     let translated = request::to_chat(
         value.to_string().as_bytes(),
-        |m| pipeline.catalog.get(m).is_some(),
+        |m| pipeline.catalog.get(m).map(|m| &**m),
         &settings.default_model,
     )?;
     let thinking = value["thinking"]["type"] == "enabled";

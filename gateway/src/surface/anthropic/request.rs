@@ -1,8 +1,17 @@
 //! Anthropic Messages requests, translated into the chat request every upstream serves.
+//!
+//! What DeepSeek's own Anthropic endpoint ignores is ignored here too (unknown fields,
+//! `cache_control`, `metadata`, `context_management`, `top_k`, betas, `budget_tokens`), so Claude
+//! Code's traffic goes through as it is sent: `system` messages in the middle of `messages`,
+//! `thinking: {"type": "adaptive"}`, `output_config.effort`, and a `max_tokens` sized for Claude
+//! (clamped to the model's limit). What would silently lose meaning (images, documents) is
+//! refused.
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::pipeline::routing::catalog::ModelSpec;
+use crate::providers::call::{Effort, Mode};
 use crate::wire::error::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -26,6 +35,15 @@ struct Messages {
     stream: bool,
     #[serde(default)]
     thinking: Option<Thinking>,
+    #[serde(default)]
+    output_config: Option<OutputConfig>,
+}
+
+/// Only `effort` is read, as DeepSeek's Anthropic endpoint does.
+#[derive(Debug, Deserialize)]
+struct OutputConfig {
+    #[serde(default)]
+    effort: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +69,8 @@ struct Message {
 enum Role {
     User,
     Assistant,
+    /// Mid-conversation system messages (Claude Code's `mid-conversation-system` beta).
+    System,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,12 +134,11 @@ enum ToolChoice {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum Thinking {
-    Enabled {
-        #[serde(default)]
-        #[allow(dead_code)]
-        budget_tokens: Option<u64>,
-    },
+    /// `budget_tokens` is accepted and ignored, as DeepSeek does.
+    Enabled {},
     Disabled {},
+    /// The model's own default mode.
+    Adaptive {},
 }
 
 /// The translated request: the chat body, and what the response needs to know.
@@ -135,11 +154,11 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request(message)
 }
 
-/// Translates a Messages request. `serves` says whether a model name is served here; other
-/// names (`claude-...`) map to `default_model`, as DeepSeek's own Anthropic endpoint does.
-pub fn to_chat(
+/// Translates a Messages request. `lookup` finds a served model by name; other names
+/// (`claude-...`) map to `default_model`, as DeepSeek's own Anthropic endpoint does.
+pub fn to_chat<'m>(
     body: &[u8],
-    serves: impl Fn(&str) -> bool,
+    lookup: impl Fn(&str) -> Option<&'m ModelSpec>,
     default_model: &str,
 ) -> Result<Translated, ApiError> {
     let request: Messages = serde_json::from_slice(body).map_err(|e| {
@@ -160,15 +179,24 @@ pub fn to_chat(
     if messages.iter().all(|m| m["role"] == "system") {
         return Err(invalid("messages: at least one message is required"));
     }
-    let model = if serves(&request.model) {
-        request.model.clone()
-    } else {
-        default_model.to_owned()
+    let served = lookup(&request.model).or_else(|| lookup(default_model));
+    let model = match served {
+        Some(spec) if spec.name == request.model => request.model.clone(),
+        _ => default_model.to_owned(),
+    };
+    let mode = match request.thinking {
+        Some(Thinking::Enabled {}) => Some(Mode::Thinking),
+        Some(Thinking::Disabled {}) => Some(Mode::NonThinking),
+        Some(Thinking::Adaptive {}) | None => None,
     };
     let mut chat = Map::new();
     chat.insert("model".into(), model.into());
     chat.insert("messages".into(), Value::Array(messages));
-    chat.insert("max_tokens".into(), max_tokens.into());
+    // Anthropic clients size `max_tokens` for Claude: take what the model can give.
+    let limit = served.map_or(u32::MAX, |spec| {
+        spec.max_output_tokens(mode.unwrap_or(spec.mode.default_mode()))
+    });
+    chat.insert("max_tokens".into(), max_tokens.min(i64::from(limit)).into());
     if let Some(stop) = request.stop_sequences.filter(|s| !s.is_empty()) {
         chat.insert("stop".into(), json!(stop));
     }
@@ -184,14 +212,18 @@ pub fn to_chat(
     if let Some(choice) = request.tool_choice {
         chat.insert("tool_choice".into(), chat_tool_choice(choice));
     }
-    match request.thinking {
-        Some(Thinking::Enabled { .. }) => {
+    match mode {
+        Some(Mode::Thinking) => {
             chat.insert("thinking".into(), json!({"type": "enabled"}));
         }
-        Some(Thinking::Disabled {}) => {
+        Some(Mode::NonThinking) => {
             chat.insert("thinking".into(), json!({"type": "disabled"}));
         }
         None => {}
+    }
+    let effort = request.output_config.and_then(|c| c.effort);
+    if let Some(effort) = effort.as_deref().and_then(Effort::parse) {
+        chat.insert("reasoning_effort".into(), effort.as_str().into());
     }
     if request.stream {
         chat.insert("stream".into(), true.into());
@@ -263,7 +295,8 @@ fn translate_message(index: usize, m: Message, out: &mut Vec<Value>) -> Result<(
                 text.push_str(&t);
             }
             (Role::Assistant, Block::Thinking { thinking }) => reasoning.push_str(&thinking),
-            (_, Block::RedactedThinking {}) | (Role::User, Block::Thinking { .. }) => {}
+            (_, Block::RedactedThinking {})
+            | (Role::User | Role::System, Block::Thinking { .. }) => {}
             (Role::Assistant, Block::ToolUse { id, name, input }) => {
                 calls.push(json!({
                     "id": id,
@@ -279,7 +312,7 @@ fn translate_message(index: usize, m: Message, out: &mut Vec<Value>) -> Result<(
                     is_error,
                 },
             ) => {
-                let result = tool_result_text(content, is_error);
+                let result = tool_result_text(index, content, is_error)?;
                 out.push(json!({"role": "tool", "tool_call_id": tool_use_id, "content": result}));
             }
             (_, Block::Image {} | Block::Document {}) => {
@@ -287,12 +320,12 @@ fn translate_message(index: usize, m: Message, out: &mut Vec<Value>) -> Result<(
                     "messages.{index}: image and document blocks are not supported by DeepSeek models"
                 )));
             }
-            (Role::User, Block::ToolUse { .. }) => {
+            (Role::User | Role::System, Block::ToolUse { .. }) => {
                 return Err(invalid(format!(
                     "messages.{index}: tool_use blocks belong in assistant messages"
                 )));
             }
-            (Role::Assistant, Block::ToolResult { .. }) => {
+            (Role::Assistant | Role::System, Block::ToolResult { .. }) => {
                 return Err(invalid(format!(
                     "messages.{index}: tool_result blocks belong in user messages"
                 )));
@@ -305,9 +338,14 @@ fn translate_message(index: usize, m: Message, out: &mut Vec<Value>) -> Result<(
                 out.push(json!({"role": "user", "content": text}));
             }
         }
+        // A system message stays where it was sent, so the prompt's earlier bytes (and the
+        // provider's prefix cache) do not move from one turn to the next.
+        Role::System => out.push(json!({"role": "system", "content": text})),
         Role::Assistant => {
             let mut message = json!({"role": "assistant", "content": text});
-            if !reasoning.is_empty() {
+            // DeepSeek checks that assistant messages in a tool loop carry the field; empty
+            // passes.
+            if !reasoning.is_empty() || !calls.is_empty() {
                 message["reasoning_content"] = reasoning.into();
             }
             if !calls.is_empty() {
@@ -319,35 +357,60 @@ fn translate_message(index: usize, m: Message, out: &mut Vec<Value>) -> Result<(
     Ok(())
 }
 
-/// A tool result's text (an error's marked as one).
-fn tool_result_text(content: Option<ToolResultContent>, is_error: bool) -> String {
+/// A tool result's text (an error's marked as one). An image or document in it would be lost.
+fn tool_result_text(
+    index: usize,
+    content: Option<ToolResultContent>,
+    is_error: bool,
+) -> Result<String, ApiError> {
     let text = match content {
         None => String::new(),
         Some(ToolResultContent::Text(t)) => t,
-        Some(ToolResultContent::Blocks(blocks)) => blocks
-            .iter()
-            .filter_map(|b| b["text"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n"),
+        Some(ToolResultContent::Blocks(blocks)) => {
+            if let Some(kind) = blocks
+                .iter()
+                .filter_map(|b| b["type"].as_str())
+                .find(|t| matches!(*t, "image" | "document"))
+            {
+                return Err(invalid(format!(
+                    "messages.{index}: a tool_result with a {kind} block: DeepSeek models read text only"
+                )));
+            }
+            blocks
+                .iter()
+                .filter_map(|b| b["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
     };
-    if is_error {
+    Ok(if is_error {
         format!("Error: {text}")
     } else {
         text
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::routing::catalog::ModelMode;
+    use std::sync::LazyLock;
+
+    static CHAT: LazyLock<ModelSpec> =
+        LazyLock::new(|| ModelSpec::for_tests("deepseek-chat", ModelMode::NonThinking, true));
+    static REASONER: LazyLock<ModelSpec> =
+        LazyLock::new(|| ModelSpec::for_tests("deepseek-reasoner", ModelMode::Thinking, true));
+
+    fn lookup(name: &str) -> Option<&'static ModelSpec> {
+        match name {
+            "deepseek-chat" => Some(&CHAT),
+            "deepseek-reasoner" => Some(&REASONER),
+            _ => None,
+        }
+    }
 
     fn chat(body: Value) -> Value {
-        let t = to_chat(
-            body.to_string().as_bytes(),
-            |m| m == "deepseek-chat",
-            "deepseek-chat",
-        )
-        .unwrap();
+        let t = to_chat(body.to_string().as_bytes(), lookup, "deepseek-chat").unwrap();
         serde_json::from_slice(&t.chat_body).unwrap()
     }
 
@@ -408,7 +471,7 @@ mod tests {
     #[test]
     fn bad_requests_are_refused_clearly() {
         let refuse = |body: Value| {
-            to_chat(body.to_string().as_bytes(), |_| true, "deepseek-chat")
+            to_chat(body.to_string().as_bytes(), lookup, "deepseek-chat")
                 .unwrap_err()
                 .body
                 .message
@@ -421,6 +484,59 @@ mod tests {
         assert!(
             refuse(json!({"model": "m", "max_tokens": 5, "messages": []})).contains("at least one")
         );
-        assert!(refuse(json!({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]})).contains("Invalid Messages request"));
+        // System messages alone are no conversation.
+        assert!(refuse(json!({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]})).contains("at least one"));
+        assert!(refuse(json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {}}]}
+        ]}]})).contains("image"));
+    }
+
+    #[test]
+    fn claude_codes_requests_translate_as_sent() {
+        let body = json!({
+            "model": "deepseek-chat",
+            "max_tokens": 32000,
+            "system": [{"type": "text", "text": "x-anthropic-billing-header: cc"}, {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "<system-reminder>ctx</system-reminder>"}, {"type": "text", "text": "say hi", "cache_control": {"type": "ephemeral"}}]},
+                {"role": "system", "content": "Available agent types: ..."},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {"command": "ls"}, "caller": {"type": "direct"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "a.txt", "cache_control": {"type": "ephemeral"}}]},
+            ],
+            "tools": [{"name": "Bash", "description": "run", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}],
+            "metadata": {"user_id": "u"},
+            "thinking": {"type": "adaptive"},
+            "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+            "output_config": {"effort": "high"},
+            "top_k": 5,
+            "service_tier": "auto",
+            "stream": true,
+        });
+        let c = chat(body);
+        let roles: Vec<&str> = c["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["system", "user", "system", "assistant", "tool"]);
+        assert_eq!(c["messages"][2]["content"], "Available agent types: ...");
+        assert_eq!(c["messages"][3]["reasoning_content"], "");
+        // Adaptive thinking is the model's default: no switch is sent.
+        assert!(c.get("thinking").is_none(), "{c}");
+        assert_eq!(c["reasoning_effort"], "high");
+        // deepseek-chat takes 8K output tokens in its default mode.
+        assert_eq!(c["max_tokens"], 8192);
+        let reasoner = chat(json!({
+            "model": "deepseek-reasoner", "max_tokens": 200000, "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "messages": [{"role": "user", "content": "hi"}]
+        }));
+        assert_eq!(reasoner["max_tokens"], 65536);
+        assert_eq!(reasoner["thinking"], json!({"type": "enabled"}));
+        let off = chat(json!({
+            "model": "deepseek-reasoner", "max_tokens": 10, "thinking": {"type": "disabled"},
+            "messages": [{"role": "user", "content": "hi"}]
+        }));
+        assert_eq!(off["thinking"], json!({"type": "disabled"}));
     }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::fields::{field, include_usage, sampling_ranges, stop_sequences};
 use crate::pipeline::request::Request;
-use crate::providers::call::{Endpoint, Mode};
+use crate::providers::call::{Endpoint, Mode, Strict};
 use crate::wire::error::ApiError;
 use crate::wire::raw_object::RawObject;
 
@@ -56,6 +56,8 @@ pub fn parse(raw: RawObject, model: String, body: Bytes) -> Result<Request, ApiE
         include_usage,
         // FIM has no thinking mode: a thinking-only model refuses it.
         mode: Some(Mode::NonThinking),
+        effort: None,
+        strict: Strict::None,
         has_tools: false,
         logprobs: false,
         top_logprobs: None,

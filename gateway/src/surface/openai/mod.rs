@@ -54,6 +54,7 @@ async fn serve(
 ) -> Response {
     let request = super::body(body).and_then(|body| request::parse(body, endpoint));
     let include_usage = request.as_ref().is_ok_and(|r| r.include_usage);
+    let notices = super::Notices::of(&request);
     let handled = pipeline.run(&caller, request).await;
     let response = match handled.answer {
         Err(error) => error.into_response(),
@@ -73,5 +74,5 @@ async fn serve(
             }))
         }
     };
-    super::finish(response, &caller, &handled.rate_headers)
+    super::finish(response, &caller, &handled.rate_headers, &notices)
 }

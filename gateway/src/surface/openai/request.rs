@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::pipeline::request::Request;
-use crate::providers::call::{Endpoint, Mode};
+use crate::providers::call::{Effort, Endpoint, Mode, Strict};
 use crate::wire::error::ApiError;
 use crate::wire::raw_object::RawObject;
 
@@ -128,14 +128,17 @@ pub fn parse(body: Bytes, endpoint: Endpoint) -> Result<Request, ApiError> {
         .transpose()?;
     stop_sequences(&raw)?;
     response_format(&raw)?;
-    let has_tools = validate_tools(&raw, endpoint)?;
+    let (has_tools, strict) = validate_tools(&raw, endpoint)?;
     let (logprobs, top_logprobs) = logprobs(&raw)?;
+    let effort = effort(&raw)?;
     Ok(Request {
         model,
         endpoint,
         stream,
         include_usage,
         mode,
+        effort,
+        strict,
         has_tools,
         logprobs,
         top_logprobs,
@@ -161,8 +164,11 @@ fn response_format(raw: &RawObject) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `tools` and `tool_choice`; whether the request carries tools.
-fn validate_tools(raw: &RawObject, endpoint: Endpoint) -> Result<bool, ApiError> {
+/// `tools` and `tool_choice`: whether the request carries tools, and what becomes of their
+/// `strict` flags. On `/beta` a strict schema outside DeepSeek's subset is the client's error, as
+/// there; elsewhere strict is honoured where it can be and dropped (with a reason) where not,
+/// as DeepSeek's plain endpoint accepts the flag.
+fn validate_tools(raw: &RawObject, endpoint: Endpoint) -> Result<(bool, Strict), ApiError> {
     let tools = field::<Vec<Tool>>(raw, "tools")?.unwrap_or_default();
     if tools.len() > 128 {
         return Err(ApiError::invalid_parameter(
@@ -170,20 +176,9 @@ fn validate_tools(raw: &RawObject, endpoint: Endpoint) -> Result<bool, ApiError>
             "Invalid tools value, at most 128 tools are allowed",
         ));
     }
+    let mut strict = false;
+    let mut unsupported = None;
     for (i, tool) in tools.iter().enumerate() {
-        if tool.function.strict == Some(true) {
-            if endpoint != Endpoint::BetaChat {
-                return Err(ApiError::bad_request(format!(
-                    "tools[{i}]: strict function calling is a beta feature: send the request to /beta/chat/completions"
-                ))
-                .with_param("tools"));
-            }
-            let schema = tool.function.parameters.clone().unwrap_or_default();
-            super::strict_schema::validate(&schema).map_err(|why| {
-                ApiError::bad_request(format!("tools[{i}] ({}): {why}", tool.function.name))
-                    .with_param("tools")
-            })?;
-        }
         if tool.kind != "function" || tool.function.name.is_empty() {
             return Err(ApiError::invalid_parameter(
                 "tools",
@@ -192,11 +187,61 @@ fn validate_tools(raw: &RawObject, endpoint: Endpoint) -> Result<bool, ApiError>
                 ),
             ));
         }
+        if tool.function.strict != Some(true) {
+            continue;
+        }
+        strict = true;
+        let schema = tool.function.parameters.clone().unwrap_or_default();
+        if let Err(why) = super::strict_schema::validate(&schema) {
+            let why = format!("tools[{i}] ({}): {why}", tool.function.name);
+            if endpoint == Endpoint::BetaChat {
+                return Err(ApiError::bad_request(why).with_param("tools"));
+            }
+            unsupported.get_or_insert(why);
+        }
     }
     if let Some(choice) = raw.get("tool_choice") {
         validate_tool_choice(choice)?;
     }
-    Ok(!tools.is_empty())
+    let strict = match (strict, unsupported) {
+        (false, _) => Strict::None,
+        (true, None) => Strict::Enforced,
+        (true, Some(why)) => Strict::Dropped {
+            tools: without_strict(raw),
+            why,
+        },
+    };
+    Ok((!tools.is_empty(), strict))
+}
+
+/// The `tools` array with every function's `strict` flag removed.
+fn without_strict(raw: &RawObject) -> String {
+    let mut tools: serde_json::Value = raw
+        .get("tools")
+        .and_then(|t| serde_json::from_str(t.get()).ok())
+        .unwrap_or_default();
+    for tool in tools.as_array_mut().into_iter().flatten() {
+        if let Some(function) = tool.get_mut("function").and_then(|f| f.as_object_mut()) {
+            function.remove("strict");
+        }
+    }
+    tools.to_string()
+}
+
+/// `reasoning_effort`: DeepSeek's `low`, `high`, `max`, and the names other APIs use for them.
+fn effort(raw: &RawObject) -> Result<Option<Effort>, ApiError> {
+    field::<String>(raw, "reasoning_effort")?
+        .map(|e| {
+            Effort::parse(&e).ok_or_else(|| {
+                ApiError::invalid_parameter(
+                    "reasoning_effort",
+                    format!(
+                        "Invalid reasoning_effort `{e}`, expected one of low, medium, high, max"
+                    ),
+                )
+            })
+        })
+        .transpose()
 }
 
 /// `logprobs` and `top_logprobs` (0..=20, and only with `logprobs`).
