@@ -350,3 +350,25 @@ fn a_bad_weights_value_is_refused_at_start() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_tools_on_the_local_engine_are_answered_and_said_unenforced() {
+    let gw = start();
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "strict": true,
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+            "required": ["city"], "additionalProperties": false}}}]);
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("anything")
+        .json(
+            &json!({"model": "deepseek-chat", "max_tokens": 4, "tools": tools,
+            "messages": [{"role": "user", "content": "weather in Hangzhou?"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let note = r.headers()["x-dsgw-strict"].to_str().unwrap().to_owned();
+    assert!(note.starts_with("not enforced: provider engine"), "{note}");
+    r.json::<Value>().await.unwrap();
+}

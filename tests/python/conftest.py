@@ -5,11 +5,13 @@ default cargo target directory.
 """
 
 import hashlib
+import json
 import os
 import pathlib
 import subprocess
 import tempfile
 import threading
+import urllib.request
 
 import openai
 import pytest
@@ -84,14 +86,22 @@ base_url = "{fake.url}"
 api_key_env = "FAKE_DEEPSEEK_KEY"
 idle_timeout_ms = 3000
 
+# LiteLLM's table for `deepseek/deepseek-chat` (pinned in requirements.txt): the client's cost
+# must equal the gateway's.
+[[prices]]
+name = "litellm-deepseek-chat"
+cache_hit = "0.028"
+cache_miss = "0.28"
+output = "0.42"
+
 [[models]]
 name = "deepseek-chat"
-deployments = [{{ provider = "deepseek", model = "deepseek-chat" }}]
+deployments = [{{ provider = "deepseek", model = "deepseek-chat", price = "litellm-deepseek-chat" }}]
 
 [[models]]
 name = "deepseek-reasoner"
 thinking = true
-deployments = [{{ provider = "deepseek", model = "deepseek-reasoner" }}]
+deployments = [{{ provider = "deepseek", model = "deepseek-reasoner", price = "litellm-deepseek-chat" }}]
 
 [[models]]
 name = "deepseek-v3.2-speciale"
@@ -142,3 +152,40 @@ def default_gateway():
     p = Process([_binary("DSGW_BIN", "dsgw"), "serve", "--listen", "127.0.0.1:0"], env, "dsgw: listening on ")
     yield p
     p.stop()
+
+
+def agent_bin(env_name):
+    """An agent CLI installed by scripts/test (npm ci of tests/agents); a missing one fails the
+    test, it is never skipped."""
+    path = os.environ.get(env_name)
+    if not path or not pathlib.Path(path).exists():
+        raise RuntimeError(f"{env_name}={path!r}: run the suite with scripts/test, which installs the agent CLIs")
+    return path
+
+
+def tokens_billed(gateway):
+    """The gateway's input and output tokens so far, from its Prometheus metrics."""
+    text = urllib.request.urlopen(gateway.url + "/metrics", timeout=5).read().decode()
+    totals = {}
+    for line in text.splitlines():
+        if line.startswith("dsgw_tokens_total{"):
+            labels, value = line.rsplit(" ", 1)
+            kind = labels.split('kind="', 1)[1].split('"', 1)[0]
+            totals[kind] = totals.get(kind, 0) + int(float(value))
+    return {
+        "input": totals.get("cache_hit", 0) + totals.get("cache_miss", 0),
+        "cached": totals.get("cache_hit", 0),
+        "output": totals.get("output", 0),
+    }
+
+
+def assert_tool_turn_reached_deepseek(fake, model, tool, output):
+    """The agent's second turn, as DeepSeek got it: the model's call to `tool`, the tool message
+    with `output`, and (thinking) the reasoning the agent was handed and sent back."""
+    sent = json.loads(urllib.request.urlopen(fake.url + "/_fake/state", timeout=5).read())
+    messages = json.loads(sent["last_body"])["messages"]
+    [call] = [m for m in messages if m.get("tool_calls")]
+    assert call["tool_calls"][0]["function"]["name"] == tool
+    assert messages[-1]["role"] == "tool" and output in messages[-1]["content"]
+    if model == "deepseek-reasoner":
+        assert call["reasoning_content"] == "The user greets me. I should answer politely. "

@@ -29,7 +29,7 @@ use crate::accounting::metrics::Metrics;
 use crate::accounting::settlement::{Outcome, Served, Settlement};
 use crate::accounting::spend::ledger::Ledger;
 use crate::providers::Provider;
-use crate::providers::call::{Residency, Target};
+use crate::providers::call::{Residency, Strict, Target};
 use crate::support::config::{Config, RoutingConfig};
 use crate::wire::error::ApiError;
 use admission::Rejection;
@@ -83,6 +83,9 @@ pub struct Handled {
     pub answer: Result<Answer, ApiError>,
     /// The caller's remaining limits: every response to the request carries them.
     pub rate_headers: RateHeaders,
+    /// The provider that served strict functions without enforcing their schemas (it has no
+    /// strict path), so the client can be told.
+    pub strict_unenforced_by: Option<String>,
 }
 
 impl Pipeline {
@@ -133,28 +136,42 @@ impl Pipeline {
             Err(e) => Err(e),
         };
         match admitted {
-            Ok((request, admitted)) => Handled {
-                answer: self.serve(caller, &request, &admitted, ticket).await,
-                rate_headers: admitted.rate_headers,
-            },
+            Ok((request, admitted)) => {
+                let served = self.serve(caller, &request, &admitted, ticket).await;
+                let (answer, strict_unenforced_by) = match served {
+                    Ok((answer, provider)) => {
+                        let unenforced =
+                            request.strict == Strict::Enforced && !provider.enforces_strict();
+                        (Ok(answer), unenforced.then(|| provider.name.clone()))
+                    }
+                    Err(e) => (Err(e), None),
+                };
+                Handled {
+                    answer,
+                    rate_headers: admitted.rate_headers,
+                    strict_unenforced_by,
+                }
+            }
             Err(error) => {
                 ticket.settle(Outcome::from(&error));
                 Handled {
                     answer: Err(error),
                     rate_headers: RateHeaders::default(),
+                    strict_unenforced_by: None,
                 }
             }
         }
     }
 
-    /// Route, call, respond: the admitted request to the first deployment that answers.
+    /// Route, call, respond: the admitted request to the first deployment that answers (it
+    /// comes back beside the answer).
     async fn serve(
         &self,
         caller: &Caller,
         request: &Request,
         admitted: &Admitted,
         mut ticket: Ticket,
-    ) -> Result<Answer, ApiError> {
+    ) -> Result<(Answer, Arc<Provider>), ApiError> {
         let Admitted {
             model, mode, gate, ..
         } = admitted;
@@ -200,7 +217,7 @@ impl Pipeline {
         let vault = gate
             .as_ref()
             .and_then(|g| g.reidentification(deployment.index));
-        Ok(match dispatched.answer {
+        let answer = match dispatched.answer {
             Committed::Whole(reply) => Answer::Whole(Whole::settle(
                 reply,
                 model.clone(),
@@ -214,7 +231,8 @@ impl Pipeline {
                 vault,
                 ticket,
             )),
-        })
+        };
+        Ok((answer, deployment.provider.clone()))
     }
 
     /// Counts a request admission refused.

@@ -67,6 +67,13 @@ impl Provider {
         })
     }
 
+    /// Whether strict functions sent here get what `strict` promises: remote providers have a
+    /// strict path (DeepSeek's `/beta`, the flag vLLM, SGLang and OpenRouter take); the local
+    /// engine constrains JSON objects, not a tool's schema.
+    pub fn enforces_strict(&self) -> bool {
+        matches!(self.transport, Transport::Remote(_))
+    }
+
     /// Checks everything [`Provider::start`] would refuse, without starting anything: secrets
     /// in the environment, URLs, a local model's files.
     pub fn check(index: usize, config: &ProviderConfig) -> Result<(), ProviderError> {

@@ -23,6 +23,7 @@ use futures_util::Stream;
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, StatusCode, header};
 
+use crate::pipeline::Handled;
 use crate::pipeline::admission::limits::RateHeaders;
 use crate::pipeline::admission::policy::gate::CLASSIFICATION_HEADER;
 use crate::pipeline::context::Caller;
@@ -149,6 +150,16 @@ impl Notices {
             notices.push("x-dsgw-strict", format!("dropped: {why}"));
         }
         notices
+    }
+
+    /// What serving the request changed: strict functions a provider could not enforce.
+    pub fn served(&mut self, handled: &Handled) {
+        if let Some(provider) = &handled.strict_unenforced_by {
+            self.push(
+                "x-dsgw-strict",
+                format!("not enforced: provider {provider} cannot constrain tool arguments to their schemas"),
+            );
+        }
     }
 
     pub fn push(&mut self, name: &'static str, value: String) {

@@ -2,6 +2,7 @@
 //! run on this machine.
 //!
 //! - added latency, open-loop at fixed request rates, non-streaming and streaming;
+//! - the same for each surface (Chat Completions, the Responses API, Anthropic Messages);
 //! - back-to-back streams over one keep-alive connection (a delayed-ACK stall shows as ~40 ms);
 //! - resident memory of the gateway holding N concurrent open streams.
 //!
@@ -55,11 +56,11 @@ struct Args {
     /// Interleaved rounds of the latency table (medians reported).
     #[arg(long, default_value_t = 1)]
     latency_rounds: usize,
-    /// Sections to run: latency, limits, accounting, sequential, memory.
+    /// Sections to run: latency, surfaces, limits, accounting, sequential, memory.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "latency,limits,accounting,sequential,memory"
+        default_value = "latency,surfaces,limits,accounting,sequential,memory"
     )]
     sections: Vec<String>,
 }
@@ -213,6 +214,9 @@ fn main() {
             targets.extend(old.as_ref());
             targets.push(&hop);
             latency_table(&pool, &direct, &targets, &args).await;
+        }
+        if run("surfaces") {
+            surfaces_table(&pool, &direct, &gw, &args).await;
         }
         if run("limits") && args.limits_rate > 0 {
             let redis = dsgw_tests::redis_server::RedisServer::start();
@@ -391,6 +395,89 @@ async fn latency_table(pool: &HttpClient, direct: &Target, targets: &[&Target], 
                     median(|r| r.1),
                     median(|r| r.2),
                     median(|r| r.3),
+                );
+            }
+        }
+    }
+}
+
+/// The same question through each surface: what translating to and from Chat Completions adds
+/// (the Responses API, Anthropic Messages) beside the chat surface itself, interleaved.
+async fn surfaces_table(pool: &HttpClient, direct: &Target, gw: &Gateway, args: &Args) {
+    let surfaces = [
+        ("/v1/chat/completions", "chat completions"),
+        ("/v1/responses", "responses"),
+        ("/anthropic/v1/messages", "anthropic messages"),
+    ];
+    let body = |path: &str, stream: bool| -> Bytes {
+        let question = serde_json::json!([{"role": "user", "content": "Hello"}]);
+        let body = match path {
+            "/v1/responses" => {
+                serde_json::json!({"model": "deepseek-chat", "input": "Hello", "stream": stream})
+            }
+            "/anthropic/v1/messages" => {
+                serde_json::json!({"model": "deepseek-chat", "max_tokens": 256, "messages": question, "stream": stream})
+            }
+            _ => {
+                serde_json::json!({"model": "deepseek-chat", "messages": question, "stream": stream})
+            }
+        };
+        Bytes::from(body.to_string())
+    };
+    println!(
+        "\n## Added latency per surface, open loop ({} s per run, median of {} interleaved rounds)\n",
+        args.seconds, args.latency_rounds
+    );
+    println!("Added = latency through dsgw minus the direct chat call to the fake, same run.\n");
+    println!("| mode | rate (req/s) | surface | added p50 | added p99 | failures |");
+    println!("|---|---|---|---|---|---|");
+    for stream in [false, true] {
+        let direct_body = chat_body("deepseek-chat", "Hello", stream);
+        let targets: Vec<(Target, Bytes)> = surfaces
+            .iter()
+            .map(|(path, name)| {
+                (
+                    Target {
+                        name,
+                        url: gw.url(path),
+                        key: "sk-alice",
+                    },
+                    body(path, stream),
+                )
+            })
+            .collect();
+        for _ in 0..200 {
+            once(pool, direct, &direct_body).await;
+            for (target, body) in &targets {
+                once(pool, target, body).await;
+            }
+        }
+        for &rate in &args.rates {
+            let mut rows: Vec<Vec<(f64, f64, usize)>> = vec![Vec::new(); targets.len()];
+            for _ in 0..args.latency_rounds {
+                for (i, (target, body)) in targets.iter().enumerate() {
+                    let d = open_loop(pool, direct, &direct_body, rate, args.seconds).await;
+                    let t = open_loop(pool, target, body, rate, args.seconds).await;
+                    rows[i].push((
+                        pct(&t.latencies, 0.5) - pct(&d.latencies, 0.5),
+                        pct(&t.latencies, 0.99) - pct(&d.latencies, 0.99),
+                        d.failures + t.failures,
+                    ));
+                }
+            }
+            for ((target, _), runs) in targets.iter().zip(&rows) {
+                let median = |f: fn(&(f64, f64, usize)) -> f64| {
+                    let mut v: Vec<f64> = runs.iter().map(f).collect();
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                };
+                let failures: usize = runs.iter().map(|r| r.2).sum();
+                println!(
+                    "| {} | {rate} | {} | {:.3} ms | {:.3} ms | {failures} |",
+                    if stream { "stream" } else { "non-stream" },
+                    target.name,
+                    median(|r| r.0),
+                    median(|r| r.1),
                 );
             }
         }

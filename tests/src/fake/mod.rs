@@ -380,7 +380,12 @@ async fn handle_as(
             .unwrap_or(false),
         Dialect::Openrouter => request["reasoning"]["enabled"].as_bool().unwrap_or(false),
     };
-    let last = messages.last().unwrap();
+    // The turn being answered: a system message after it (Claude Code sends one after the
+    // user's text) instructs, it does not ask.
+    let last = messages
+        .iter()
+        .rfind(|m| m["role"] != "system")
+        .unwrap_or_else(|| messages.last().unwrap());
     let last_text = text_of(last);
     // DeepSeek serves chat prefix completion and strict tools only under /beta.
     let prefix = last["prefix"].as_bool() == Some(true);

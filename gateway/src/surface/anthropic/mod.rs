@@ -50,8 +50,9 @@ pub async fn messages(
         ),
         Err(e) => (Err(e), String::new()),
     };
-    let notices = super::Notices::of(&request);
+    let mut notices = super::Notices::of(&request);
     let handled = pipeline.run(&caller, request).await;
+    notices.served(&handled);
     let response = match handled.answer {
         Err(error) => response::error_response(error),
         Ok(Answer::Whole(whole)) => super::json_response(

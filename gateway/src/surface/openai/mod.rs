@@ -54,8 +54,9 @@ async fn serve(
 ) -> Response {
     let request = super::body(body).and_then(|body| request::parse(body, endpoint));
     let include_usage = request.as_ref().is_ok_and(|r| r.include_usage);
-    let notices = super::Notices::of(&request);
+    let mut notices = super::Notices::of(&request);
     let handled = pipeline.run(&caller, request).await;
+    notices.served(&handled);
     let response = match handled.answer {
         Err(error) => error.into_response(),
         Ok(Answer::Whole(whole)) => {

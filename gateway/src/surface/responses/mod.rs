@@ -45,10 +45,11 @@ pub async fn responses(
         notices.push("x-dsgw-dropped-tools", dropped);
     }
     let handled = pipeline.run(&caller, request).await;
+    notices.served(&handled);
     let response = match (handled.answer, frame) {
         (Err(error), _) => error.into_response(),
         (Ok(Answer::Whole(whole)), Some(frame)) => {
-            super::json_response(render::whole(&whole, &frame).to_string().into_bytes())
+            super::json_response(render::whole(&whole, &frame))
         }
         (Ok(Answer::Stream(streaming)), Some(frame)) => {
             let mut translator = stream::StreamTranslator::new(frame);

@@ -1,6 +1,7 @@
 //! The pipeline's answer as a Responses API object: output items (reasoning, the assistant
 //! message, function calls) and usage in OpenAI's names.
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::request::{Echo, pack_reasoning};
@@ -13,52 +14,123 @@ use crate::support::random::random_hex;
 /// One response's identity and what it echoes of its request.
 #[derive(Debug)]
 pub struct Frame {
-    pub id: String,
-    pub created_at: u64,
     pub echo: Echo,
     /// Return reasoning as `encrypted_content` too (`include: ["reasoning.encrypted_content"]`).
     pub encrypted_reasoning: bool,
+    /// The response object's fields that never change (its id, what it echoes of the request),
+    /// serialized once: a stream carries the object three times or more.
+    fixed: String,
+}
+
+/// The response object's fields that never change, borrowed from the echo to serialize them.
+#[derive(Serialize)]
+struct Fixed<'a> {
+    id: &'a str,
+    object: &'a str,
+    created_at: u64,
+    instructions: Option<&'a str>,
+    max_output_tokens: Option<i64>,
+    model: &'a str,
+    parallel_tool_calls: bool,
+    previous_response_id: Option<&'a str>,
+    reasoning: Reasoning<'a>,
+    store: bool,
+    temperature: Option<f64>,
+    text: TextFormat<'a>,
+    tool_choice: &'a Value,
+    tools: &'a [Value],
+    top_p: Option<f64>,
+    truncation: &'a str,
+    metadata: &'a Value,
+}
+
+#[derive(Serialize)]
+struct Reasoning<'a> {
+    effort: Option<&'a str>,
+    summary: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct TextFormat<'a> {
+    format: &'a Value,
+}
+
+/// How a response object ends, besides its status.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ending<'a> {
+    pub error: Option<&'a Value>,
+    /// Why it is incomplete (`max_output_tokens`, `content_filter`).
+    pub incomplete: Option<&'a str>,
 }
 
 impl Frame {
     pub fn new(echo: Echo, encrypted_reasoning: bool) -> Self {
+        let created_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let id = format!("resp_{}", random_hex(16));
+        let fixed = serde_json::to_string(&Fixed {
+            id: &id,
+            object: "response",
+            created_at,
+            instructions: echo.instructions.as_deref(),
+            max_output_tokens: echo.max_output_tokens,
+            model: &echo.model,
+            parallel_tool_calls: echo.parallel_tool_calls,
+            previous_response_id: None,
+            reasoning: Reasoning {
+                effort: echo.effort.as_deref(),
+                summary: None,
+            },
+            store: false,
+            temperature: echo.temperature,
+            text: TextFormat {
+                format: &echo.text_format,
+            },
+            tool_choice: &echo.tool_choice,
+            tools: &echo.tools,
+            top_p: echo.top_p,
+            truncation: "disabled",
+            metadata: &echo.metadata,
+        })
+        .expect("strings and JSON values serialize");
         Self {
-            id: format!("resp_{}", random_hex(16)),
-            created_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
             echo,
             encrypted_reasoning,
+            fixed,
         }
     }
 
-    /// The response object with `status`, its output items so far and its usage.
-    pub fn object(&self, status: &str, output: &[Value], usage: Option<Value>) -> Value {
-        let e = &self.echo;
-        json!({
-            "id": self.id,
-            "object": "response",
-            "created_at": self.created_at,
-            "status": status,
-            "error": null,
-            "incomplete_details": null,
-            "instructions": e.instructions,
-            "max_output_tokens": e.max_output_tokens,
-            "model": e.model,
-            "output": output,
-            "parallel_tool_calls": e.parallel_tool_calls,
-            "previous_response_id": null,
-            "reasoning": {"effort": e.effort, "summary": null},
-            "store": false,
-            "temperature": e.temperature,
-            "text": {"format": e.text_format},
-            "tool_choice": e.tool_choice,
-            "tools": e.tools,
-            "top_p": e.top_p,
-            "truncation": "disabled",
-            "usage": usage,
-            "metadata": e.metadata,
-        })
+    /// Writes the response object with `status`, its output items so far and its usage.
+    pub fn write_object<'v>(
+        &self,
+        out: &mut Vec<u8>,
+        status: &str,
+        output: impl IntoIterator<Item = &'v Value>,
+        usage: Option<&Value>,
+        ending: Ending<'_>,
+    ) {
+        // `fixed` is a JSON object: its fields, then the changing ones, in one object.
+        out.extend_from_slice(&self.fixed.as_bytes()[..self.fixed.len() - 1]);
+        out.extend_from_slice(b",\"status\":");
+        put(out, &status);
+        out.extend_from_slice(b",\"output\":[");
+        for (i, item) in output.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            put(out, item);
+        }
+        out.extend_from_slice(b"],\"usage\":");
+        put(out, &usage);
+        out.extend_from_slice(b",\"error\":");
+        put(out, &ending.error);
+        out.extend_from_slice(b",\"incomplete_details\":");
+        match ending.incomplete {
+            Some(reason) => put(out, &json!({ "reason": reason })),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
     }
 
     /// A reasoning item with its text.
@@ -135,8 +207,8 @@ pub fn ending(finish_reason: Option<&str>) -> (&'static str, Option<&'static str
     }
 }
 
-/// A whole answer as a response object.
-pub fn whole(whole: &Whole, frame: &Frame) -> Value {
+/// A whole answer as a response object, serialized.
+pub fn whole(whole: &Whole, frame: &Frame) -> Vec<u8> {
     let choice: Choice = whole.reply.first_choice();
     let mut output = Vec::new();
     if let Some(m) = choice.body() {
@@ -155,12 +227,14 @@ pub fn whole(whole: &Whole, frame: &Frame) -> Value {
         .reply
         .usage()
         .map(|u| usage(&u.usage, whole.priced.as_ref()));
-    let (status, reason) = ending(choice.finish_reason.as_deref());
-    let mut object = frame.object(status, &output, usage);
-    if let Some(reason) = reason {
-        object["incomplete_details"] = json!({ "reason": reason });
-    }
-    object
+    let (status, incomplete) = ending(choice.finish_reason.as_deref());
+    let mut out = Vec::with_capacity(1024);
+    let end = Ending {
+        error: None,
+        incomplete,
+    };
+    frame.write_object(&mut out, status, &output, usage.as_ref(), end);
+    out
 }
 
 fn call_item(frame: &Frame, call: &ToolCall) -> Value {
@@ -175,6 +249,10 @@ fn call_item(frame: &Frame, call: &ToolCall) -> Value {
         call.function.arguments.as_deref().unwrap_or("{}"),
         "completed",
     )
+}
+
+fn put(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+    serde_json::to_writer(out, value).expect("strings and JSON values serialize");
 }
 
 /// A fresh item id with OpenAI's prefix for its kind.

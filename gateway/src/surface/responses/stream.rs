@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::render::{Frame, ending, item_id, message_item, usage};
+use super::render::{Ending, Frame, ending, item_id, message_item, usage};
 use crate::pipeline::respond::Event;
 use crate::providers::reply::Reply;
 
@@ -85,11 +85,12 @@ impl StreamTranslator {
             Event::Done => self.finish(out),
             Event::Failed(error) => {
                 self.start(out);
-                let mut response = self
-                    .frame
-                    .object("failed", &self.items(), self.usage.clone());
-                response["error"] = json!({"code": "server_error", "message": error.body.message});
-                self.emit(out, "response.failed", json!({ "response": response }));
+                let error = json!({"code": "server_error", "message": error.body.message});
+                let ending = Ending {
+                    error: Some(&error),
+                    incomplete: None,
+                };
+                self.emit_response(out, "response.failed", "failed", ending);
                 self.done = true;
             }
         }
@@ -99,10 +100,9 @@ impl StreamTranslator {
         if std::mem::replace(&mut self.started, true) {
             return;
         }
-        let response = self.frame.object("in_progress", &[], None);
-        self.emit(out, "response.created", json!({ "response": response }));
-        let response = self.frame.object("in_progress", &[], None);
-        self.emit(out, "response.in_progress", json!({ "response": response }));
+        let ending = Ending::default();
+        self.emit_response(out, "response.created", "in_progress", ending);
+        self.emit_response(out, "response.in_progress", "in_progress", ending);
     }
 
     fn chunk(&mut self, reply: &Reply, out: &mut Vec<u8>) {
@@ -150,9 +150,8 @@ impl StreamTranslator {
             unreachable!("just opened")
         };
         text.push_str(delta);
-        let data =
-            json!({"item_id": id, "output_index": index, "content_index": 0, "delta": delta});
-        self.emit(out, "response.reasoning_text.delta", data);
+        let kind = "response.reasoning_text.delta";
+        write_delta(out, &mut self.sequence, kind, id, *index, Some(0), delta);
     }
 
     fn text(&mut self, delta: &str, out: &mut Vec<u8>) {
@@ -180,9 +179,8 @@ impl StreamTranslator {
             unreachable!("just opened")
         };
         text.push_str(delta);
-        let data =
-            json!({"item_id": id, "output_index": index, "content_index": 0, "delta": delta});
-        self.emit(out, "response.output_text.delta", data);
+        let kind = "response.output_text.delta";
+        write_delta(out, &mut self.sequence, kind, id, *index, Some(0), delta);
     }
 
     fn call(
@@ -218,17 +216,21 @@ impl StreamTranslator {
         }
         let call = self.calls.get_mut(&tool).expect("inserted above");
         call.arguments.push_str(arguments);
-        let data = json!({"item_id": call.id, "output_index": call.index, "delta": arguments});
-        self.emit(out, "response.function_call_arguments.delta", data);
+        let kind = "response.function_call_arguments.delta";
+        write_delta(
+            out,
+            &mut self.sequence,
+            kind,
+            &call.id,
+            call.index,
+            None,
+            arguments,
+        );
     }
 
     fn next_index(&mut self) -> usize {
         self.opened += 1;
         self.opened - 1
-    }
-
-    fn items(&self) -> Vec<Value> {
-        self.output.values().cloned().collect()
     }
 
     /// Ends the open reasoning or message item.
@@ -286,29 +288,83 @@ impl StreamTranslator {
             );
             self.output.insert(call.index, item);
         }
-        let (status, reason) = ending(self.finish_reason.as_deref());
-        let mut response = self.frame.object(status, &self.items(), self.usage.clone());
-        let kind = match reason {
-            Some(reason) => {
-                response["incomplete_details"] = json!({ "reason": reason });
-                "response.incomplete"
-            }
+        let (status, incomplete) = ending(self.finish_reason.as_deref());
+        let kind = match incomplete {
+            Some(_) => "response.incomplete",
             None => "response.completed",
         };
-        self.emit(out, kind, json!({ "response": response }));
+        let ending = Ending {
+            error: None,
+            incomplete,
+        };
+        self.emit_response(out, kind, status, ending);
         self.done = true;
     }
 
-    fn emit(&mut self, out: &mut Vec<u8>, kind: &str, mut data: Value) {
-        data["type"] = kind.into();
-        data["sequence_number"] = self.sequence.into();
-        self.sequence += 1;
+    /// An event carrying the whole response object (its output items so far).
+    fn emit_response(&mut self, out: &mut Vec<u8>, kind: &str, status: &str, ending: Ending<'_>) {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\ndata: {\"response\":");
+        let output = self.output.values();
+        self.frame
+            .write_object(out, status, output, self.usage.as_ref(), ending);
+        out.push(b',');
+        self.end_data(out, kind);
+    }
+
+    /// An event with `data` (a JSON object) and the event's type and sequence number.
+    fn emit(&mut self, out: &mut Vec<u8>, kind: &str, data: Value) {
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(kind.as_bytes());
         out.extend_from_slice(b"\ndata: ");
-        out.extend_from_slice(data.to_string().as_bytes());
-        out.extend_from_slice(b"\n\n");
+        serde_json::to_writer(&mut *out, &data).expect("JSON values serialize");
+        // The object stays open for the two fields every event has.
+        debug_assert_eq!(out.last(), Some(&b'}'));
+        out.pop();
+        out.push(b',');
+        self.end_data(out, kind);
     }
+
+    /// Closes an event's data object with its type and sequence number.
+    fn end_data(&mut self, out: &mut Vec<u8>, kind: &str) {
+        use std::io::Write;
+        let sequence = self.sequence;
+        self.sequence += 1;
+        let _ = write!(
+            out,
+            "\"type\":\"{kind}\",\"sequence_number\":{sequence}}}\n\n"
+        );
+    }
+}
+
+/// A delta event, written straight into the frame: one per token, so no JSON tree is built for
+/// it (the bytes [`StreamTranslator::emit`] would write, field for field).
+fn write_delta(
+    out: &mut Vec<u8>,
+    sequence: &mut u64,
+    kind: &str,
+    item_id: &str,
+    output_index: usize,
+    content_index: Option<usize>,
+    delta: &str,
+) {
+    use std::io::Write;
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\ndata: {\"item_id\":");
+    serde_json::to_writer(&mut *out, item_id).expect("a string serializes");
+    let _ = write!(out, ",\"output_index\":{output_index}");
+    if let Some(c) = content_index {
+        let _ = write!(out, ",\"content_index\":{c}");
+    }
+    out.extend_from_slice(b",\"delta\":");
+    serde_json::to_writer(&mut *out, delta).expect("a string serializes");
+    let _ = write!(
+        out,
+        ",\"type\":\"{kind}\",\"sequence_number\":{sequence}}}\n\n"
+    );
+    *sequence += 1;
 }
 
 #[cfg(test)]
@@ -392,6 +448,15 @@ mod tests {
         assert!(e.iter().enumerate().all(|(i, e)| e["sequence_number"] == i));
         let done = &e[17]["response"];
         assert_eq!(done["status"], "completed");
+        assert_eq!(done["id"], e[0]["response"]["id"]);
+        assert!(done["id"].as_str().unwrap().starts_with("resp_"));
+        assert_eq!(done["model"], "deepseek-reasoner");
+        assert_eq!(done["object"], "response");
+        assert_eq!(done["error"], Value::Null);
+        assert_eq!(done["incomplete_details"], Value::Null);
+        assert_eq!(e[0]["response"]["status"], "in_progress");
+        assert_eq!(e[0]["response"]["output"], json!([]));
+        assert_eq!(e[0]["response"]["usage"], Value::Null);
         assert_eq!(done["usage"]["input_tokens"], 10);
         assert_eq!(done["usage"]["input_tokens_details"]["cached_tokens"], 4);
         assert_eq!(
@@ -415,6 +480,34 @@ mod tests {
     }
 
     #[test]
+    fn a_delta_written_directly_is_the_event_emit_writes() {
+        let delta = "a \"quote\", a\nnewline, \u{1F600} and \\ \u{7}";
+        for content_index in [Some(0), None] {
+            let mut t = StreamTranslator::new(Frame::new(Echo::default(), false));
+            let (mut direct, mut tree) = (Vec::new(), Vec::new());
+            let kind = "response.output_text.delta";
+            let mut sequence = 0;
+            write_delta(
+                &mut direct,
+                &mut sequence,
+                kind,
+                "msg_1",
+                3,
+                content_index,
+                delta,
+            );
+            let mut data = json!({"item_id": "msg_1", "output_index": 3, "delta": delta});
+            if let Some(c) = content_index {
+                data["content_index"] = c.into();
+            }
+            t.emit(&mut tree, "response.output_text.delta", data);
+            assert_eq!(events(&direct), events(&tree));
+            assert!(direct.starts_with(b"event: response.output_text.delta\ndata: {"));
+            assert!(direct.ends_with(b"}\n\n"));
+        }
+    }
+
+    #[test]
     fn a_cut_stream_ends_failed_and_a_long_one_incomplete() {
         let mut t = StreamTranslator::new(Frame::new(Echo::default(), false));
         let mut out = Vec::new();
@@ -426,6 +519,9 @@ mod tests {
         t.push(&Event::Failed(error), &mut out);
         let last = events(&out).pop().unwrap();
         assert_eq!(last["type"], "response.failed");
+        assert_eq!(last["response"]["status"], "failed");
+        assert_eq!(last["response"]["output"], json!([]), "nothing finished");
+        assert_eq!(last["response"]["error"]["code"], "server_error");
         assert!(
             last["response"]["error"]["message"]
                 .as_str()
