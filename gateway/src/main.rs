@@ -1,4 +1,4 @@
-//! The `dsgw` command line: run the gateway, mint virtual keys, check a config file, and the
+//! The `dsgw` command line: run the gateway, mint virtual keys, check a config file, show prices, and the
 //! engine's and the policies' tools ([`cli`]).
 
 mod cli;
@@ -46,6 +46,18 @@ enum Command {
         #[command(subcommand)]
         command: cli::policy::PolicyCommand,
     },
+    /// Print each deployment's price: the era and tier in force, the rates, the next change.
+    Prices {
+        /// TOML configuration file; without it, the embedded default.
+        #[arg(long, short, env = "DSGW_CONFIG")]
+        config: Option<PathBuf>,
+        /// The instant to price at (RFC 3339, or a date for its UTC midnight); default now.
+        #[arg(long)]
+        at: Option<String>,
+        /// Instead, time pricing: this many charges per deployment's price, spread over a week.
+        #[arg(long, value_name = "CHARGES")]
+        bench: Option<u32>,
+    },
     /// Validate a configuration file and exit.
     Check {
         /// TOML configuration file.
@@ -76,6 +88,10 @@ fn main() -> ExitCode {
         } => cli::keys::new_key(&id, &team),
         Command::Engine { command } => cli::engine::run(command),
         Command::Policy { command } => cli::policy::run(command),
+        Command::Prices { config, at, bench } => match bench {
+            Some(n) => cli::prices::bench(config.as_deref(), n),
+            None => cli::prices::prices(config.as_deref(), at.as_deref()),
+        },
         Command::Check { config } => cli::check::check(&config),
     };
     match result {

@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{setup_with, user};
+use common::{money, setup_with, user};
 use serde_json::{Value, json};
 
 /// Picodollars of a usage at DeepSeek-V3.2 prices (0.028 / 0.28 / 0.42 USD per 1M tokens).
@@ -13,15 +13,6 @@ fn expected_pico(usage: &Value) -> u64 {
     n("prompt_cache_hit_tokens") * 28_000
         + n("prompt_cache_miss_tokens") * 280_000
         + n("completion_tokens") * 420_000
-}
-
-fn money(pico: u64) -> String {
-    let (whole, frac) = (pico / 1_000_000_000_000, pico % 1_000_000_000_000);
-    if frac == 0 {
-        whole.to_string()
-    } else {
-        format!("{whole}.{}", format!("{frac:012}").trim_end_matches('0'))
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,10 +283,8 @@ async fn openrouter_usage_is_priced_from_cached_tokens_without_double_counting()
     assert_eq!(u["prompt_cache_hit_tokens"], 64);
     assert_eq!(u["prompt_tokens"], 101);
     assert_eq!(u["prompt_cache_miss_tokens"], 37);
-    assert_eq!(
-        u["cost"], 0.0001,
-        "OpenRouter's own field is kept as it came"
-    );
+    // Asked for (`usage.include`), OpenRouter reports the cost; its field is kept as it came.
+    assert_eq!(u["cost"], expected_pico(u) as f64 / 1e12);
     // Reasoning is part of completion_tokens and priced once, as output.
     assert!(
         u["completion_tokens_details"]["reasoning_tokens"]
@@ -304,4 +293,45 @@ async fn openrouter_usage_is_priced_from_cached_tokens_without_double_counting()
             > 0
     );
     assert_eq!(u["dsgw_cost"]["total"], money(expected_pico(u)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openrouters_own_cost_is_the_truth_and_a_disagreement_is_counted() {
+    let s = setup_with(|c| c).await;
+    let body =
+        json!({"model": "openrouter-reasoner", "messages": user("__overbill__ what is due")});
+    let r = s.request("sk-alice", &body).await;
+    assert_eq!(r.status(), 200);
+    let header = r.headers()["x-dsgw-cost"].to_str().unwrap().to_owned();
+    let v: Value = r.json().await.unwrap();
+    let u = &v["usage"];
+    let computed = expected_pico(u);
+    // The fake billed twice its table: the bill is OpenRouter's, dsgw's figure is kept beside it.
+    assert_eq!(u["cost"], (2 * computed) as f64 / 1e12);
+    assert_eq!(header, money(2 * computed));
+    assert_eq!(u["dsgw_cost"]["total"], money(2 * computed));
+    let text = s.metrics().await;
+    assert!(
+        text.contains(r#"dsgw_provider_cost_disagreements_total{deployment="deepseek/deepseek-v3.2",model="openrouter-reasoner",provider="openrouter"} 1"#),
+        "{text}"
+    );
+    let line = s.ledger_records(1).await.pop().expect("a ledger line");
+    assert_eq!(line["cost"], 2 * computed, "{line}");
+    assert_eq!(line["computed_cost"], computed, "{line}");
+    assert_eq!(line["price"], "deepseek-v3.2", "{line}");
+    assert_eq!(line["tier"], "flat", "{line}");
+
+    // An agreeing figure counts nothing more.
+    let r = s
+        .request(
+            "sk-alice",
+            &json!({"model": "openrouter-reasoner", "messages": user("hi")}),
+        )
+        .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["usage"]["dsgw_cost"]["total"],
+        money(expected_pico(&v["usage"]))
+    );
+    assert!(s.metrics().await.contains(r#"dsgw_provider_cost_disagreements_total{deployment="deepseek/deepseek-v3.2",model="openrouter-reasoner",provider="openrouter"} 1"#));
 }

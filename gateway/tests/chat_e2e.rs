@@ -496,8 +496,8 @@ async fn openrouter_reasoning_becomes_reasoning_content() {
 async fn failed_deployment_falls_through_to_the_next() {
     let s = setup_with(|c| {
         c.replace(
-            r#"deployments = [{ provider = "deepseek", model = "deepseek-chat" }]"#,
-            r#"deployments = [{ provider = "dead", model = "x" }, { provider = "deepseek", model = "deepseek-chat" }]"#,
+            r#"deployments = [{ provider = "deepseek", model = "deepseek-chat", price = "deepseek-v3.2" }]"#,
+            r#"deployments = [{ provider = "dead", model = "x" }, { provider = "deepseek", model = "deepseek-chat", price = "deepseek-v3.2" }]"#,
         )
         .replace("key_sha256 = ", "admin = true\nkey_sha256 = ")
             + "\n[[providers]]\nname = \"dead\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9\"\n"

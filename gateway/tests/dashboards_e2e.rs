@@ -71,7 +71,7 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
     let prometheus = PrometheusServer::start(&[s.gw.addr.to_string()]);
 
     // Traffic of every kind the dashboards show: cache hits, streams, an upstream failure, a
-    // rate-limit rejection.
+    // rate-limit rejection, a provider billing otherwise than dsgw's price table.
     let long = (0..150)
         .map(|i| format!("w{i}"))
         .collect::<Vec<_>>()
@@ -87,6 +87,13 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
     }
     s.stream(&json!({"model": "deepseek-reasoner", "messages": user("hi"), "stream": true}))
         .await;
+    let overbilled = s
+        .request(
+            "sk-alice",
+            &json!({"model": "openrouter-reasoner", "messages": user("__overbill__")}),
+        )
+        .await;
+    assert_eq!(overbilled.status(), 200);
     let failed = s
         .request(
             "sk-alice",

@@ -153,7 +153,7 @@ async fn without_a_healthy_deployment_attempts_are_bounded_and_the_error_is_clea
         r#"
 [[models]]
 name = "all-broken"
-deployments = [{ provider = "broken-503", model = "x" }, { provider = "broken-500", model = "x" }]
+deployments = [{ provider = "broken-503", model = "deepseek-chat" }, { provider = "broken-500", model = "deepseek-chat" }]
 
 [routing]
 max_attempts = 3
@@ -186,7 +186,7 @@ async fn retry_after_is_waited_out_when_short_and_handed_over_when_long() {
         r#"
 [[models]]
 name = "only-429"
-deployments = [{ provider = "broken-429", model = "x" }]
+deployments = [{ provider = "broken-429", model = "deepseek-chat" }]
 "#,
     )
     .await;
@@ -286,7 +286,7 @@ api_key_env = "FAKE_DEEPSEEK_KEY"
 
 [[models]]
 name = "trio"
-deployments = [{{ provider = "deepseek", model = "m", priority = 0 }}, {{ provider = "flaky", model = "m", priority = 0 }}, {{ provider = "third", model = "m", priority = 0 }}]
+deployments = [{{ provider = "deepseek", model = "deepseek-chat", priority = 0 }}, {{ provider = "flaky", model = "deepseek-chat", priority = 0 }}, {{ provider = "third", model = "deepseek-chat", priority = 0 }}]
 
 # Circuit breakers would soon stop sending anything to the flaky upstream (the other tests
 # show that); here they stay closed so every third request meets it and retries must save it.

@@ -29,7 +29,7 @@ api_key_env = "FAKE_DEEPSEEK_KEY"
 
 [[models]]
 name = "deepseek-chat"
-deployments = [{{ provider = "deepseek", model = "deepseek-chat" }}]
+deployments = [{{ provider = "deepseek", model = "deepseek-chat", price = "deepseek-v3.2" }}]
 
 [[keys]]
 id = "carol"

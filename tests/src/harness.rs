@@ -163,7 +163,7 @@ fn unique() -> u64 {
 }
 
 /// A configuration with one provider per dialect on the fake at `base` and the three DeepSeek
-/// names, plus a key `sk-alice` (team research) and `sk-bob` (team ops). `extra` is appended.
+/// names (priced at the flat `deepseek-v3.2` rates, so tests' arithmetic needs no clock), plus a key `sk-alice` (team research) and `sk-bob` (team ops). `extra` is appended.
 pub fn config(base: &str, extra: &str) -> String {
     format!(
         r#"
@@ -200,19 +200,19 @@ routing = {{ only = ["deepseek"], data_collection = "deny" }}
 
 [[models]]
 name = "deepseek-chat"
-deployments = [{{ provider = "deepseek", model = "deepseek-chat" }}]
+deployments = [{{ provider = "deepseek", model = "deepseek-chat", price = "deepseek-v3.2" }}]
 
 [[models]]
 name = "deepseek-reasoner"
 thinking = true
-deployments = [{{ provider = "deepseek", model = "deepseek-reasoner" }}]
+deployments = [{{ provider = "deepseek", model = "deepseek-reasoner", price = "deepseek-v3.2" }}]
 
 [[models]]
 name = "deepseek-v3.2-speciale"
 thinking = true
 thinking_only = true
 tools = false
-deployments = [{{ provider = "deepseek", model = "deepseek-reasoner" }}]
+deployments = [{{ provider = "deepseek", model = "deepseek-reasoner", price = "deepseek-v3.2" }}]
 
 [[models]]
 name = "vllm-chat"

@@ -9,7 +9,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::accounting::pricing::Cost;
+use crate::accounting::pricing::Charge;
 use crate::accounting::usage::Usage;
 
 /// The series of one deployment (a model name and a provider), resolved on first use so a
@@ -68,9 +68,8 @@ pub struct CompletionEvent<'a> {
     pub status: u16,
     pub outcome: &'a str,
     pub usage: Option<&'a Usage>,
-    pub cost: Option<(&'a Cost, &'a str)>,
-    /// Picodollars the cache hits saved.
-    pub savings: u64,
+    /// What it was charged and how it was priced, when a price applied.
+    pub charge: Option<&'a Charge>,
     pub duration_s: f64,
     pub ttft_s: Option<f64>,
     pub overhead_s: Option<f64>,
@@ -100,6 +99,8 @@ pub struct Metrics {
     errors: IntCounterVec,
     rejections: IntCounterVec,
     savings: IntCounterVec,
+    off_peak: IntCounterVec,
+    disagreements: IntCounterVec,
     budget_remaining: prometheus::IntGaugeVec,
     circuit: prometheus::IntGaugeVec,
     ttfb: prometheus::GaugeVec,
@@ -133,8 +134,8 @@ impl Metrics {
         )
         .expect("metric");
         let cost = IntCounterVec::new(
-            Opts::new("dsgw_cost_nanodollars_total", "Spend in nanodollars (1e-9 of the currency) by part: cache_hit, cache_miss, output."),
-            &["model", "deployment", "provider", "team", "key_id", "currency", "part"],
+            Opts::new("dsgw_cost_nanodollars_total", "Spend in nanodollars (1e-9 of the currency) by part (cache_hit, cache_miss, output) and by the tier that priced it (peak, off_peak, flat)."),
+            &["model", "deployment", "provider", "team", "key_id", "currency", "part", "tier"],
         )
         .expect("metric");
         let duration = HistogramVec::new(
@@ -188,6 +189,16 @@ impl Metrics {
         let savings = IntCounterVec::new(
             Opts::new("dsgw_cache_savings_nanodollars_total", "What cache hits saved against paying the cache-miss price for the same tokens, in nanodollars."),
             &["model", "deployment", "provider", "team", "key_id", "currency"],
+        )
+        .expect("metric");
+        let off_peak = IntCounterVec::new(
+            Opts::new("dsgw_cost_off_peak_nanodollars_total", "What the same traffic would have cost at its price's off-peak rates (its list rates where a price has none), in nanodollars: against dsgw_cost_nanodollars_total, what moving work off-peak saves."),
+            &["model", "deployment", "provider", "team", "key_id", "currency"],
+        )
+        .expect("metric");
+        let disagreements = IntCounterVec::new(
+            Opts::new("dsgw_provider_cost_disagreements_total", "Requests whose provider-reported cost (the figure recorded) differs from dsgw's price schedule by more than 1%."),
+            &["model", "provider", "deployment"],
         )
         .expect("metric");
         let budget_remaining = prometheus::IntGaugeVec::new(
@@ -248,6 +259,8 @@ impl Metrics {
             &errors,
             &rejections,
             &savings,
+            &off_peak,
+            &disagreements,
             &upstream_calls,
         ] {
             registry
@@ -271,6 +284,8 @@ impl Metrics {
             errors,
             rejections,
             savings,
+            off_peak,
+            disagreements,
             budget_remaining,
             circuit,
             ttfb,
@@ -305,22 +320,37 @@ impl Metrics {
                     .inc_by(n);
             }
         }
-        if let Some((_, currency)) = e.cost {
+        if let Some(c) = e.charge {
+            let money = [base[0], base[1], base[2], base[3], base[4], &c.currency];
             self.savings
-                .with_label_values(&[base[0], base[1], base[2], base[3], base[4], currency])
-                .inc_by(e.savings / 1000);
-        }
-        if let Some((cost, currency)) = e.cost {
+                .with_label_values(&money)
+                .inc_by(c.savings / 1000);
+            self.off_peak
+                .with_label_values(&money)
+                .inc_by(c.off_peak.total() / 1000);
+            let tier = c.tier.as_str();
             for (part, pico) in [
-                ("cache_hit", cost.cache_hit),
-                ("cache_miss", cost.cache_miss),
-                ("output", cost.output),
+                ("cache_hit", c.cost.cache_hit),
+                ("cache_miss", c.cost.cache_miss),
+                ("output", c.cost.output),
             ] {
                 self.cost
                     .with_label_values(&[
-                        base[0], base[1], base[2], base[3], base[4], currency, part,
+                        base[0],
+                        base[1],
+                        base[2],
+                        base[3],
+                        base[4],
+                        &c.currency,
+                        part,
+                        tier,
                     ])
                     .inc_by(pico / 1000);
+            }
+            if c.disagrees() {
+                self.disagreements
+                    .with_label_values(&[e.model, e.provider, e.deployment])
+                    .inc();
             }
         }
         let pair = [e.model, e.provider];

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::accounting::estimate;
 use crate::accounting::metrics::{CompletionEvent, Metrics, Series};
-use crate::accounting::pricing::{Cost, Money, Price};
+use crate::accounting::pricing::{Charge, Money, Priced, Schedule};
 use crate::accounting::spend::ledger::Ledger;
 use crate::accounting::spend::record::{Record, now};
 use crate::accounting::usage::Usage;
@@ -48,7 +48,12 @@ impl Outcome {
 pub struct Served {
     pub provider: String,
     pub upstream_model: String,
-    pub price: Arc<Price>,
+    /// Its price when the request was routed.
+    pub price: Arc<Schedule>,
+    /// The provider's own cost figure, when it reports one, is the truth (OpenRouter).
+    pub provider_cost_is_truth: bool,
+    /// When the gateway sent the request that answered: the instant it is priced at.
+    pub sent_at: jiff::Timestamp,
     /// Its metric series.
     pub series: Arc<Series>,
 }
@@ -66,6 +71,8 @@ pub struct Settlement {
     upstream: (Option<Instant>, Option<Instant>),
     served: Option<Served>,
     usage: Option<Usage>,
+    /// The provider's cost figure for `usage`, picodollars.
+    provider_cost: Option<u64>,
     metrics: Option<Arc<Metrics>>,
     ledger: Option<Arc<Ledger>>,
     /// The request body and mode, to estimate usage a provider never reported.
@@ -94,6 +101,7 @@ impl Settlement {
             upstream: (None, None),
             served: None,
             usage: None,
+            provider_cost: None,
             metrics,
             ledger,
             estimate_from: None,
@@ -148,19 +156,24 @@ impl Settlement {
         self.estimate_from = Some((body, thinking));
     }
 
-    pub fn record_usage(&mut self, usage: Usage) {
+    /// Records the usage a provider reported (and its cost figure, if it gave one); returns
+    /// what the client is shown it cost.
+    pub fn record_usage(&mut self, usage: Usage, provider_cost: Option<u64>) -> Option<Priced> {
         self.usage = Some(usage);
+        self.provider_cost = provider_cost;
+        self.charge().map(|c| c.priced())
     }
 
-    /// The cost of `usage` at the serving deployment's price.
-    pub fn price(&self, usage: &Usage) -> Option<(Cost, &Price)> {
-        let price = &self.served.as_ref()?.price;
-        Some((price.cost(usage), price))
-    }
-
-    /// The cost of the recorded usage.
-    pub fn cost(&self) -> Option<(Cost, &Price)> {
-        self.price(self.usage.as_ref()?)
+    /// What the recorded usage is charged at the serving deployment's price, as of when the
+    /// request was sent.
+    pub fn charge(&self) -> Option<Charge> {
+        let served = self.served.as_ref()?;
+        let provider_cost = self.provider_cost.filter(|_| served.provider_cost_is_truth);
+        Some(
+            served
+                .price
+                .charge(self.usage.as_ref()?, served.sent_at, provider_cost),
+        )
     }
 
     /// The usage the request ends with: the provider's, or, for a request that was served but
@@ -185,9 +198,9 @@ impl Settlement {
             Outcome::Failed(status, _) => status,
             _ => 200,
         };
-        let cost = self.cost();
-        self.log(outcome, status, usage, cost.as_ref().map(|(c, _)| c));
-        if let (Some(ledger), Some(usage), Some((cost, price))) = (&self.ledger, &usage, &cost) {
+        let charge = self.charge();
+        self.log(outcome, status, usage, charge.as_ref());
+        if let (Some(ledger), Some(usage), Some(charge)) = (&self.ledger, &usage, &charge) {
             let (provider, upstream_model) = self.deployment();
             ledger.append(Record {
                 ts: now(),
@@ -199,13 +212,17 @@ impl Settlement {
                 cache_miss: usage.cache_miss,
                 output: usage.output,
                 reasoning: usage.reasoning,
-                cost: cost.total(),
-                currency: price.currency.clone(),
+                cost: charge.cost.total(),
+                currency: charge.currency.clone(),
                 estimated: usage.estimated,
+                price: charge.price.clone(),
+                era: charge.era.map(|t| t.to_string()),
+                tier: charge.tier.as_str().to_owned(),
+                computed_cost: charge.computed.map(|c| c.total()),
             });
         }
         if let Some(metrics) = &self.metrics {
-            self.count(metrics, outcome, status, usage.as_ref(), cost);
+            self.count(metrics, outcome, status, usage.as_ref(), charge.as_ref());
         }
     }
 
@@ -215,7 +232,7 @@ impl Settlement {
         })
     }
 
-    fn log(&self, outcome: Outcome, status: u16, usage: Option<Usage>, cost: Option<&Cost>) {
+    fn log(&self, outcome: Outcome, status: u16, usage: Option<Usage>, charge: Option<&Charge>) {
         let (provider, upstream_model) = self.deployment();
         let u = usage.unwrap_or_default();
         tracing::info!(
@@ -234,7 +251,8 @@ impl Settlement {
             cache_miss = u.cache_miss,
             output = u.output,
             reasoning = u.reasoning,
-            cost = %cost.map_or_else(|| "0".to_owned(), |c| Money(c.total()).to_string()),
+            cost = %charge.map_or_else(|| "0".to_owned(), |c| Money(c.cost.total()).to_string()),
+            tier = charge.map_or("-", |c| c.tier.as_str()),
             duration_ms = self.started.elapsed().as_millis() as u64,
         );
     }
@@ -245,7 +263,7 @@ impl Settlement {
         outcome: Outcome,
         status: u16,
         usage: Option<&Usage>,
-        cost: Option<(Cost, &Price)>,
+        charge: Option<&Charge>,
     ) {
         let (provider, upstream_model) = self.deployment();
         if let Outcome::Failed(_, fault) = outcome {
@@ -269,11 +287,7 @@ impl Settlement {
             status,
             outcome: outcome.as_str(),
             usage,
-            cost: cost.as_ref().map(|(c, p)| (c, p.currency.as_str())),
-            savings: match (&cost, usage) {
-                (Some((_, p)), Some(u)) => u.cache_hit * p.cache_miss.saturating_sub(p.cache_hit),
-                _ => 0,
-            },
+            charge,
             duration_s: self.started.elapsed().as_secs_f64(),
             ttft_s: self.first_token.map(|t| (t - self.started).as_secs_f64()),
             overhead_s: match self.upstream {

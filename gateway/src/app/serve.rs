@@ -44,8 +44,8 @@ pub async fn serve(listener: TcpListener, state: AppState, drain: Duration) -> s
     }
 }
 
-/// SIGHUP re-reads the policy directory and swaps the policies in whole; a policy set that
-/// fails to load or validate is refused and the one in force stays.
+/// SIGHUP re-reads the policy directory and the prices file and swaps each in whole; a policy
+/// set or a prices file that fails to load or validate is refused and the one in force stays.
 async fn reload_on_sighup(state: AppState) {
     let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
     else {
@@ -56,6 +56,13 @@ async fn reload_on_sighup(state: AppState) {
             Ok(()) => tracing::info!("policies reloaded"),
             Err(e) => {
                 tracing::error!(error = %e, "policy reload refused; the previous policies stay")
+            }
+        }
+        match state.pipeline.reload_prices() {
+            Ok(true) => tracing::info!("prices reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "price reload refused; the previous prices stay")
             }
         }
     }

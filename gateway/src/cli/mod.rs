@@ -5,4 +5,5 @@ pub mod check;
 pub mod engine;
 pub mod keys;
 pub mod policy;
+pub mod prices;
 pub mod serve;

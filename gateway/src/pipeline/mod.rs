@@ -26,11 +26,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::accounting::metrics::Metrics;
+use crate::accounting::pricing::PriceBook;
 use crate::accounting::settlement::{Outcome, Served, Settlement};
 use crate::accounting::spend::ledger::Ledger;
 use crate::providers::Provider;
 use crate::providers::call::{Residency, Strict, Target};
-use crate::support::config::{Config, RoutingConfig};
+use crate::support::config::{Config, ConfigError, RoutingConfig};
 use crate::wire::error::ApiError;
 use admission::Rejection;
 use admission::budgets::Budget;
@@ -62,6 +63,8 @@ pub struct Pipeline {
     policy: RwLock<Option<Arc<PolicyEngine>>>,
     /// What a policy reload needs: the policy directory and the entities' attributes.
     policy_source: Option<(PathBuf, Vec<KeyAttrs>, Vec<DeploymentAttrs>)>,
+    /// What a price reload re-reads: the configuration, when it has a prices file.
+    price_source: Option<Config>,
     audit: AuditLog,
     redactor: Redactor,
     draining: AtomicBool,
@@ -111,6 +114,7 @@ impl Pipeline {
             accounting: config.server.accounting,
             policy: RwLock::new(parts.policy.map(|(_, engine)| Arc::new(engine))),
             policy_source,
+            price_source: config.prices_file.is_some().then(|| config.clone()),
             audit: parts.audit,
             redactor: parts.redactor,
             draining: AtomicBool::new(false),
@@ -202,7 +206,9 @@ impl Pipeline {
             Err(failed) => {
                 audit("failed", None);
                 match failed.answered {
-                    Some(d) => ticket.record().served(served(d), failed.attempts),
+                    Some(d) => ticket
+                        .record()
+                        .served(served(d, jiff::Timestamp::now()), failed.attempts),
                     None => ticket.record().attempted(failed.attempts),
                 }
                 ticket.settle(Outcome::from(&failed.error));
@@ -213,7 +219,7 @@ impl Pipeline {
         audit("routed", Some(deployment.index));
         ticket
             .record()
-            .served(served(deployment), dispatched.attempts);
+            .served(served(deployment, dispatched.sent_at), dispatched.attempts);
         let vault = gate
             .as_ref()
             .and_then(|g| g.reidentification(deployment.index));
@@ -256,6 +262,19 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Re-reads the prices file and reprices every deployment; on any error (the file, or a
+    /// price a deployment names that is gone) the prices in force stay. `Ok(false)`: there is
+    /// no prices file.
+    pub fn reload_prices(&self) -> Result<bool, ConfigError> {
+        let Some(next) = self.price_source.as_ref().and_then(Config::reread_prices) else {
+            return Ok(false);
+        };
+        let next = next?;
+        let book = PriceBook::new(next.operator_prices());
+        self.catalog.reprice(&book).map_err(ConfigError::Invalid)?;
+        Ok(true)
+    }
+
     /// Commits what the last requests queued (ledger and audit log) before the process goes.
     pub fn close(&self) {
         self.ledger.close();
@@ -293,11 +312,13 @@ fn candidates<'a>(
         .collect()
 }
 
-fn served(deployment: &Deployment) -> Served {
+fn served(deployment: &Deployment, sent_at: jiff::Timestamp) -> Served {
     Served {
         provider: deployment.provider.name.clone(),
         upstream_model: deployment.upstream_model.clone(),
-        price: deployment.price.clone(),
+        price: deployment.price.get(),
+        provider_cost_is_truth: deployment.provider_cost_is_truth,
+        sent_at,
         series: deployment.series.clone(),
     }
 }

@@ -77,13 +77,9 @@ impl Whole {
         }
         let record = ticket.record();
         record.upstream_finished();
-        let priced = reply.usage().and_then(|u| {
-            record.record_usage(u.usage);
-            record.price(&u.usage).map(|(cost, price)| Priced {
-                cost,
-                currency: price.currency.clone(),
-            })
-        });
+        let priced = reply
+            .usage()
+            .and_then(|u| record.record_usage(u.usage, u.provider_cost));
         ticket.settle(Outcome::Completed);
         Self {
             reply,
@@ -159,13 +155,7 @@ impl State {
         }
         let record = self.ticket.as_mut().map(Ticket::record);
         let priced = match (record, reply.usage()) {
-            (Some(record), Some(u)) => {
-                record.record_usage(u.usage);
-                record.price(&u.usage).map(|(cost, price)| Priced {
-                    cost,
-                    currency: price.currency.clone(),
-                })
-            }
+            (Some(record), Some(u)) => record.record_usage(u.usage, u.provider_cost),
             (Some(record), None) => {
                 record.first_token();
                 None

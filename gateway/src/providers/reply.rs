@@ -29,6 +29,8 @@ pub struct Reply {
 #[derive(Debug, Clone)]
 pub struct ReplyUsage {
     pub usage: Usage,
+    /// The provider's own cost figure (OpenRouter's `usage.cost`), picodollars.
+    pub provider_cost: Option<u64>,
     /// The usage object's JSON text with both cache forms and totals (the provider's other
     /// fields kept).
     pub wire: String,

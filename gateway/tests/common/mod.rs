@@ -38,6 +38,16 @@ pub async fn setup_with(edit: impl FnOnce(String) -> String) -> Setup {
     }
 }
 
+/// Picodollars as the gateway writes money: a plain decimal without trailing zeros.
+pub fn money(pico: u64) -> String {
+    let (whole, frac) = (pico / 1_000_000_000_000, pico % 1_000_000_000_000);
+    if frac == 0 {
+        whole.to_string()
+    } else {
+        format!("{whole}.{}", format!("{frac:012}").trim_end_matches('0'))
+    }
+}
+
 pub fn user(text: &str) -> Value {
     serde_json::json!([{"role": "user", "content": text}])
 }

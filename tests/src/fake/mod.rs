@@ -10,7 +10,7 @@
 //! `__drip__` streams a chunk every 20 ms for about 1 s; `__hold__` sends the first chunk, then
 //! only a keep-alive comment every second for 20 s (open idle streams, for memory benchmarks);
 //! `__hang__` never answers; `__long__` streams 200 content tokens; `__echo__` answers with the
-//! words of the last message.
+//! words of the last message; `__overbill__` makes OpenRouter report twice its rates' cost.
 //!
 //! With tools, the fake calls the one the last line of the user's message names (or the first,
 //! when `tool_choice` requires one), with arguments made from its schema ([`tools`]); after a tool
@@ -251,6 +251,19 @@ struct Plan {
     cut: bool,
     /// A finish reason to report instead of the natural one.
     finish: Option<&'static str>,
+    /// OpenRouter's `usage.cost`, when the request asked for it (`usage.include`).
+    cost: Option<CostReport>,
+}
+
+/// The rates the fake OpenRouter bills, per token in picodollars: DeepSeek V3.2's list rates
+/// (0.028 / 0.28 / 0.42 USD per 1M tokens), so a gateway priced at `deepseek-v3.2` agrees.
+pub const OPENROUTER_RATES: [u64; 3] = [28_000, 280_000, 420_000];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CostReport {
+    AtRates,
+    /// `__overbill__`: twice the rates, a provider billing otherwise than the gateway's table.
+    Double,
 }
 
 fn text_of(message: &Value) -> String {
@@ -517,6 +530,13 @@ async fn handle_as(
         cut: last_text.contains("__cut__") || fault == Some(Fault::CutMid),
         finish: (fault == Some(Fault::InsufficientResource))
             .then_some("insufficient_system_resource"),
+        cost: (dialect == Dialect::Openrouter && request["usage"]["include"] == true).then_some(
+            if last_text.contains("__overbill__") {
+                CostReport::Double
+            } else {
+                CostReport::AtRates
+            },
+        ),
     };
     let streaming = request["stream"].as_bool() == Some(true);
     if let Some(response) = fault.and_then(|f| broken_response(f, streaming)) {
@@ -554,7 +574,20 @@ fn usage(dialect: Dialect, plan: &Plan) -> Value {
             u["prompt_cache_hit_tokens"] = json!(plan.cache_hit);
             u["prompt_cache_miss_tokens"] = json!(plan.prompt_tokens - plan.cache_hit);
         }
-        Dialect::Openrouter => u["cost"] = json!(0.0001),
+        Dialect::Openrouter => {
+            if let Some(report) = plan.cost {
+                let miss = plan.prompt_tokens - plan.cache_hit;
+                let [hit_rate, miss_rate, output_rate] = OPENROUTER_RATES;
+                let pico = plan.cache_hit * hit_rate + miss * miss_rate + output * output_rate;
+                let pico = if report == CostReport::Double {
+                    2 * pico
+                } else {
+                    pico
+                };
+                // OpenRouter sends a JSON number in dollars.
+                u["cost"] = json!(pico as f64 / 1e12);
+            }
+        }
         Dialect::Openai => {}
     }
     u

@@ -235,6 +235,10 @@ mod tests {
             cost,
             currency: "USD".into(),
             estimated: false,
+            price: "deepseek-v4-flash".into(),
+            era: Some("2026-09-10T00:00:00Z".into()),
+            tier: "peak".into(),
+            computed_cost: None,
         }
     }
 
@@ -287,6 +291,20 @@ mod tests {
         let usage = l.usage(|_, t| t == "research");
         assert_eq!(usage.len(), 1);
         assert_eq!(usage[0].3.requests, 3);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_line_written_before_schedules_still_counts() {
+        let path =
+            std::env::temp_dir().join(format!("dsgw-ledger-old-{}.jsonl", std::process::id()));
+        std::fs::write(
+            &path,
+            "{\"ts\":1795883817,\"key_id\":\"alice\",\"team\":\"research\",\"model\":\"deepseek-chat\",\"deployment\":\"deepseek/deepseek-chat\",\"cache_hit\":0,\"cache_miss\":10,\"output\":5,\"reasoning\":0,\"cost\":4900000,\"currency\":\"USD\",\"estimated\":false}\n",
+        )
+        .unwrap();
+        let l = Ledger::open(&path).unwrap();
+        assert_eq!(l.spent(&[counter("key", "alice", "total")]), [4_900_000]);
         std::fs::remove_file(&path).unwrap();
     }
 }

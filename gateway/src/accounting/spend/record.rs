@@ -22,6 +22,18 @@ pub struct Record {
     pub cost: u64,
     pub currency: String,
     pub estimated: bool,
+    /// How it was priced: the price's name, its era's start (RFC 3339; absent: the price's
+    /// first era) and the tier (`peak`, `off_peak`, `flat`). Absent in records written before
+    /// schedules.
+    #[serde(default)]
+    pub price: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub era: Option<String>,
+    #[serde(default)]
+    pub tier: String,
+    /// dsgw's own figure when `cost` is the provider's (OpenRouter), picodollars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub computed_cost: Option<u64>,
 }
 
 /// Sums of tokens and spend.

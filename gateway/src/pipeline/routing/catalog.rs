@@ -7,10 +7,10 @@ use serde::Serialize;
 
 use super::health::{BreakerPolicy, Health};
 use crate::accounting::metrics::Series;
-use crate::accounting::pricing::Price;
+use crate::accounting::pricing::{PriceBook, PriceSlot};
 use crate::providers::Provider;
 use crate::providers::call::Mode;
-use crate::support::config::{Config, DeploymentConfig, ModelConfig, ProviderKind};
+use crate::support::config::{Config, DeploymentConfig, ModelConfig};
 use crate::support::hashing::stable_hash;
 
 /// DeepSeek's output limits (reference: 8K non-thinking, 64K thinking including reasoning).
@@ -57,7 +57,10 @@ pub struct Deployment {
     pub provider: Arc<Provider>,
     /// The model name the provider knows.
     pub upstream_model: String,
-    pub price: Arc<Price>,
+    /// What it charges (reloadable).
+    pub price: Arc<PriceSlot>,
+    /// Its provider's own cost figure is the truth (OpenRouter reports one per request).
+    pub provider_cost_is_truth: bool,
     /// Position in its model's list.
     pub index: usize,
     /// `model/provider/upstream_model`: the entity policies decide on.
@@ -76,29 +79,22 @@ pub struct Deployment {
 impl Deployment {
     fn build(
         config: &Config,
+        book: &PriceBook,
         model: &str,
         position: usize,
         d: &DeploymentConfig,
         provider: Arc<Provider>,
         policy: BreakerPolicy,
     ) -> Self {
-        let default = if provider.kind == ProviderKind::Local {
-            "free"
-        } else {
-            "deepseek-v3.2"
-        };
-        let name = d.price.as_deref().unwrap_or(default);
-        let price = config
-            .prices
-            .iter()
-            .find(|p| p.name == name)
-            .and_then(|p| Price::from_config(p).ok())
-            .or_else(|| Price::builtin(name))
-            .expect("validated price name");
+        let name = config.deployment_price(d).expect("validated price");
+        let schedule = book.get(&name).expect("validated price name").clone();
+        let provider_cost_is_truth =
+            provider.kind == crate::support::config::ProviderKind::Openrouter;
         Self {
             provider,
             upstream_model: d.model.clone(),
-            price: Arc::new(price),
+            price: Arc::new(PriceSlot::new(name, schedule)),
+            provider_cost_is_truth,
             index: position,
             policy_id: deployment_id(model, &d.provider, &d.model),
             priority: d.priority.unwrap_or(position as u32),
@@ -172,6 +168,7 @@ struct ModelList<'a> {
 impl Catalog {
     pub fn build(config: &Config, providers: &HashMap<String, Arc<Provider>>) -> Self {
         let policy = BreakerPolicy::from(&config.routing);
+        let book = PriceBook::new(config.operator_prices());
         let models: Vec<Arc<ModelSpec>> = config
             .models
             .iter()
@@ -190,7 +187,7 @@ impl Catalog {
                         .enumerate()
                         .map(|(position, d)| {
                             let provider = providers[&d.provider].clone();
-                            Deployment::build(config, &m.name, position, d, provider, policy)
+                            Deployment::build(config, &book, &m.name, position, d, provider, policy)
                         })
                         .collect(),
                 })
@@ -202,6 +199,23 @@ impl Catalog {
             .map(|(i, m)| (m.name.clone(), i))
             .collect();
         Self { models, by_name }
+    }
+
+    /// Swaps every deployment's schedule for `book`'s of the same name, all or none: a book
+    /// missing one of them is refused and the prices in force stay.
+    pub fn reprice(&self, book: &PriceBook) -> Result<(), String> {
+        let deployments = || self.models.iter().flat_map(|m| &m.deployments);
+        if let Some(d) = deployments().find(|d| book.get(&d.price.name).is_none()) {
+            return Err(format!(
+                "price {:?} (of {}/{}) is no longer defined",
+                d.price.name, d.provider.name, d.upstream_model
+            ));
+        }
+        for d in deployments() {
+            d.price
+                .set(book.get(&d.price.name).expect("checked above").clone());
+        }
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<ModelSpec>> {

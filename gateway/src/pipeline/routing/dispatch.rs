@@ -49,6 +49,8 @@ pub struct Dispatched<'a> {
     pub answer: Committed,
     /// Provider calls made, this one included.
     pub attempts: u32,
+    /// When the call that answered was sent: what its usage is priced at.
+    pub sent_at: jiff::Timestamp,
 }
 
 /// Why no deployment answered.
@@ -115,7 +117,7 @@ struct Walk<'a> {
     last_error: Option<ApiError>,
     /// A completion cut short by the provider's capacity: a provider fault, yet still better
     /// than an error if no other deployment does better.
-    fallback: Option<(&'a Deployment, Reply)>,
+    fallback: Option<(&'a Deployment, Reply, jiff::Timestamp)>,
 }
 
 impl<'a> Walk<'a> {
@@ -144,9 +146,10 @@ impl<'a> Walk<'a> {
         let deployment = candidate.deployment;
         let provider = &deployment.provider;
         let started = Instant::now();
+        let sent_at = jiff::Timestamp::now();
         let outcome = match attempt(deployment, call, &candidate.target).await {
             Ok(Committed::Whole(reply)) if reply.out_of_capacity() => {
-                self.fallback = Some((deployment, reply));
+                self.fallback = Some((deployment, reply, sent_at));
                 Err(ApiError::bad_gateway(
                     &provider.name,
                     "generation stopped with insufficient_system_resource",
@@ -164,6 +167,7 @@ impl<'a> Walk<'a> {
                     deployment,
                     answer,
                     attempts: self.attempts,
+                    sent_at,
                 }))
             }
             Err(error) if error.retryable => {
@@ -193,11 +197,12 @@ impl<'a> Walk<'a> {
     }
 
     fn end(self, model: &ModelSpec) -> Result<Dispatched<'a>, Box<Failed<'a>>> {
-        if let Some((deployment, reply)) = self.fallback {
+        if let Some((deployment, reply, sent_at)) = self.fallback {
             return Ok(Dispatched {
                 deployment,
                 answer: Committed::Whole(reply),
                 attempts: self.attempts,
+                sent_at,
             });
         }
         Err(Box::new(Failed {

@@ -137,7 +137,7 @@ deployments = [{deployments}]
     #[test]
     fn without_shared_priorities_the_list_is_the_order() {
         let c = catalog(
-            r#"{ provider = "c", model = "x" }, { provider = "a", model = "x" }, { provider = "b", model = "x", priority = 0 }"#,
+            r#"{ provider = "c", model = "deepseek-v4-flash" }, { provider = "a", model = "deepseek-v4-flash" }, { provider = "b", model = "deepseek-v4-flash", priority = 0 }"#,
         );
         let m = c.get("m").unwrap();
         let order = plan(
@@ -153,7 +153,7 @@ deployments = [{deployments}]
     #[test]
     fn one_conversation_sticks_to_one_deployment() {
         let c = catalog(
-            r#"{ provider = "a", model = "x", priority = 0 }, { provider = "b", model = "x", priority = 0 }, { provider = "c", model = "x", priority = 0 }"#,
+            r#"{ provider = "a", model = "deepseek-v4-flash", priority = 0 }, { provider = "b", model = "deepseek-v4-flash", priority = 0 }, { provider = "c", model = "deepseek-v4-flash", priority = 0 }"#,
         );
         let m = c.get("m").unwrap();
         let config = RoutingConfig::default();
@@ -187,7 +187,7 @@ deployments = [{deployments}]
     #[test]
     fn without_affinity_a_conversation_moves() {
         let c = catalog(
-            r#"{ provider = "a", model = "x", priority = 0 }, { provider = "b", model = "x", priority = 0 }"#,
+            r#"{ provider = "a", model = "deepseek-v4-flash", priority = 0 }, { provider = "b", model = "deepseek-v4-flash", priority = 0 }"#,
         );
         let m = c.get("m").unwrap();
         let config = RoutingConfig {
@@ -210,7 +210,7 @@ deployments = [{deployments}]
     #[test]
     fn slow_deployments_go_last_in_their_group() {
         let c = catalog(
-            r#"{ provider = "a", model = "x", priority = 0 }, { provider = "b", model = "x", priority = 0 }, { provider = "c", model = "x" }"#,
+            r#"{ provider = "a", model = "deepseek-v4-flash", priority = 0 }, { provider = "b", model = "deepseek-v4-flash", priority = 0 }, { provider = "c", model = "deepseek-v4-flash" }"#,
         );
         let m = c.get("m").unwrap();
         let config = RoutingConfig::default();

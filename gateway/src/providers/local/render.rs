@@ -196,6 +196,7 @@ fn reply(body: &Value, usage: Option<Usage>) -> Reply {
     let raw = serde_json::from_str(&body.to_string()).expect("a JSON object parses");
     let usage = usage.map(|usage| ReplyUsage {
         usage,
+        provider_cost: None,
         wire: usage.to_wire().to_string(),
     });
     Reply::new(raw, None, usage)

@@ -4,6 +4,7 @@
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::accounting::pricing::parse_amount;
 use crate::accounting::usage::Usage;
 use crate::providers::call::{Call, Effort, Strict};
 use crate::providers::reply::{Reply, ReplyUsage};
@@ -105,6 +106,10 @@ pub fn request_edits(
             if let Some(routing) = routing {
                 edits.push(Edit::Set("provider", routing.to_owned().into()));
             }
+            // OpenRouter reports each request's cost when asked: the truth for its spend.
+            let mut usage = object_field(raw, "usage");
+            usage.insert("include".into(), Value::Bool(true));
+            edits.push(Edit::Set("usage", json(&Value::Object(usage)).into()));
         }
     }
     edits
@@ -139,6 +144,15 @@ fn renamed_choices(choices: &RawValue, inner: &str) -> Option<String> {
 
 /// The provider's usage read into the one record, and completed to DeepSeek's wire form.
 fn normalized_usage(usage: &RawValue) -> Option<ReplyUsage> {
+    #[derive(serde::Deserialize)]
+    struct CostField<'a> {
+        #[serde(borrow)]
+        cost: Option<&'a RawValue>,
+    }
+    let provider_cost = serde_json::from_str::<CostField>(usage.get())
+        .ok()
+        .and_then(|f| f.cost)
+        .and_then(|c| parse_amount(c.get()));
     let value: Value = serde_json::from_str(usage.get()).ok()?;
     let record = Usage::from_wire(&value)?;
     let mut wire = match value {
@@ -148,6 +162,7 @@ fn normalized_usage(usage: &RawValue) -> Option<ReplyUsage> {
     record.write_wire(&mut wire);
     Some(ReplyUsage {
         usage: record,
+        provider_cost,
         wire: Value::Object(wire).to_string(),
     })
 }

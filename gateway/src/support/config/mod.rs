@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -61,10 +61,16 @@ pub struct Config {
     /// Rate and concurrency limits per team and per key.
     #[serde(default)]
     pub limits: Vec<LimitConfig>,
-    /// Named price tables, in addition to the built-in ones (deepseek-v3.2, deepseek-v3.1,
-    /// deepseek-v3, deepseek-r1, free).
+    /// Prices as dated eras (entries sharing a `name`), beside the built-in catalogue; an entry
+    /// named like a built-in price replaces that price's eras.
     #[serde(default)]
     pub prices: Vec<prices::PriceConfig>,
+    /// A file of `[[prices]]` entries, relative to this file, re-read on SIGHUP.
+    #[serde(default)]
+    pub prices_file: Option<PathBuf>,
+    /// The entries read from `prices_file` (resolved to a path from the config's directory).
+    #[serde(skip)]
+    pub file_prices: Vec<prices::PriceConfig>,
     /// Where spend is recorded.
     #[serde(default)]
     pub ledger: LedgerConfig,
@@ -206,7 +212,9 @@ pub struct DeploymentConfig {
     pub provider: String,
     /// The model name the provider knows.
     pub model: String,
-    /// Price table name; default `deepseek-v3.2` for remote providers, `free` for the local engine.
+    /// The price it is charged at. Default: a DeepSeek model's built-in schedule (an unknown
+    /// DeepSeek model name is an error), `free` for the local engine, DeepSeek-V3.2's rates for
+    /// other providers.
     #[serde(default)]
     pub price: Option<String>,
     /// Lower is tried first; default: the deployment's position in the list.
@@ -228,24 +236,72 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        let config = Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        Self::parse_in(&text, dir).map_err(|e| match e {
+            ConfigError::Parse { path: p, message } if p == "<text>" => ConfigError::Parse {
                 path: path.display().to_string(),
                 message,
             },
             other => other,
-        })?;
-        Ok(config)
+        })
     }
 
-    /// Parses and validates TOML text.
+    /// Parses and validates TOML text (a `prices_file` is read from the working directory).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Self::parse_in(text, Path::new(""))
+    }
+
+    fn parse_in(text: &str, dir: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: "<text>".to_owned(),
             message: e.to_string(),
         })?;
+        if let Some(file) = &config.prices_file {
+            let file = dir.join(file);
+            config.file_prices =
+                prices::read_file(&file).map_err(|message| ConfigError::Parse {
+                    path: file.display().to_string(),
+                    message,
+                })?;
+            config.prices_file = Some(file);
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// This configuration with its prices file read again and everything validated as at start:
+    /// what a SIGHUP reload swaps in, or the error that keeps the prices in force. `None`
+    /// without a prices file.
+    pub fn reread_prices(&self) -> Option<Result<Self, ConfigError>> {
+        let file = self.prices_file.as_ref()?;
+        let mut next = self.clone();
+        Some(
+            prices::read_file(file)
+                .map_err(|message| ConfigError::Parse {
+                    path: file.display().to_string(),
+                    message,
+                })
+                .and_then(|entries| {
+                    next.file_prices = entries;
+                    next.validate()?;
+                    Ok(next)
+                }),
+        )
+    }
+
+    /// The operator's price entries: the config's own, then the prices file's.
+    pub fn operator_prices(&self) -> impl Iterator<Item = &prices::PriceConfig> {
+        self.prices.iter().chain(&self.file_prices)
+    }
+
+    /// The price name `d` (a deployment of a `kind` provider) is charged at.
+    pub fn deployment_price(&self, d: &DeploymentConfig) -> Result<String, String> {
+        let kind = self
+            .providers
+            .iter()
+            .find(|p| p.name() == d.provider)
+            .map_or(ProviderKind::Openai, ProviderConfig::kind);
+        prices::resolve(kind, &d.model, d.price.as_deref())
     }
 
     /// The configuration used when no file is given: the three DeepSeek names on 127.0.0.1:8080,
@@ -315,6 +371,8 @@ impl Config {
             redis: None,
             limits: Vec::new(),
             prices: Vec::new(),
+            prices_file: None,
+            file_prices: Vec::new(),
             ledger: LedgerConfig::default(),
             budgets: Vec::new(),
             routing: RoutingConfig::default(),
@@ -383,14 +441,6 @@ impl Config {
     }
 
     fn validate_deployment(&self, at: &str, d: &DeploymentConfig) -> Result<(), String> {
-        if let Some(price) = &d.price
-            && !prices::is_builtin(price)
-            && !self.prices.iter().any(|p| &p.name == price)
-        {
-            return Err(format!(
-                "{at} names price {price:?}, which is neither built in nor in [[prices]]"
-            ));
-        }
         if d.weight == 0 {
             return Err(format!(
                 "{at}: `weight` must be at least 1 (remove the deployment to send it nothing)"
@@ -400,6 +450,13 @@ impl Config {
             return Err(format!(
                 "{at} names provider {:?}, which is not in [[providers]]",
                 d.provider
+            ));
+        }
+        let price = self.deployment_price(d).map_err(|e| format!("{at}: {e}"))?;
+        if !prices::catalogue::has_price(&price) && !self.operator_prices().any(|p| p.name == price)
+        {
+            return Err(format!(
+                "{at} names price {price:?}, which is neither built in nor in [[prices]]"
             ));
         }
         Ok(())
@@ -470,12 +527,7 @@ impl Config {
                 return Err(format!("{at}: `amount` {e}"));
             }
         }
-        for (i, p) in self.prices.iter().enumerate() {
-            if let Err(e) = p.validate() {
-                return Err(format!("prices[{i}] (name = {:?}): {e}", p.name));
-            }
-        }
-        Ok(())
+        prices::validate(&self.operator_prices().cloned().collect::<Vec<_>>())
     }
 }
 

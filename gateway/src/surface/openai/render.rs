@@ -90,7 +90,7 @@ fn chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounting::pricing::Price;
+    use crate::accounting::pricing::PriceBook;
     use crate::providers::remote::dialect::{Inner, normalize};
     use serde_json::{Value, json};
 
@@ -109,8 +109,13 @@ mod tests {
                "usage":{"prompt_tokens":100,"completion_tokens":10,"prompt_tokens_details":{"cached_tokens":64}},"extra":[1,  2]}"#,
             Inner::Message,
         );
-        let price = Price::builtin("deepseek-v3.2").unwrap();
-        let priced = price.priced(&r.usage().unwrap().usage);
+        let book = PriceBook::new([]);
+        let priced = book.get("deepseek-v3.2").unwrap().charge(
+            &r.usage().unwrap().usage,
+            jiff::Timestamp::now(),
+            None,
+        );
+        let priced = priced.priced();
         let model = std::sync::Arc::new(crate::pipeline::routing::catalog::ModelSpec::for_tests(
             "deepseek-reasoner",
             crate::pipeline::routing::catalog::ModelMode::Thinking,
