@@ -63,6 +63,10 @@ enum Command {
         /// TOML configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Also connect to what the configuration names that can be reached now (Redis, with
+        /// its TLS settings) and fail if it does not answer.
+        #[arg(long)]
+        connect: bool,
     },
 }
 
@@ -92,7 +96,7 @@ fn main() -> ExitCode {
             Some(n) => cli::prices::bench(config.as_deref(), n),
             None => cli::prices::prices(config.as_deref(), at.as_deref()),
         },
-        Command::Check { config } => cli::check::check(&config),
+        Command::Check { config, connect } => cli::check::check(&config, connect),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,3 +6,4 @@ pub mod faults;
 pub mod harness;
 pub mod prometheus_server;
 pub mod redis_server;
+pub mod tls_ca;

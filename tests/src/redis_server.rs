@@ -1,15 +1,21 @@
-//! A real `redis-server` on a free loopback port, started by the test that needs it.
+//! Real `redis-server`s on free loopback ports, started by the tests that need them: one node,
+//! one node over TLS (with a CA made for the test), or a Redis Cluster of three masters.
 
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::tls_ca::TestCa;
 
 #[derive(Debug)]
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    /// Extra arguments (TLS, cluster mode).
+    args: Vec<String>,
+    tls: bool,
 }
 
 fn free_port() -> u16 {
@@ -20,22 +26,71 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A port whose cluster-bus twin (port + 10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(free_port(), Vec::new(), false)
+    }
+
+    /// A TLS-only node whose certificate `ca` signed; with `mutual`, it requires a client
+    /// certificate from `ca` too.
+    pub fn start_tls(ca: &TestCa, mutual: bool) -> Self {
         let port = free_port();
+        let path = |p: &Path| p.display().to_string();
+        let args = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(&ca.server_cert),
+            "--tls-key-file".into(),
+            path(&ca.server_key),
+            "--tls-ca-cert-file".into(),
+            path(&ca.ca_cert),
+            "--tls-auth-clients".into(),
+            if mutual { "yes" } else { "no" }.into(),
+        ];
+        Self::start_with(port, args, true)
+    }
+
+    fn start_with(port: u16, args: Vec<String>, tls: bool) -> Self {
         let dir = std::env::temp_dir().join(format!("dsgw-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = Self {
             port,
             child: None,
             dir,
+            args,
+            tls,
         };
         server.restart();
         server
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// `redis-cli` against this node (plain nodes only), its output as text.
+    pub fn cli(&self, args: &[&str]) -> String {
+        assert!(!self.tls, "cli() talks to plain nodes");
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli comes with redis-server");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Stops the server (as a crash would: SIGKILL).
@@ -62,6 +117,7 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -84,5 +140,123 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Calls per command since the last `CONFIG RESETSTAT`, from `INFO commandstats`.
+pub fn command_calls(info: &str) -> std::collections::BTreeMap<String, u64> {
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// A Redis Cluster of three masters (no replicas) on loopback; a master may be killed and
+/// restarted (it comes back empty, owning its slots again). Coverage is not required, so the
+/// slots of the other masters keep serving while one is down.
+#[derive(Debug)]
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let port = free_cluster_port();
+                let args = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &format!("nodes-{port}.conf"),
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-require-full-coverage",
+                    "no",
+                ]
+                .map(str::to_owned)
+                .to_vec();
+                RedisServer::start_with(port, args, false)
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli comes with redis-server");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every running node says the cluster is ok.
+    pub fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+        {
+            assert!(Instant::now() < deadline, "the cluster never became ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The seed nodes' URLs, for `[redis] nodes`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The index of the master that owns `key`'s slot.
+    pub fn owner_of(&self, key: &str) -> usize {
+        let slot: u64 = self.nodes[0]
+            .cli(&["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .unwrap();
+        let nodes = self.nodes[0].cli(&["cluster", "nodes"]);
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let Some(port) = fields
+                .get(1)
+                .and_then(|a| a.split(['@', ':']).nth(1))
+                .and_then(|p| p.parse::<u16>().ok())
+            else {
+                continue;
+            };
+            let owns = fields
+                .iter()
+                .skip(8)
+                .any(|range| match range.split_once('-') {
+                    Some((a, b)) => (a.parse::<u64>().unwrap_or(u64::MAX)..=b.parse().unwrap_or(0))
+                        .contains(&slot),
+                    None => range.parse::<u64>().ok() == Some(slot),
+                });
+            if owns {
+                return self.nodes.iter().position(|n| n.port == port).unwrap();
+            }
+        }
+        panic!("no master owns slot {slot}:\n{nodes}")
     }
 }

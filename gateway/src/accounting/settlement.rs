@@ -12,6 +12,7 @@ use crate::accounting::spend::ledger::Ledger;
 use crate::accounting::spend::record::{Record, now};
 use crate::accounting::usage::Usage;
 use crate::support::principal::Principal;
+use crate::support::redis_link::AfterWrites;
 use crate::wire::error::{ApiError, Fault};
 
 /// How a request ended.
@@ -191,8 +192,9 @@ impl Settlement {
         self.usage
     }
 
-    /// Writes the record: the completion log line, the ledger, the metrics.
-    pub fn write(mut self, outcome: Outcome) {
+    /// Writes the record: the completion log line, the ledger (its shared spend joining
+    /// `writes`), the metrics.
+    pub fn write(mut self, outcome: Outcome, writes: &mut AfterWrites) {
         let usage = self.final_usage(outcome);
         let status = match outcome {
             Outcome::Failed(status, _) => status,
@@ -202,24 +204,27 @@ impl Settlement {
         self.log(outcome, status, usage, charge.as_ref());
         if let (Some(ledger), Some(usage), Some(charge)) = (&self.ledger, &usage, &charge) {
             let (provider, upstream_model) = self.deployment();
-            ledger.append(Record {
-                ts: now(),
-                key_id: self.principal.key_id.to_string(),
-                team: self.principal.team.to_string(),
-                model: self.model.to_string(),
-                deployment: format!("{provider}/{upstream_model}"),
-                cache_hit: usage.cache_hit,
-                cache_miss: usage.cache_miss,
-                output: usage.output,
-                reasoning: usage.reasoning,
-                cost: charge.cost.total(),
-                currency: charge.currency.clone(),
-                estimated: usage.estimated,
-                price: charge.price.clone(),
-                era: charge.era.map(|t| t.to_string()),
-                tier: charge.tier.as_str().to_owned(),
-                computed_cost: charge.computed.map(|c| c.total()),
-            });
+            ledger.append_in(
+                Record {
+                    ts: now(),
+                    key_id: self.principal.key_id.to_string(),
+                    team: self.principal.team.to_string(),
+                    model: self.model.to_string(),
+                    deployment: format!("{provider}/{upstream_model}"),
+                    cache_hit: usage.cache_hit,
+                    cache_miss: usage.cache_miss,
+                    output: usage.output,
+                    reasoning: usage.reasoning,
+                    cost: charge.cost.total(),
+                    currency: charge.currency.clone(),
+                    estimated: usage.estimated,
+                    price: charge.price.clone(),
+                    era: charge.era.map(|t| t.to_string()),
+                    tier: charge.tier.as_str().to_owned(),
+                    computed_cost: charge.computed.map(|c| c.total()),
+                },
+                writes,
+            );
         }
         if let Some(metrics) = &self.metrics {
             self.count(metrics, outcome, status, usage.as_ref(), charge.as_ref());

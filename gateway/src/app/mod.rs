@@ -12,7 +12,6 @@ pub mod serve;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::FromRef;
 
@@ -37,7 +36,7 @@ pub enum StateError {
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error("[redis]: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(#[from] crate::support::redis_link::RedisLinkError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error(transparent)]
@@ -149,10 +148,7 @@ impl AppState {
 
     fn redis(config: &Config) -> Result<Option<Arc<RedisLink>>, StateError> {
         Ok(match &config.redis {
-            Some(r) => Some(Arc::new(RedisLink::new(
-                &r.url,
-                Duration::from_millis(r.timeout_ms),
-            )?)),
+            Some(r) => Some(Arc::new(RedisLink::new(r)?)),
             None => None,
         })
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::Pipeline;
 use super::admission::Rejection;
 use super::admission::budgets;
-use super::admission::limits::{Demand, RateHeaders};
+use super::admission::limits::{Demand, RateHeaders, SpendCap};
 use super::admission::policy::gate::{Gate, Subject};
 use super::context::Caller;
 use super::request::Request;
@@ -45,8 +45,17 @@ pub(super) async fn admit(
         .estimate_from(request.body.clone(), mode.thinking());
     // Policies first: a request no deployment may receive is refused before it spends anything.
     let gate = check_policies(pipeline, caller, request, &model)?;
-    check_budgets(pipeline, caller).await?;
-    let rate_headers = reserve(pipeline, caller, request, ticket).await?;
+    // With the limits in Redis, the budgets ride in the limit script: one round trip for both.
+    let caps = match &pipeline.limiter {
+        Some(limiter) if limiter.is_global() && pipeline.ledger.shared().is_some() => {
+            budgets::caps(&pipeline.budgets, &caller.principal, now())
+        }
+        _ => {
+            check_budgets(pipeline, caller).await?;
+            Vec::new()
+        }
+    };
+    let rate_headers = reserve(pipeline, caller, request, ticket, &caps).await?;
     Ok(Admitted {
         model,
         mode,
@@ -125,6 +134,7 @@ async fn reserve(
     caller: &Caller,
     request: &Request,
     ticket: &mut Ticket,
+    caps: &[SpendCap],
 ) -> Result<RateHeaders, ApiError> {
     let Some(limiter) = &pipeline.limiter else {
         return Ok(RateHeaders::default());
@@ -134,7 +144,7 @@ async fn reserve(
         input: request.body.len() as u64 / 4,
         max_output: request.max_tokens.map(u64::from),
     };
-    match limiter.reserve(&caller.principal, demand).await {
+    match limiter.reserve(&caller.principal, demand, caps).await {
         Ok((reservation, headers)) => {
             ticket.hold(reservation);
             Ok(headers)

@@ -5,6 +5,7 @@
 
 use crate::accounting::settlement::{Outcome, Settlement};
 use crate::pipeline::admission::limits::Reservation;
+use crate::support::redis_link::AfterWrites;
 
 #[derive(Debug)]
 pub struct Ticket {
@@ -42,6 +43,9 @@ impl Ticket {
         };
         record.upstream_finished();
         let usage = record.final_usage(outcome);
+        // The reservation's return and the record's shared spend leave in one round trip (per
+        // Redis slot) when `writes` is dropped, at the end of this function.
+        let mut writes = AfterWrites::default();
         if let Some(reservation) = self.reservation.take() {
             // A request refused before any byte used nothing; otherwise the provider's count
             // reconciles the estimate (kept as is when the provider never said).
@@ -49,9 +53,9 @@ impl Ticket {
                 Outcome::Failed(..) => Some((0, 0)),
                 _ => usage.map(|u| (u.prompt(), u.output)),
             };
-            reservation.settle(used);
+            reservation.settle(used, &mut writes);
         }
-        record.write(outcome);
+        record.write(outcome, &mut writes);
     }
 }
 

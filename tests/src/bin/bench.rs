@@ -219,32 +219,71 @@ fn main() {
             surfaces_table(&pool, &direct, &gw, &args).await;
         }
         if run("limits") && args.limits_rate > 0 {
-            let redis = dsgw_tests::redis_server::RedisServer::start();
-            let extra = format!(
-                "[redis]\nurl = \"{}\"\n\n[[limits]]\nscope = \"team\"\nname = \"research\"\nrequests_per_minute = 100000000\ntokens_per_minute = 10000000000\nconcurrent = 100000\n",
-                redis.url()
-            );
-            let limited = Gateway::start(&args.dsgw, &harness::config(&base, &extra), &env);
-            let with_limits = Target { name: "dsgw + redis limits", url: limited.url("/v1/chat/completions"), key: "sk-alice" };
+            use dsgw_tests::redis_server::{RedisCluster, RedisServer, command_calls};
+            use dsgw_tests::tls_ca::TestCa;
+            let limits = "\n[[limits]]\nscope = \"team\"\nname = \"research\"\nrequests_per_minute = 100000000\ntokens_per_minute = 10000000000\nconcurrent = 100000\n";
+            let single = RedisServer::start();
+            let cluster = RedisCluster::start();
+            let ca = TestCa::new("bench");
+            let tls = RedisServer::start_tls(&ca, true);
+            let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("{u:?}")).collect();
+            let stores = [
+                ("one Redis", format!("[redis]\nurl = \"{}\"\n", single.url())),
+                ("Redis Cluster, 3 masters", format!("[redis]\nnodes = [{}]\n", nodes.join(", "))),
+                (
+                    "one Redis over mutual TLS",
+                    format!(
+                        "[redis]\nurl = \"{}\"\nca_file = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+                        tls.url(),
+                        ca.ca_cert.display().to_string(),
+                        ca.client_cert.display().to_string(),
+                        ca.client_key.display().to_string()
+                    ),
+                ),
+            ];
+            let gateways: Vec<Gateway> = stores
+                .iter()
+                .map(|(_, redis)| Gateway::start(&args.dsgw, &harness::config(&base, &format!("{redis}timeout_ms = 200\n{limits}")), &env))
+                .collect();
+            let targets: Vec<Target> = gateways
+                .iter()
+                .map(|g| Target { name: "limited", url: g.url("/v1/chat/completions"), key: "sk-alice" })
+                .collect();
             let body = chat_body("deepseek-chat", "Hello", false);
-            for target in [&via, &with_limits] {
+            for target in std::iter::once(&via).chain(&targets) {
                 for _ in 0..200 {
                     once(&pool, target, &body).await;
                 }
             }
             let rate = args.limits_rate;
+            single.cli(&["config", "resetstat"]);
             let plain = open_loop(&pool, &via, &body, rate, args.seconds).await;
-            let limits = open_loop(&pool, &with_limits, &body, rate, args.seconds).await;
+            let mut runs = Vec::new();
+            for target in &targets {
+                runs.push(open_loop(&pool, target, &body, rate, args.seconds).await);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let calls = command_calls(&single.cli(&["info", "commandstats"]));
+            let served = (runs[0].latencies.len()) as f64;
+            let per = |name: &str| calls.get(name).copied().unwrap_or(0) as f64 / served;
             println!("\n## Redis limit tier ({rate} req/s, non-streaming, {} s each)\n", args.seconds);
-            println!("| gateway | p50 | p99 | failures |");
-            println!("|---|---|---|---|");
-            for (name, run) in [("dsgw, no limits", &plain), ("dsgw, rpm + tpm + concurrency in Redis", &limits)] {
-                println!("| {name} | {:.3} ms | {:.3} ms | {} |", pct(&run.latencies, 0.5), pct(&run.latencies, 0.99), run.failures);
+            println!("| gateway | p50 | p99 | failures | added p50 | added p99 |");
+            println!("|---|---|---|---|---|---|");
+            println!("| dsgw, no limits | {:.3} ms | {:.3} ms | {} | | |", pct(&plain.latencies, 0.5), pct(&plain.latencies, 0.99), plain.failures);
+            for ((name, _), run) in stores.iter().zip(&runs) {
+                println!(
+                    "| rpm + tpm + concurrency on {name} | {:.3} ms | {:.3} ms | {} | {:.3} ms | {:.3} ms |",
+                    pct(&run.latencies, 0.5),
+                    pct(&run.latencies, 0.99),
+                    run.failures,
+                    pct(&run.latencies, 0.5) - pct(&plain.latencies, 0.5),
+                    pct(&run.latencies, 0.99) - pct(&plain.latencies, 0.99)
+                );
             }
             println!(
-                "\nadded by the Redis tier: p50 {:.3} ms, p99 {:.3} ms",
-                pct(&limits.latencies, 0.5) - pct(&plain.latencies, 0.5),
-                pct(&limits.latencies, 0.99) - pct(&plain.latencies, 0.99)
+                "\nround trips per request on one Redis: {:.2} EVALSHA (limits) + {:.2} MULTI/EXEC (settlement)",
+                per("evalsha"),
+                per("exec")
             );
         }
 

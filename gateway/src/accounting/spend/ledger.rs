@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::record::{Record, Totals, counters_for, day_of};
 use super::shared::SharedSpend;
+use crate::support::redis_link::AfterWrites;
 
 /// How long the writer gathers records before one commit.
 const COMMIT_WINDOW: Duration = Duration::from_millis(20);
@@ -130,8 +131,14 @@ impl Ledger {
     }
 
     pub fn append(&self, record: Record) {
+        self.append_in(record, &mut AfterWrites::default());
+    }
+
+    /// Appends `record`; its shared spend (with Redis) joins `writes`, the request's one
+    /// settlement round trip.
+    pub fn append_in(&self, record: Record, writes: &mut AfterWrites) {
         if let Some(shared) = &self.shared {
-            shared.record(&record);
+            shared.record(&record, writes);
         }
         self.book.lock().expect("ledger lock").add(&record);
         if let Some(writer) = &self.writer

@@ -2,12 +2,12 @@
 //! its cost to its key's and team's counters for the day, the month and all time. Counters are
 //! integer nanodollars (`INCRBY`), hash-tagged by team like the limit buckets.
 
-use std::sync::Arc;
-
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::record::{Record, Totals, counters_for, day_of};
-use crate::support::redis_link::{RedisLink, RedisLinkError};
+use crate::support::redis_link::{AfterWrites, RedisLink, RedisLinkError};
 
 /// Separates the parts of a usage field (never in key ids, model or deployment names).
 const SEP: &str = "\u{1f}";
@@ -17,25 +17,32 @@ const TEAMS: &str = "dsgw:teams";
 /// Day counters outlive their day by this much, month counters their month.
 const DAY_TTL_S: i64 = 3 * 86_400;
 const MONTH_TTL_S: i64 = 40 * 86_400;
+/// How often a replica re-adds a team to the index (which lives in another slot, so it costs
+/// its own round trip): once at its first request, then at most once a minute, so an index
+/// lost with a Redis node comes back.
+const INDEX_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct SharedSpend {
     link: Arc<RedisLink>,
+    indexed: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl SharedSpend {
     pub fn new(link: Arc<RedisLink>) -> Self {
-        Self { link }
+        Self {
+            link,
+            indexed: Arc::default(),
+        }
     }
 
-    /// Adds a finished request to the shared counters (budgets) and usage tables, off the
-    /// request path.
-    pub fn record(&self, r: &Record) {
+    /// Adds a finished request to the shared counters (budgets) and usage tables, in the
+    /// request's settlement round trip (`writes`, the team's slot).
+    pub fn record(&self, r: &Record, writes: &mut AfterWrites) {
         let (team, key_id, day) = (r.team.as_str(), r.key_id.as_str(), day_of(r.ts));
         let day = day.as_str();
         let nano = (r.cost / 1000) as i64;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let pipe = writes.to(&self.link, &format!("{{{team}}}"));
         let table = format!("dsgw:{{{team}}}:usage:{day}");
         for (metric, n) in [
             ("requests", 1),
@@ -69,24 +76,24 @@ impl SharedSpend {
                 }
             }
         }
-        // The team index lives outside the team's hash slot: a separate, idempotent command.
-        let mut index = redis::pipe();
-        index.cmd("SADD").arg(TEAMS).arg(team).ignore();
-        let link = self.link.clone();
-        let send = async move {
-            if let Err(e) = link
-                .query::<()>(&pipe)
-                .await
-                .and(link.query::<()>(&index).await)
-            {
-                tracing::error!(target: "dsgw::ledger", error = %e, "could not add spend to the shared counters");
+        // The team index lives outside the team's hash slot: its own idempotent command.
+        let due = {
+            let mut indexed = self.indexed.lock().expect("index lock");
+            let due = indexed
+                .get(team)
+                .is_none_or(|at| at.elapsed() >= INDEX_EVERY);
+            if due {
+                indexed.insert(team.to_owned(), Instant::now());
             }
+            due
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(send);
-            }
-            Err(_) => tracing::error!(target: "dsgw::ledger", "no runtime to record shared spend"),
+        if due {
+            writes
+                .to(&self.link, TEAMS)
+                .cmd("SADD")
+                .arg(TEAMS)
+                .arg(team)
+                .ignore();
         }
     }
 

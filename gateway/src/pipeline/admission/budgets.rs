@@ -1,5 +1,6 @@
 //! Spend budgets per team and per key, by day, month or in total, read from the ledger.
 
+use super::limits::SpendCap;
 use crate::accounting::spend::ledger::Ledger;
 use crate::accounting::spend::record::day_of;
 use crate::support::config::prices::dollars;
@@ -97,6 +98,19 @@ async fn spent(budgets: &[&Budget], ledger: &Ledger, now: u64) -> Result<Vec<u64
         Some(shared) => shared.spent(&counters).await,
         None => Ok(ledger.spent(&counters)),
     }
+}
+
+/// The budgets that apply to `principal` as spend caps, for the limit script to check in the
+/// same round trip (with Redis).
+pub fn caps(budgets: &[Budget], principal: &Principal, now: u64) -> Vec<SpendCap> {
+    budgets
+        .iter()
+        .filter(|b| b.applies(principal))
+        .map(|b| SpendCap {
+            counter: b.counter(now),
+            amount_pico: b.amount,
+        })
+        .collect()
 }
 
 /// Every budget that applies to `principal`, with what is spent in its current period.

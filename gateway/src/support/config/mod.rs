@@ -256,6 +256,9 @@ impl Config {
             path: "<text>".to_owned(),
             message: e.to_string(),
         })?;
+        if let Some(redis) = &mut config.redis {
+            redis.resolve_paths(dir);
+        }
         if let Some(file) = &config.prices_file {
             let file = dir.join(file);
             config.file_prices =
@@ -492,14 +495,7 @@ impl Config {
     /// Redis, limits, budgets and prices.
     fn validate_spend(&self) -> Result<(), String> {
         if let Some(redis) = &self.redis {
-            if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") {
-                return Err("[redis]: `url` must start with redis:// or rediss://".to_owned());
-            }
-            if redis.replicas == 0 || redis.timeout_ms == 0 {
-                return Err(
-                    "[redis]: `replicas` and `timeout_ms` must be greater than 0".to_owned(),
-                );
-            }
+            redis.validate()?;
         }
         let teams: HashSet<&str> = self.keys.iter().map(|k| k.team.as_str()).collect();
         let ids: HashSet<&str> = self.keys.iter().map(|k| k.id.as_str()).collect();

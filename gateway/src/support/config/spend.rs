@@ -1,6 +1,8 @@
 //! Configuration of limits, budgets and the ledger: the parts of the file that govern what a
 //! team may use and spend.
 
+use std::path::{Path, PathBuf};
+
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -34,8 +36,22 @@ pub struct BudgetConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port[/db]`.
-    pub url: String,
+    /// One node: `redis://host:port[/db]`, or `rediss://` for TLS.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Redis Cluster seed nodes instead of `url`: `["redis://h1:6379", ...]`, all `redis://`
+    /// or all `rediss://`; the rest of the cluster is found from them.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// TLS: a PEM bundle of the CAs that sign the servers' certificates (default: the system's
+    /// roots). Server names are always checked against the certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// TLS: a client certificate chain and its key (PEM), for servers that require mutual TLS.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
     /// Deadline for one limit check on the request path.
     #[serde(default = "default_redis_timeout_ms")]
     pub timeout_ms: u64,
@@ -43,6 +59,95 @@ pub struct RedisConfig {
     /// `quota / replicas`.
     #[serde(default = "one_u32")]
     pub replicas: u32,
+}
+
+impl RedisConfig {
+    /// Whether the node or the cluster is reached over TLS (`rediss://`).
+    pub fn uses_tls(&self) -> bool {
+        self.url
+            .iter()
+            .chain(&self.nodes)
+            .any(|u| u.starts_with("rediss://"))
+    }
+
+    /// Makes the certificate paths relative to the configuration's folder.
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        for path in [
+            &mut self.ca_file,
+            &mut self.client_cert,
+            &mut self.client_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *path = dir.join(&*path);
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let scheme_ok = |u: &String| u.starts_with("redis://") || u.starts_with("rediss://");
+        match (&self.url, self.nodes.is_empty()) {
+            (Some(_), false) => {
+                return Err(
+                    "[redis]: set `url` (one node) or `nodes` (a cluster), not both".into(),
+                );
+            }
+            (None, true) => {
+                return Err(
+                    "[redis]: set `url` (one node) or `nodes` (Redis Cluster seed nodes)".into(),
+                );
+            }
+            _ => {}
+        }
+        if let Some(bad) = self.url.iter().chain(&self.nodes).find(|u| !scheme_ok(u)) {
+            return Err(format!(
+                "[redis]: {:?} must start with redis:// or rediss://",
+                redact_url(bad)
+            ));
+        }
+        if self.uses_tls()
+            && self
+                .url
+                .iter()
+                .chain(&self.nodes)
+                .any(|u| u.starts_with("redis://"))
+        {
+            return Err("[redis]: `nodes` must be all redis:// or all rediss://".into());
+        }
+        if self
+            .url
+            .iter()
+            .chain(&self.nodes)
+            .any(|u| u.contains("#insecure"))
+        {
+            return Err("[redis]: `#insecure` (no certificate checks) is not accepted; give the server's CA as `ca_file`".into());
+        }
+        if !self.uses_tls()
+            && (self.ca_file.is_some() || self.client_cert.is_some() || self.client_key.is_some())
+        {
+            return Err(
+                "[redis]: `ca_file`, `client_cert` and `client_key` need a rediss:// address"
+                    .into(),
+            );
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err("[redis]: `client_cert` and `client_key` go together".into());
+        }
+        if self.replicas == 0 || self.timeout_ms == 0 {
+            return Err("[redis]: `replicas` and `timeout_ms` must be greater than 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// A Redis address without its password, for error messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 fn default_redis_timeout_ms() -> u64 {
@@ -133,5 +238,58 @@ impl LimitConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redis(text: &str) -> Result<RedisConfig, String> {
+        let config: RedisConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate().map(|()| config)
+    }
+
+    #[test]
+    fn one_node_or_a_cluster_over_one_scheme() {
+        assert!(redis("url = \"redis://127.0.0.1:6379\"").is_ok());
+        let cluster =
+            redis("nodes = [\"rediss://a:1\", \"rediss://b:2\"]\nca_file = \"ca.pem\"").unwrap();
+        assert!(cluster.uses_tls());
+        for (text, why) in [
+            ("timeout_ms = 5", "set `url` (one node) or `nodes`"),
+            ("url = \"redis://a\"\nnodes = [\"redis://b\"]", "not both"),
+            (
+                "nodes = [\"redis://a:1\", \"rediss://b:2\"]",
+                "all redis:// or all rediss://",
+            ),
+            ("url = \"http://user:secret@a\"", "must start with redis://"),
+            ("url = \"rediss://a/#insecure\"", "`#insecure`"),
+            (
+                "url = \"redis://a\"\nca_file = \"ca.pem\"",
+                "need a rediss:// address",
+            ),
+            (
+                "url = \"rediss://a\"\nclient_cert = \"c.pem\"",
+                "go together",
+            ),
+            ("url = \"redis://a\"\nreplicas = 0", "greater than 0"),
+        ] {
+            let e = redis(text).unwrap_err();
+            assert!(e.contains(why), "{text}: {e}");
+            assert!(
+                !e.contains("secret"),
+                "the password stays out of errors: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn certificate_paths_are_relative_to_the_config() {
+        let mut c = redis("url = \"rediss://a\"\nca_file = \"ca.pem\"\nclient_cert = \"/abs/c.pem\"\nclient_key = \"k.pem\"").unwrap();
+        c.resolve_paths(Path::new("/etc/dsgw"));
+        assert_eq!(c.ca_file.unwrap(), Path::new("/etc/dsgw/ca.pem"));
+        assert_eq!(c.client_cert.unwrap(), Path::new("/abs/c.pem"));
+        assert_eq!(c.client_key.unwrap(), Path::new("/etc/dsgw/k.pem"));
     }
 }

@@ -20,11 +20,11 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use super::Rejection;
 use crate::support::config::{Config, FailureMode, LimitConfig, LimitScope, TokenCount};
 use crate::support::principal::Principal;
-use crate::support::redis_link::RedisLink;
+use crate::support::redis_link::{AfterWrites, RedisLink};
 use crate::wire::error::ApiError;
 pub use gcra::Rate;
 use local_tier::LocalTier;
-use redis_tier::RedisTier;
+use redis_tier::{RedisTier, Taken};
 
 /// Microseconds since the Unix epoch; tests substitute their own.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -72,6 +72,14 @@ pub(crate) enum Check {
         reset_us: u64,
     },
     Concurrency,
+}
+
+/// A budget checked in the same script as the limits (with Redis): the spend counter of its
+/// current period and the amount it may not reach, in picodollars.
+#[derive(Debug, Clone)]
+pub struct SpendCap {
+    pub counter: String,
+    pub amount_pico: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -133,6 +141,8 @@ pub struct Reservation {
     counts: Vec<Option<TokenCount>>,
     tier: Tier,
     member: String,
+    /// The team's hash tag, which every bucket key carries.
+    tag: String,
     settled: bool,
 }
 
@@ -244,12 +254,20 @@ impl Limiter {
         (buckets, counts, fail)
     }
 
+    /// Whether the limits live in Redis, where budgets can be checked in the same round trip.
+    pub fn is_global(&self) -> bool {
+        self.redis.is_some()
+    }
+
     /// Takes every bucket that applies to `principal`, or refuses with a 429 that says which limit
     /// and when to retry (or a 503, with no reason, when Redis is away and a limit fails closed).
+    /// With Redis, `caps` (the budgets that apply) are checked in the same script: one exhausted
+    /// is a 402 and takes nothing, and an unreachable Redis is a 503 whatever the limits' mode.
     pub async fn reserve(
         self: &Arc<Self>,
         principal: &Principal,
         demand: Demand,
+        caps: &[SpendCap],
     ) -> Result<(Reservation, RateHeaders), (ApiError, Option<Rejection>)> {
         let (buckets, counts, fail) = self.buckets(principal, demand);
         let member = format!(
@@ -262,7 +280,12 @@ impl Limiter {
                 self.local.take(&buckets, self.clock.now_us(), 1),
                 Tier::Local,
             ),
-            Some(redis) => self.take_global(redis, &buckets, &member, fail).await?,
+            // Nothing to take or check: no round trip.
+            Some(_) if buckets.is_empty() && caps.is_empty() => (Ok(Vec::new()), Tier::Local),
+            Some(redis) => {
+                self.take_global(redis, &buckets, caps, &member, fail)
+                    .await?
+            }
         };
         match outcome {
             Ok(checks) => {
@@ -274,6 +297,7 @@ impl Limiter {
                         counts,
                         tier,
                         member,
+                        tag: format!("{{{}}}", principal.team),
                         settled: false,
                     },
                     headers,
@@ -312,6 +336,7 @@ impl Limiter {
         &self,
         redis: &RedisTier,
         buckets: &[Bucket],
+        caps: &[SpendCap],
         member: &str,
         fail: FailureMode,
     ) -> Result<(Result<Vec<Check>, Refusal>, Tier), (ApiError, Option<Rejection>)> {
@@ -323,16 +348,28 @@ impl Limiter {
             self.shadow
                 .settle(shadow, &vec![-1; shadow.len()], self.clock.now_us(), 1);
         };
-        match redis.take(buckets, member).await {
-            Ok(outcome) => {
-                if outcome.is_err() {
-                    give_back(&shadow);
-                }
-                Ok((outcome, Tier::Redis))
+        match redis.take(buckets, caps, member).await {
+            Ok(Taken::Admitted(checks)) => Ok((Ok(checks), Tier::Redis)),
+            Ok(Taken::Limited(refusal)) => {
+                give_back(&shadow);
+                Ok((Err(refusal), Tier::Redis))
+            }
+            Ok(Taken::OverBudget) => {
+                give_back(&shadow);
+                Err((ApiError::insufficient_balance(), Some(Rejection::Budget)))
             }
             Err(e) => {
                 give_back(&shadow);
                 tracing::warn!(target: "dsgw::limits", error = %e, "redis unavailable for limits");
+                if !caps.is_empty() {
+                    // Budgets fail closed.
+                    return Err((
+                        ApiError::unavailable(
+                            "Budgets cannot be checked right now (spend store unavailable); retry shortly.",
+                        ),
+                        None,
+                    ));
+                }
                 if fail == FailureMode::Closed {
                     return Err((
                         ApiError::unavailable(
@@ -455,12 +492,13 @@ impl From<&LimitConfig> for Rule {
 }
 
 impl Reservation {
-    /// Settles with the real use: `input` and `output` tokens, when known.
-    pub fn settle(mut self, used: Option<(u64, u64)>) {
-        self.settle_inner(used);
+    /// Settles with the real use: `input` and `output` tokens, when known. With Redis, the
+    /// settlement joins `writes`, the request's one round trip after its response.
+    pub fn settle(mut self, used: Option<(u64, u64)>, writes: &mut AfterWrites) {
+        self.settle_inner(used, writes);
     }
 
-    fn settle_inner(&mut self, used: Option<(u64, u64)>) {
+    fn settle_inner(&mut self, used: Option<(u64, u64)>, writes: &mut AfterWrites) {
         if std::mem::replace(&mut self.settled, true) {
             return;
         }
@@ -479,18 +517,11 @@ impl Reservation {
                 _ => 0,
             })
             .collect();
-        let limiter = self.limiter.clone();
-        let buckets = std::mem::take(&mut self.buckets);
-        let member = std::mem::take(&mut self.member);
-        match self.tier {
-            Tier::Local => limiter.local.settle(
-                &buckets,
-                &deltas,
-                limiter.clock.now_us(),
-                limiter.replicas_for_local(),
-            ),
-            Tier::Redis => {
-                let deltas_us: Vec<i64> = buckets
+        let limiter = &self.limiter;
+        match (self.tier, &limiter.redis) {
+            (Tier::Redis, Some(redis)) => {
+                let deltas_us: Vec<i64> = self
+                    .buckets
                     .iter()
                     .zip(&deltas)
                     .map(|(b, d)| match b {
@@ -498,22 +529,14 @@ impl Reservation {
                         Bucket::Concurrency { .. } => 0,
                     })
                     .collect();
-                let settle = async move {
-                    if let Some(redis) = &limiter.redis
-                        && let Err(e) = redis.settle(&buckets, &deltas_us, &member).await
-                    {
-                        tracing::warn!(target: "dsgw::limits", error = %e, "could not settle a reservation; its concurrency slot expires with its lease");
-                    }
-                };
-                match tokio::runtime::Handle::try_current() {
-                    Ok(handle) => {
-                        handle.spawn(settle);
-                    }
-                    Err(_) => {
-                        tracing::warn!(target: "dsgw::limits", "no runtime to settle a reservation")
-                    }
-                }
+                redis.settle(&self.buckets, &deltas_us, &self.member, &self.tag, writes);
             }
+            _ => limiter.local.settle(
+                &self.buckets,
+                &deltas,
+                limiter.clock.now_us(),
+                limiter.replicas_for_local(),
+            ),
         }
     }
 }
@@ -530,7 +553,7 @@ impl Limiter {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.settle_inner(None);
+        self.settle_inner(None, &mut AfterWrites::default());
     }
 }
 

@@ -2,6 +2,7 @@ use std::sync::atomic::AtomicU64;
 
 use super::*;
 use crate::support::hashing::{hex, sha256};
+use crate::support::redis_link::AfterWrites;
 
 #[derive(Debug)]
 struct FakeClock(AtomicU64);
@@ -36,10 +37,10 @@ key_sha256 = "{b}"
     );
     let config = Config::parse(&text).unwrap();
     let clock = Arc::new(FakeClock(AtomicU64::new(1_000_000_000_000)));
-    let redis = config.redis.as_ref().map(|r| {
-        let timeout = std::time::Duration::from_millis(r.timeout_ms);
-        Arc::new(crate::support::redis_link::RedisLink::new(&r.url, timeout).unwrap())
-    });
+    let redis = config
+        .redis
+        .as_ref()
+        .map(|r| Arc::new(crate::support::redis_link::RedisLink::new(r).unwrap()));
     (
         Limiter::with_clock(&config, redis, clock.clone()).unwrap(),
         clock,
@@ -68,7 +69,7 @@ async fn a_burst_admits_exactly_its_size_then_refills_at_the_rate() {
     let mut refused = 0;
     for i in 0..5 {
         match l
-            .reserve(&who(if i % 2 == 0 { "alice" } else { "bob" }), ONE)
+            .reserve(&who(if i % 2 == 0 { "alice" } else { "bob" }), ONE, &[])
             .await
         {
             Ok((r, _)) => held.push(r),
@@ -86,8 +87,8 @@ async fn a_burst_admits_exactly_its_size_then_refills_at_the_rate() {
         "the team's burst is shared by its keys"
     );
     clock.advance(6_000_000);
-    assert!(l.reserve(&who("alice"), ONE).await.is_ok());
-    assert!(l.reserve(&who("alice"), ONE).await.is_err());
+    assert!(l.reserve(&who("alice"), ONE, &[]).await.is_ok());
+    assert!(l.reserve(&who("alice"), ONE, &[]).await.is_err());
 }
 
 #[tokio::test]
@@ -101,6 +102,7 @@ async fn token_reservations_are_reconciled_with_real_usage() {
                 input: 100,
                 max_output: Some(500),
             },
+            &[],
         )
         .await
         .unwrap();
@@ -110,7 +112,7 @@ async fn token_reservations_are_reconciled_with_real_usage() {
         .find(|(n, _)| *n == "x-ratelimit-remaining-tokens")
         .unwrap();
     assert_eq!(remaining.1, "400");
-    r.settle(Some((100, 50)));
+    r.settle(Some((100, 50)), &mut AfterWrites::default());
     // 150 used of 1000: 800 more fit now.
     let (r, _) = l
         .reserve(
@@ -119,6 +121,7 @@ async fn token_reservations_are_reconciled_with_real_usage() {
                 input: 300,
                 max_output: Some(500),
             },
+            &[],
         )
         .await
         .unwrap();
@@ -130,6 +133,7 @@ async fn token_reservations_are_reconciled_with_real_usage() {
                 input: 100,
                 max_output: Some(0),
             },
+            &[],
         )
         .await;
     assert!(refused.is_err());
@@ -148,7 +152,8 @@ async fn token_reservations_are_reconciled_with_real_usage() {
             Demand {
                 input: 10_000,
                 max_output: None
-            }
+            },
+            &[]
         )
         .await
         .is_ok()
@@ -167,17 +172,19 @@ async fn input_only_counting_ignores_output() {
                 input: 90,
                 max_output: Some(10_000),
             },
+            &[],
         )
         .await
         .unwrap();
-    r.settle(Some((90, 10_000)));
+    r.settle(Some((90, 10_000)), &mut AfterWrites::default());
     assert!(
         l.reserve(
             &who("alice"),
             Demand {
                 input: 10,
                 max_output: None
-            }
+            },
+            &[]
         )
         .await
         .is_ok()
@@ -188,7 +195,8 @@ async fn input_only_counting_ignores_output() {
             Demand {
                 input: 1,
                 max_output: None
-            }
+            },
+            &[]
         )
         .await
         .is_err()
@@ -198,15 +206,15 @@ async fn input_only_counting_ignores_output() {
 #[tokio::test]
 async fn concurrency_slots_come_back_when_a_request_ends_however_it_ends() {
     let (l, _) = limiter("[[limits]]\nscope = \"team\"\nname = \"research\"\nconcurrent = 2\n");
-    let (a, _) = l.reserve(&who("alice"), ONE).await.unwrap();
-    let (b, _) = l.reserve(&who("bob"), ONE).await.unwrap();
-    let (e, _) = l.reserve(&who("alice"), ONE).await.unwrap_err();
+    let (a, _) = l.reserve(&who("alice"), ONE, &[]).await.unwrap();
+    let (b, _) = l.reserve(&who("bob"), ONE, &[]).await.unwrap();
+    let (e, _) = l.reserve(&who("alice"), ONE, &[]).await.unwrap_err();
     assert!(e.body.message.contains("concurrent requests"));
     drop(a);
-    let (c, _) = l.reserve(&who("alice"), ONE).await.unwrap();
-    b.settle(None);
-    c.settle(Some((1, 1)));
-    assert!(l.reserve(&who("alice"), ONE).await.is_ok());
+    let (c, _) = l.reserve(&who("alice"), ONE, &[]).await.unwrap();
+    b.settle(None, &mut AfterWrites::default());
+    c.settle(Some((1, 1)), &mut AfterWrites::default());
+    assert!(l.reserve(&who("alice"), ONE, &[]).await.is_ok());
 }
 
 #[tokio::test]
@@ -221,11 +229,11 @@ async fn local_state_stays_bounded_as_buckets_go_idle() {
             admin: false,
         };
         // Other teams are unlimited: only research's bucket exists.
-        let _ = l.reserve(&p, ONE).await;
+        let _ = l.reserve(&p, ONE, &[]).await;
         let _ = l
-            .reserve(&who("alice"), ONE)
+            .reserve(&who("alice"), ONE, &[])
             .await
-            .map(|(r, _)| r.settle(None));
+            .map(|(r, _)| r.settle(None, &mut AfterWrites::default()));
         clock.advance(1_000_000);
     }
     assert!(
