@@ -99,6 +99,27 @@ async fn four_replicas_on_a_cluster_admit_exactly_a_teams_burst() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_a_tls_cluster_admit_exactly_a_teams_burst() {
+    let ca = TestCa::new("cluster");
+    let cluster = RedisCluster::start_tls(&ca);
+    let fake = FakeUpstream::start(Some(harness::UPSTREAM_KEY)).await;
+    let extra = format!(
+        "\n[redis]\nnodes = {}\nca_file = {:?}\ntimeout_ms = 2000\nreplicas = 2\n{}",
+        nodes(&cluster.urls()),
+        ca.ca_cert.display().to_string(),
+        team_limit("research", 9),
+    );
+    assert!(cluster.urls().iter().all(|u| u.starts_with("rediss://")));
+    let gateways = [gateway(&fake, &extra), gateway(&fake, &extra)];
+    let counts = burst(&gateways, "sk-alice", 20).await;
+    assert_eq!(counts.get(&200), Some(&9), "{counts:?}");
+    assert_eq!(counts.get(&429), Some(&11), "{counts:?}");
+    let key = "dsgw:{research}:team:rpm";
+    let owner = cluster.owner_of(key);
+    assert_eq!(cluster.nodes[owner].cli(&["exists", key]).trim(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_master_fails_its_teams_closed_while_the_others_stay_exact() {
     let mut cluster = RedisCluster::start();
     let fake = FakeUpstream::start(Some(harness::UPSTREAM_KEY)).await;

@@ -15,7 +15,8 @@ pub struct RedisServer {
     dir: PathBuf,
     /// Extra arguments (TLS, cluster mode).
     args: Vec<String>,
-    tls: bool,
+    /// The CA file, for a TLS node.
+    tls: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -38,32 +39,17 @@ fn free_cluster_port() -> u16 {
 
 impl RedisServer {
     pub fn start() -> Self {
-        Self::start_with(free_port(), Vec::new(), false)
+        Self::start_with(free_port(), Vec::new(), None)
     }
 
     /// A TLS-only node whose certificate `ca` signed; with `mutual`, it requires a client
     /// certificate from `ca` too.
     pub fn start_tls(ca: &TestCa, mutual: bool) -> Self {
         let port = free_port();
-        let path = |p: &Path| p.display().to_string();
-        let args = vec![
-            "--port".into(),
-            "0".into(),
-            "--tls-port".into(),
-            port.to_string(),
-            "--tls-cert-file".into(),
-            path(&ca.server_cert),
-            "--tls-key-file".into(),
-            path(&ca.server_key),
-            "--tls-ca-cert-file".into(),
-            path(&ca.ca_cert),
-            "--tls-auth-clients".into(),
-            if mutual { "yes" } else { "no" }.into(),
-        ];
-        Self::start_with(port, args, true)
+        Self::start_with(port, tls_args(ca, port, mutual), Some(ca.ca_cert.clone()))
     }
 
-    fn start_with(port: u16, args: Vec<String>, tls: bool) -> Self {
+    fn start_with(port: u16, args: Vec<String>, tls: Option<PathBuf>) -> Self {
         let dir = std::env::temp_dir().join(format!("dsgw-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = Self {
@@ -78,15 +64,22 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        let scheme = if self.tls { "rediss" } else { "redis" };
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
-    /// `redis-cli` against this node (plain nodes only), its output as text.
+    /// `redis-cli` against this node, its output as text.
     pub fn cli(&self, args: &[&str]) -> String {
-        assert!(!self.tls, "cli() talks to plain nodes");
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
+        let mut cli = Command::new("redis-cli");
+        cli.args(["-p", &self.port.to_string()]);
+        if let Some(ca) = &self.tls {
+            cli.arg("--tls").arg("--cacert").arg(ca);
+        }
+        let out = cli
             .args(args)
             .output()
             .expect("redis-cli comes with redis-server");
@@ -143,6 +136,25 @@ impl Drop for RedisServer {
     }
 }
 
+/// A TLS-only node on `port` with `ca`'s server certificate.
+fn tls_args(ca: &TestCa, port: u16, mutual: bool) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string();
+    vec![
+        "--port".into(),
+        "0".into(),
+        "--tls-port".into(),
+        port.to_string(),
+        "--tls-cert-file".into(),
+        path(&ca.server_cert),
+        "--tls-key-file".into(),
+        path(&ca.server_key),
+        "--tls-ca-cert-file".into(),
+        path(&ca.ca_cert),
+        "--tls-auth-clients".into(),
+        if mutual { "yes" } else { "no" }.into(),
+    ]
+}
+
 /// Calls per command since the last `CONFIG RESETSTAT`, from `INFO commandstats`.
 pub fn command_calls(info: &str) -> std::collections::BTreeMap<String, u64> {
     info.lines()
@@ -169,10 +181,19 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// The same cluster with TLS on clients' and the cluster bus's connections.
+    pub fn start_tls(ca: &TestCa) -> Self {
+        Self::start_with(Some(ca))
+    }
+
+    fn start_with(ca: Option<&TestCa>) -> Self {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
                 let port = free_cluster_port();
-                let args = [
+                let mut args = [
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -184,14 +205,24 @@ impl RedisCluster {
                 ]
                 .map(str::to_owned)
                 .to_vec();
-                RedisServer::start_with(port, args, false)
+                if let Some(ca) = ca {
+                    args.extend(tls_args(ca, port, false));
+                    args.extend(["--tls-cluster".to_owned(), "yes".to_owned()]);
+                }
+                RedisServer::start_with(port, args, ca.map(|c| c.ca_cert.clone()))
             })
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
+        // Bounded: a cluster whose nodes cannot reach each other would wait to join forever.
+        let mut create = Command::new("timeout");
+        create.args(["30", "redis-cli"]);
+        if let Some(ca) = ca {
+            create.arg("--tls").arg("--cacert").arg(&ca.ca_cert);
+        }
+        let out = create
             .arg("--cluster")
             .arg("create")
             .args(&addrs)

@@ -56,10 +56,11 @@ impl TestCa {
                 "/CN=dsgw test CA",
             ],
         );
-        // X.509 v3 certificates (what rustls accepts), with the usages each side checks.
+        // X.509 v3 certificates (what rustls accepts), with the usages each side checks; a
+        // cluster node also presents the server certificate as a client on the cluster bus.
         std::fs::write(
             dir.join("server.ext"),
-            format!("subjectAltName={names}\nextendedKeyUsage=serverAuth\n"),
+            format!("subjectAltName={names}\nextendedKeyUsage=serverAuth,clientAuth\n"),
         )
         .unwrap();
         std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
