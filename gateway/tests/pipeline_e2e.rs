@@ -28,6 +28,7 @@ async fn in_process(config: &str) -> (AppState, String) {
         listener,
         served,
         Duration::from_secs(1),
+        dsgw::app::edge::EdgeLimits::from_config(&config.server),
     ));
     (state, url)
 }

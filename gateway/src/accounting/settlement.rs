@@ -111,12 +111,6 @@ impl Settlement {
         }
     }
 
-    /// The model name the record is kept under (what the client asked for, once it is known to
-    /// be served).
-    pub fn set_model(&mut self, model: &str) {
-        self.model = Arc::from(model);
-    }
-
     /// Records which deployment served (or last answered) the request, after how many calls.
     pub fn served(&mut self, served: Served, attempts: u32) {
         self.attempts = attempts;

@@ -4,6 +4,8 @@
 //! life: serving, reloading, draining ([`serve`]).
 
 pub mod authenticate;
+pub mod browsers;
+pub mod edge;
 pub mod ops;
 pub mod request_id;
 pub mod router;
@@ -60,6 +62,10 @@ pub struct AppState {
     pub anthropic: Arc<anthropic::Settings>,
     /// Largest request body accepted, in bytes; larger bodies get a 413.
     pub max_body_bytes: usize,
+    /// Browser origins allowed (CORS; without keys, the only origins served at all).
+    pub cors_origins: Arc<[http::HeaderValue]>,
+    /// The longest wait for a request body's next bytes.
+    pub body_timeout: std::time::Duration,
 }
 
 impl FromRef<AppState> for Arc<Pipeline> {
@@ -116,6 +122,13 @@ impl AppState {
                 default_model: config.anthropic_default_model(),
             }),
             max_body_bytes: config.server.max_body_bytes,
+            cors_origins: config
+                .server
+                .cors_origins
+                .iter()
+                .map(|o| http::HeaderValue::from_str(o).expect("validated origin"))
+                .collect(),
+            body_timeout: std::time::Duration::from_millis(config.server.body_timeout_ms),
         })
     }
 

@@ -12,10 +12,11 @@ use http::{HeaderName, Request, Uri, header};
 use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use super::request_id::{self, FreshIds};
-use super::{AppState, authenticate, ops};
+use super::{AppState, authenticate, browsers, ops};
 use crate::surface::{account, anthropic, openai, responses};
 use crate::wire::error::ApiError;
 
@@ -28,6 +29,7 @@ pub fn app(
 + Send
 + 'static {
     let limit = state.max_body_bytes;
+    let cors = (!state.cors_origins.is_empty()).then(|| browsers::cors(&state.cors_origins));
     ServiceBuilder::new()
         .map_response(|r: http::Response<_>| r.map(Body::new))
         // Marked before anything can log them.
@@ -54,6 +56,14 @@ pub fn app(
         .layer(PropagateRequestIdLayer::new(HeaderName::from_static(
             request_id::HEADER,
         )))
+        // Preflights are answered here, before any key is asked for.
+        .option_layer(cors)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            browsers::guard,
+        ))
+        // A body must keep arriving; handlers see a stall as a rejected body (408).
+        .layer(RequestBodyTimeoutLayer::new(state.body_timeout))
         // One body limit for every route; handlers see a 413 as a rejected body.
         .layer(DefaultBodyLimit::max(limit))
         .service(router(state))

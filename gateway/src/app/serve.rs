@@ -2,42 +2,70 @@
 //! stop accepting, let in-flight requests and streams finish, and exit when they are done or
 //! when the drain deadline has passed, whichever is first.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use super::AppState;
+use super::edge::{self, EdgeLimits};
 use super::router::app;
 
-pub async fn serve(listener: TcpListener, state: AppState, drain: Duration) -> std::io::Result<()> {
-    // Disable Nagle: SSE frames are small and must leave at once (a naive server stalls 40 ms on
-    // delayed ACKs between streams on one keep-alive connection).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let (signalled_tx, mut signalled_rx) = tokio::sync::watch::channel(false);
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    drain: Duration,
+    limits: EdgeLimits,
+) -> std::io::Result<()> {
     tokio::spawn(reload_on_sighup(state.clone()));
     let pipeline = state.pipeline.clone();
-    let app = axum::ServiceExt::into_make_service(app(state));
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!(
-            drain_secs = drain.as_secs(),
-            "shutting down: draining in-flight requests"
-        );
-        pipeline.start_draining();
-        let _ = signalled_tx.send(true);
-    });
-    let deadline = async move {
-        let _ = signalled_rx.wait_for(|s| *s).await;
-        tokio::time::sleep(drain).await;
-    };
+    let app = app(state);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let tcp = match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        // Out of descriptors, most likely: say so, and give the open
+                        // connections a moment to finish instead of spinning.
+                        tracing::error!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Some(permit) = edge::admit(&slots, &tcp) else {
+                    tracing::warn!(limit = limits.max_connections, "connection refused: at the connection limit");
+                    continue;
+                };
+                // Disable Nagle: SSE frames are small and must leave at once (a naive server
+                // stalls 40 ms on delayed ACKs between streams on one keep-alive connection).
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+                let app = app.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    edge::serve_connection(tcp, app, limits, watcher, permit).await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        drain_secs = drain.as_secs(),
+        "shutting down: draining in-flight requests"
+    );
+    pipeline.start_draining();
     tokio::select! {
-        result = server => result,
-        () = deadline => {
+        () = graceful.shutdown() => Ok(()),
+        () = tokio::time::sleep(drain) => {
             tracing::warn!("drain deadline passed with requests still open; exiting");
             Ok(())
         }

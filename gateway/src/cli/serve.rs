@@ -35,7 +35,13 @@ pub fn serve(path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Resul
             .with_context(|| format!("binding {}", config.server.listen))?;
         let addr = listener.local_addr()?;
         announce(&config, path.is_none(), &state, addr);
-        dsgw::app::serve::serve(listener, state.clone(), drain).await?;
+        dsgw::app::serve::serve(
+            listener,
+            state.clone(),
+            drain,
+            dsgw::app::edge::EdgeLimits::from_config(&config.server),
+        )
+        .await?;
         // Commit what the last requests queued before the process goes.
         state.pipeline.close();
         tracing::info!("stopped");

@@ -124,7 +124,13 @@ impl Pipeline {
     /// Runs one request through every phase. A request the surface could not parse still gets
     /// its record.
     pub async fn run(&self, caller: &Caller, request: Result<Request, ApiError>) -> Handled {
-        let model = request.as_ref().map_or("-", |r| r.model.as_str());
+        // The record's model becomes a metric label: only a served name, never the client's
+        // string (which could grow the exposition without bound).
+        let model = match &request {
+            Ok(r) if self.catalog.get(&r.model).is_some() => r.model.as_str(),
+            Ok(_) => "other",
+            Err(_) => "-",
+        };
         let mut ticket = Ticket::new(Settlement::new(
             caller.principal.clone(),
             model,

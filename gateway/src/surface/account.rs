@@ -110,7 +110,7 @@ pub async fn admin_usage(
 ) -> Response {
     if !principal.admin {
         return ApiError::forbidden(
-            "This key may not read other keys' usage (set `admin = true` on it).",
+            "This key may not read other keys' usage (set `admin = true` on it; without configured keys, admin routes are closed).",
         )
         .into_response();
     }
@@ -128,7 +128,7 @@ pub async fn deployments(
 ) -> Response {
     if !principal.admin {
         return ApiError::forbidden(
-            "This key may not read deployment health (set `admin = true` on it).",
+            "This key may not read deployment health (set `admin = true` on it; without configured keys, admin routes are closed).",
         )
         .into_response();
     }

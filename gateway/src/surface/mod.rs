@@ -64,8 +64,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(),
+        _ if stalled(&rejection) => ApiError::body_timeout(),
         _ => ApiError::bad_request("Failed to read the request body."),
     })
+}
+
+/// Whether the body failed because it stopped arriving (the edge's body timeout).
+fn stalled(rejection: &BytesRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = cause {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// A body of SSE frames: every event that is ready at once (one upstream read's worth) is

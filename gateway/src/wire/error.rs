@@ -114,6 +114,16 @@ impl ApiError {
         )
     }
 
+    /// The request body stopped arriving for longer than `server.body_timeout_ms`.
+    pub fn body_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            INVALID_REQUEST,
+            "The request body stopped arriving (`server.body_timeout_ms`).",
+            Fault::Client,
+        )
+    }
+
     /// A defect of the gateway itself: 500, and nothing about it for the client to change.
     pub fn internal(what: &str) -> Self {
         tracing::error!(what, "internal error");
@@ -293,6 +303,13 @@ impl ApiError {
             retryable: limited,
             retry_after: None,
         }
+    }
+
+    /// The same error with its message scrubbed of `secrets` and credential-shaped text
+    /// ([`super::scrub::scrub`]): what an upstream said, made safe to relay.
+    pub fn scrubbed(mut self, secrets: &[&str]) -> Self {
+        self.body.message = super::scrub::scrub(&self.body.message, secrets);
+        self
     }
 
     /// The JSON text of the envelope, for SSE error events and response bodies.

@@ -10,7 +10,8 @@
 //! `__drip__` streams a chunk every 20 ms for about 1 s; `__hold__` sends the first chunk, then
 //! only a keep-alive comment every second for 20 s (open idle streams, for memory benchmarks);
 //! `__hang__` never answers; `__long__` streams 200 content tokens; `__echo__` answers with the
-//! words of the last message; `__overbill__` makes OpenRouter report twice its rates' cost.
+//! words of the last message; `__overbill__` makes OpenRouter report twice its rates' cost; `__leak__` with
+//! `__status_NNN__` echoes the request's `Authorization` header and key in the error message.
 //!
 //! With tools, the fake calls the one the last line of the user's message names (or the first,
 //! when `tool_choice` requires one), with arguments made from its schema ([`tools`]); after a tool
@@ -438,6 +439,18 @@ async fn handle_as(
         .and_then(|c| c.parse::<u16>().ok())
     {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if last_text.contains("__leak__") {
+            // A careless upstream that echoes the credentials it was sent.
+            let auth = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let key = auth.strip_prefix("Bearer ").unwrap_or("");
+            return error(
+                status,
+                &format!("invalid request: header Authorization: {auth} (key {key}) rejected"),
+            );
+        }
         return error(status, &format!("fake upstream answered {code} as asked"));
     }
     if last_text.contains("__hang__") {

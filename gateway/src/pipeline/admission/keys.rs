@@ -34,10 +34,11 @@ pub enum KeyStore {
 impl KeyStore {
     pub fn from_config(keys: &[KeyConfig]) -> Result<Self, KeyError> {
         if keys.is_empty() {
+            // Not an admin: admin routes always need a configured key.
             return Ok(Self::OpenLoopback(Principal {
                 key_id: Arc::from("local"),
                 team: Arc::from("local"),
-                admin: true,
+                admin: false,
             }));
         }
         let mut entries = Vec::with_capacity(keys.len());

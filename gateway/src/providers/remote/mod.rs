@@ -30,6 +30,8 @@ pub struct HttpProvider {
     /// Fill in the middle: DeepSeek's `/beta/completions`, a vLLM / SGLang `/completions`.
     fim_url: reqwest::Url,
     auth: Option<HeaderValue>,
+    /// The key itself, to scrub from anything the provider says back.
+    key: Option<Secret>,
     client: reqwest::Client,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
@@ -66,6 +68,7 @@ impl HttpProvider {
             None => None,
         };
         let auth = key
+            .as_ref()
             .map(|k| {
                 let mut value =
                     HeaderValue::from_str(&format!("Bearer {}", k.expose())).map_err(|_| {
@@ -105,6 +108,7 @@ impl HttpProvider {
             beta_chat_url,
             fim_url,
             auth,
+            key,
             client,
             first_byte_timeout: Duration::from_millis(config.first_byte_timeout_ms),
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
@@ -126,6 +130,7 @@ impl HttpProvider {
             return Ok(Started::Stream(relay::events(
                 response,
                 self.name.clone(),
+                self.key.clone(),
                 self.idle_timeout,
             )));
         }
@@ -152,6 +157,11 @@ impl HttpProvider {
             ));
         }
         Ok(raw)
+    }
+
+    /// What to scrub from the provider's own words before they are relayed or logged.
+    fn secrets(&self) -> Vec<&str> {
+        self.key.iter().map(Secret::expose).collect()
     }
 
     pub fn first_byte_timeout(&self) -> Duration {
@@ -265,7 +275,8 @@ impl HttpProvider {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
         let body = self.read_body(response).await.unwrap_or_default();
-        let mut error = ApiError::from_upstream(&self.name, status, &body);
+        let mut error =
+            ApiError::from_upstream(&self.name, status, &body).scrubbed(&self.secrets());
         if status == http::StatusCode::TOO_MANY_REQUESTS {
             error.retry_after = retry_after;
         }

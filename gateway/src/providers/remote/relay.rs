@@ -9,6 +9,7 @@ use futures_util::{Stream, StreamExt};
 
 use super::dialect::{self, Inner};
 use crate::providers::reply::{Event, Events};
+use crate::support::secret::Secret;
 use crate::wire::error::ApiError;
 use crate::wire::raw_object::RawObject;
 use crate::wire::sse::{Event as SseEvent, SseParser};
@@ -19,6 +20,8 @@ struct Relay {
     upstream: Body,
     parser: SseParser,
     provider: String,
+    /// The provider's key, scrubbed from the error events it relays.
+    key: Option<Secret>,
     idle_timeout: Duration,
     /// Events parsed from the last read, not yet handed on.
     pending: std::vec::IntoIter<SseEvent>,
@@ -29,11 +32,17 @@ struct Relay {
 }
 
 /// The events of `response`'s body, from `provider`.
-pub fn events(response: reqwest::Response, provider: String, idle_timeout: Duration) -> Events {
+pub fn events(
+    response: reqwest::Response,
+    provider: String,
+    key: Option<Secret>,
+    idle_timeout: Duration,
+) -> Events {
     let relay = Relay {
         upstream: Box::pin(response.bytes_stream()),
         parser: SseParser::default(),
         provider,
+        key,
         idle_timeout,
         pending: Vec::new().into_iter(),
         started: false,
@@ -100,6 +109,7 @@ impl Relay {
         if sse.name.as_deref() == Some("error") || chunk.get("error").is_some() {
             return Event::Failed(if self.started {
                 ApiError::from_stream_error(&self.provider, sse.data.as_bytes())
+                    .scrubbed(&self.key.iter().map(Secret::expose).collect::<Vec<_>>())
             } else {
                 ApiError::bad_gateway(&self.provider, "error event before the first chunk")
             });

@@ -155,6 +155,30 @@ pub struct ServerConfig {
     /// Record spend in the ledger and metrics. Only benchmarks turn this off, to measure its cost;
     /// budgets cannot hold without it.
     pub accounting: bool,
+    /// Browser origins (`https://chat.example.com`) allowed to call the API: they get CORS
+    /// answers (preflights included). Without keys, a request from any other origin is refused.
+    pub cors_origins: Vec<String>,
+    /// A request's head must arrive whole within this, from its first byte (or from the
+    /// connection's opening): slow-header clients are cut.
+    pub header_timeout_ms: u64,
+    /// A request body must keep arriving: the longest wait for its next bytes.
+    pub body_timeout_ms: u64,
+    /// An idle keep-alive connection is closed after this.
+    pub keepalive_idle_ms: u64,
+    /// Client connections held at once; one beyond is answered 503 and closed at once.
+    /// Default: from the open-files limit (each client connection may need an upstream one).
+    pub max_connections: Option<usize>,
+}
+
+impl ServerConfig {
+    /// The connection cap in force: the configured one, or half the open-files limit (after
+    /// `dsgw serve` raised it) less a reserve for listeners, logs and Redis.
+    pub fn connection_cap(&self) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+            (soft.saturating_sub(64) / 2).clamp(16, 1 << 20) as usize
+        })
+    }
 }
 
 impl Default for ServerConfig {
@@ -164,6 +188,11 @@ impl Default for ServerConfig {
             max_body_bytes: 8 * 1024 * 1024,
             drain_timeout_secs: 30,
             accounting: true,
+            cors_origins: Vec::new(),
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            keepalive_idle_ms: 60_000,
+            max_connections: None,
         }
     }
 }
@@ -391,7 +420,37 @@ impl Config {
             .and_then(|()| self.routing.validate())
             .and_then(|()| self.validate_keys())
             .and_then(|()| self.validate_spend())
+            .and_then(|()| self.validate_origins())
             .map_err(ConfigError::Invalid)
+    }
+
+    /// Each CORS origin is exactly what browsers send in `Origin`: a scheme, a host, a port;
+    /// the edge's timeouts and cap are positive.
+    fn validate_origins(&self) -> Result<(), String> {
+        let s = &self.server;
+        if s.header_timeout_ms == 0
+            || s.body_timeout_ms == 0
+            || s.keepalive_idle_ms == 0
+            || s.max_connections == Some(0)
+        {
+            return Err("[server]: `header_timeout_ms`, `body_timeout_ms`, `keepalive_idle_ms` and `max_connections` must be greater than 0".into());
+        }
+        for (i, origin) in self.server.cors_origins.iter().enumerate() {
+            let rest = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            let ok = rest.is_some_and(|r| {
+                !r.is_empty()
+                    && !r.contains(['/', '?', '#', '*', ' '])
+                    && r == r.to_ascii_lowercase()
+            }) && http::HeaderValue::from_str(origin).is_ok();
+            if !ok {
+                return Err(format!(
+                    "[server] cors_origins[{i}] = {origin:?}: an origin is \"https://host[:port]\" (lowercase, no path, no wildcard)"
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_providers(&self) -> Result<(), String> {

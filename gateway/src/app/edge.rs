@@ -1,0 +1,247 @@
+//! The edge, before any key is checked: each connection is bounded in time and their number
+//! is capped. A request head must arrive whole within `header_timeout` of its first byte (or of
+//! the connection's opening); an idle keep-alive connection closes after `keepalive_idle`
+//! (hyper's header-read timer, which runs while a connection waits for its next head); a
+//! connection beyond `max_connections` gets a 503 and is closed at once. A request body must
+//! keep arriving (`body_timeout`, a layer in the router); a healthy long stream is never cut
+//! here (the provider's idle timeout bounds those).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, HttpBody};
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::Watcher;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::{Service, ServiceExt};
+
+use crate::support::config::ServerConfig;
+
+/// The edge's bounds, from `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeLimits {
+    pub header_timeout: Duration,
+    pub keepalive_idle: Duration,
+    pub max_connections: usize,
+}
+
+impl EdgeLimits {
+    pub fn from_config(server: &ServerConfig) -> Self {
+        Self {
+            header_timeout: Duration::from_millis(server.header_timeout_ms),
+            keepalive_idle: Duration::from_millis(server.keepalive_idle_ms),
+            max_connections: server.connection_cap(),
+        }
+    }
+}
+
+/// One connection's state, shared by its socket, its requests and its watchdog.
+#[derive(Debug)]
+struct Watch {
+    opened: Instant,
+    /// Milliseconds after `opened` (plus one) when the head being awaited began; 0: none is
+    /// (a request is being served, or the connection is idle between requests).
+    head_since: AtomicU64,
+    /// Requests whose response has not ended.
+    in_service: AtomicU64,
+}
+
+impl Watch {
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Bytes arrived: with no request in service they are the next head's, and its clock runs.
+    fn bytes_arrived(&self) {
+        if self.in_service.load(Ordering::Relaxed) == 0 {
+            let _ = self.head_since.compare_exchange(
+                0,
+                self.now_ms(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn head_overdue(&self, limit: Duration) -> bool {
+        let since = self.head_since.load(Ordering::Relaxed);
+        since != 0 && self.now_ms().saturating_sub(since) > limit.as_millis() as u64
+    }
+}
+
+/// The socket, telling its watch when bytes arrive.
+struct WatchedIo {
+    inner: TcpStream,
+    watch: Arc<Watch>,
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.watch.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A response body that tells its connection's watch when it is done (or dropped).
+struct Served {
+    inner: Body,
+    watch: Arc<Watch>,
+}
+
+impl HttpBody for Served {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.watch.in_service.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a connection beyond the cap is told before it is closed: a 503 in DeepSeek's envelope.
+fn over_capacity() -> &'static [u8] {
+    static RESPONSE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    RESPONSE.get_or_init(|| {
+        let body = crate::wire::error::ApiError::unavailable(
+            "The gateway is at its connection limit; retry shortly.",
+        )
+        .envelope_json();
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    })
+}
+
+/// Takes a slot for a new connection, or answers it 503 and closes it.
+pub fn admit(slots: &Arc<Semaphore>, tcp: &TcpStream) -> Option<OwnedSemaphorePermit> {
+    match slots.clone().try_acquire_owned() {
+        Ok(permit) => Some(permit),
+        Err(_) => {
+            // Best effort and never blocking: the socket is closed right after.
+            let _ = tcp.try_write(over_capacity());
+            None
+        }
+    }
+}
+
+/// Serves one connection with `app` until it ends, its head is overdue, or `graceful` shuts
+/// it down.
+pub async fn serve_connection<S>(
+    tcp: TcpStream,
+    app: S,
+    limits: EdgeLimits,
+    graceful: Watcher,
+    permit: OwnedSemaphorePermit,
+) where
+    S: Service<Request<Body>, Response = Response<Body>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let watch = Arc::new(Watch {
+        opened: Instant::now(),
+        // A new connection is awaiting its first head from now.
+        head_since: AtomicU64::new(1),
+        in_service: AtomicU64::new(0),
+    });
+    let in_request = watch.clone();
+    let service = app.map_request(move |request: Request<Incoming>| {
+        in_request.in_service.fetch_add(1, Ordering::Relaxed);
+        in_request.head_since.store(0, Ordering::Relaxed);
+        request.map(Body::new)
+    });
+    let on_response = watch.clone();
+    let service = service.map_response(move |response: Response<Body>| {
+        let watch = on_response.clone();
+        response.map(|inner| Body::new(Served { inner, watch }))
+    });
+    let io = TokioIo::new(WatchedIo {
+        inner: tcp,
+        watch: watch.clone(),
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.keepalive_idle)
+        .keep_alive(true);
+    let connection = graceful.watch(http.serve_connection(io, TowerToHyperService::new(service)));
+    tokio::pin!(connection);
+    let mut tick = tokio::time::interval(limits.header_timeout.min(Duration::from_secs(1)) / 2);
+    loop {
+        tokio::select! {
+            _ = &mut connection => break,
+            _ = tick.tick() => {
+                if watch.head_overdue(limits.header_timeout) {
+                    tracing::debug!("request head not received in time; closing the connection");
+                    break;
+                }
+            }
+        }
+    }
+    drop(permit);
+}
