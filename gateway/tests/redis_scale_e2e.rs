@@ -309,10 +309,10 @@ async fn a_request_with_every_limit_and_a_budget_costs_two_redis_round_trips() {
         })
         .collect();
     assert!(others.is_empty(), "{others:?} in {calls:?}");
-    // Inside each transaction: the settle script, six usage fields, the days set, six
+    // Inside each transaction: the settle script, eight usage fields, the days set, six
     // counters, four expiries.
     assert_eq!(calls.get("eval"), Some(&n), "{calls:?}");
-    assert_eq!(calls.get("hincrby"), Some(&(6 * n)), "{calls:?}");
+    assert_eq!(calls.get("hincrby"), Some(&(8 * n)), "{calls:?}");
     assert_eq!(calls.get("incrby"), Some(&(6 * n)), "{calls:?}");
     assert_eq!(calls.get("expire"), Some(&(4 * n)), "{calls:?}");
     // And the budget is enforced from the same script: spend it, and the next request is a 402.

@@ -95,8 +95,13 @@ async fn every_fault_before_the_first_byte_falls_through_to_the_next_deployment(
     }
     // Every broken path was called (the closed port aside), and nothing was counted twice.
     assert!(broken.requests() >= 2 * 7 + 3, "{}", broken.requests());
-    let records = s.ledger_records(requests).await;
+    let all = s.ledger_records(requests).await;
+    // The calls that timed out (hang, stall before and after the head) have their own lines.
+    let (timed_out, records): (Vec<Value>, Vec<Value>) = all
+        .into_iter()
+        .partition(|r| r["unanswered"] == "timed_out");
     assert_eq!(records.len(), requests, "{records:?}");
+    assert_eq!(timed_out.len(), 5, "{timed_out:?}");
     for r in &records {
         assert_eq!(r["deployment"], "deepseek/deepseek-chat", "{r}");
         assert_eq!(r["estimated"], false);
@@ -352,4 +357,83 @@ error_rate_window = 64
         "{failed} of {total} failed"
     );
     assert_eq!(s.ledger_records(ok as usize).await.len(), ok as usize);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hang_is_retried_once_at_most_and_each_timed_out_call_is_recorded() {
+    let (s, broken) = setup_broken(
+        &["hang"],
+        r#"
+[[models]]
+name = "only-hang"
+deployments = [{ provider = "broken-hang", model = "deepseek-chat" }]
+
+[routing]
+max_attempts = 4
+backoff_base_ms = 10
+"#,
+    )
+    .await;
+    // Alone, a hanging deployment costs two calls (the timeout and one retry), not four.
+    let started = std::time::Instant::now();
+    let (status, v) = s.post("sk-alice", &chat("only-hang", false)).await;
+    assert_eq!(status, 504, "{v}");
+    assert_eq!(broken.requests(), 2, "retried once, not max_attempts times");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    // With a healthy deployment behind it, the hang moves on at once.
+    let (status, v) = s.post("sk-alice", &chat("via-hang", false)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(broken.requests(), 3);
+    // Every timed-out call may be billed: each has a ledger line, and /v1/usage says so.
+    let records = s.ledger_records(4).await;
+    let timed_out: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["unanswered"] == "timed_out")
+        .collect();
+    assert_eq!(timed_out.len(), 3, "{records:?}");
+    assert_eq!(
+        timed_out
+            .iter()
+            .map(|r| r["attempt"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 1]
+    );
+    for r in &timed_out {
+        assert_eq!(r["deployment"], "broken-hang/deepseek-chat");
+        assert_eq!(r["estimated"], true);
+        assert!(
+            r["cache_miss"].as_u64().unwrap() > 0,
+            "the estimated prompt: {r}"
+        );
+        assert_eq!(r["output"], 0);
+    }
+    let answered: Vec<&Value> = records
+        .iter()
+        .filter(|r| r.get("unanswered").is_none())
+        .collect();
+    assert_eq!(answered.len(), 1);
+    assert_eq!(answered[0]["deployment"], "deepseek/deepseek-chat");
+    let usage: Value = s
+        .http
+        .get(s.gw.url("/v1/usage"))
+        .bearer_auth("sk-alice")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = usage["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["deployment"] == "broken-hang/deepseek-chat")
+        .unwrap_or_else(|| panic!("{usage}"));
+    assert_eq!(row["unanswered_calls"], 2, "{row}");
+    assert_eq!(row["requests"], 0, "{row}");
+    assert_ne!(row["unanswered_cost"], "0", "{row}");
 }

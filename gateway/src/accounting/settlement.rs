@@ -82,6 +82,9 @@ pub struct Settlement {
     output_chunks: u64,
     /// Provider calls the router made (retries and fallbacks included).
     attempts: u32,
+    /// Calls that timed out after the prompt was sent, with their attempt numbers: each gets
+    /// a record of its own, since the provider may bill them.
+    unanswered: Vec<(Served, u32)>,
 }
 
 impl Settlement {
@@ -108,6 +111,7 @@ impl Settlement {
             estimate_from: None,
             output_chunks: 0,
             attempts: 0,
+            unanswered: Vec::new(),
         }
     }
 
@@ -115,6 +119,11 @@ impl Settlement {
     pub fn served(&mut self, served: Served, attempts: u32) {
         self.attempts = attempts;
         self.served = Some(served);
+    }
+
+    /// Records a call that timed out after its prompt was sent (`attempt` of the request's).
+    pub fn unanswered(&mut self, served: Served, attempt: u32) {
+        self.unanswered.push((served, attempt));
     }
 
     /// Records the provider calls of a request no deployment answered.
@@ -196,32 +205,54 @@ impl Settlement {
         };
         let charge = self.charge();
         self.log(outcome, status, usage, charge.as_ref());
-        if let (Some(ledger), Some(usage), Some(charge)) = (&self.ledger, &usage, &charge) {
-            let (provider, upstream_model) = self.deployment();
-            ledger.append_in(
-                Record {
-                    ts: now(),
-                    key_id: self.principal.key_id.to_string(),
-                    team: self.principal.team.to_string(),
-                    model: self.model.to_string(),
-                    deployment: format!("{provider}/{upstream_model}"),
-                    cache_hit: usage.cache_hit,
-                    cache_miss: usage.cache_miss,
-                    output: usage.output,
-                    reasoning: usage.reasoning,
-                    cost: charge.cost.total(),
-                    currency: charge.currency.clone(),
-                    estimated: usage.estimated,
-                    price: charge.price.clone(),
-                    era: charge.era.map(|t| t.to_string()),
-                    tier: charge.tier.as_str().to_owned(),
-                    computed_cost: charge.computed.map(|c| c.total()),
-                },
-                writes,
-            );
+        if let Some(ledger) = &self.ledger {
+            if let (Some(usage), Some(charge), Some(served)) = (&usage, &charge, &self.served) {
+                ledger.append_in(self.record(served, usage, charge, None), writes);
+            }
+            // Each timed-out call: its estimated prompt at the price it was sent at.
+            if let Some((body, thinking)) = &self.estimate_from {
+                let prompt = estimate::prompt_tokens(body, *thinking);
+                for (served, attempt) in &self.unanswered {
+                    let usage = estimate::usage(prompt, 0);
+                    let charge = served.price.charge(&usage, served.sent_at, None);
+                    let record = self.record(served, &usage, &charge, Some(*attempt));
+                    ledger.append_in(record, writes);
+                }
+            }
         }
         if let Some(metrics) = &self.metrics {
             self.count(metrics, outcome, status, usage.as_ref(), charge.as_ref());
+        }
+    }
+
+    /// The ledger line of `usage` charged `charge` on `served`; `attempt` marks a call that got
+    /// no answer.
+    fn record(
+        &self,
+        served: &Served,
+        usage: &Usage,
+        charge: &Charge,
+        attempt: Option<u32>,
+    ) -> Record {
+        Record {
+            ts: now(),
+            key_id: self.principal.key_id.to_string(),
+            team: self.principal.team.to_string(),
+            model: self.model.to_string(),
+            deployment: format!("{}/{}", served.provider, served.upstream_model),
+            cache_hit: usage.cache_hit,
+            cache_miss: usage.cache_miss,
+            output: usage.output,
+            reasoning: usage.reasoning,
+            cost: charge.cost.total(),
+            currency: charge.currency.clone(),
+            estimated: usage.estimated,
+            price: charge.price.clone(),
+            era: charge.era.map(|t| t.to_string()),
+            tier: charge.tier.as_str().to_owned(),
+            computed_cost: charge.computed.map(|c| c.total()),
+            unanswered: attempt.map(|_| "timed_out".to_owned()),
+            attempt,
         }
     }
 

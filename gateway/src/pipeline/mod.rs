@@ -207,6 +207,15 @@ impl Pipeline {
                 self.audit.append(&entry);
             }
         };
+        let unanswered = match &dispatched {
+            Ok(d) => &d.unanswered,
+            Err(failed) => &failed.unanswered,
+        };
+        for call in unanswered {
+            ticket
+                .record()
+                .unanswered(served(call.deployment, call.sent_at), call.attempt);
+        }
         let dispatched = match dispatched {
             Ok(d) => d,
             Err(failed) => {

@@ -89,6 +89,8 @@ async fn rows(
                 "prompt_cache_hit_tokens": t.cache_hit, "prompt_cache_miss_tokens": t.cache_miss,
                 "completion_tokens": t.output, "reasoning_tokens": t.reasoning,
                 "cost": Money(t.cost).to_string(), "currency": "USD",
+                // Calls that timed out after the prompt was sent: the provider may bill them.
+                "unanswered_calls": t.unanswered, "unanswered_cost": Money(t.unanswered_cost).to_string(),
             })
         })
         .collect();

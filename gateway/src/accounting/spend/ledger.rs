@@ -246,6 +246,8 @@ mod tests {
             era: Some("2026-09-10T00:00:00Z".into()),
             tier: "peak".into(),
             computed_cost: None,
+            unanswered: None,
+            attempt: None,
         }
     }
 

@@ -34,12 +34,23 @@ pub struct Record {
     /// dsgw's own figure when `cost` is the provider's (OpenRouter), picodollars.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub computed_cost: Option<u64>,
+    /// Set on a provider call that got no answer but may still be billed (it timed out after
+    /// the prompt was sent): why (`timed_out`), and which call of its request it was. Its
+    /// usage is the estimated prompt, and it is no request of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unanswered: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 /// Sums of tokens and spend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
     pub requests: u64,
+    /// Provider calls with no answer that may be billed, and their estimated cost (included
+    /// in `cost`), picodollars.
+    pub unanswered: u64,
+    pub unanswered_cost: u64,
     pub cache_hit: u64,
     pub cache_miss: u64,
     pub output: u64,
@@ -50,8 +61,11 @@ pub struct Totals {
 
 impl Totals {
     pub fn add(&mut self, r: &Record) {
+        let unanswered = r.unanswered.is_some();
         self.merge(&Totals {
-            requests: 1,
+            requests: u64::from(!unanswered),
+            unanswered: u64::from(unanswered),
+            unanswered_cost: if unanswered { r.cost } else { 0 },
             cache_hit: r.cache_hit,
             cache_miss: r.cache_miss,
             output: r.output,
@@ -62,6 +76,8 @@ impl Totals {
 
     pub fn merge(&mut self, other: &Totals) {
         self.requests += other.requests;
+        self.unanswered += other.unanswered;
+        self.unanswered_cost += other.unanswered_cost;
         self.cache_hit += other.cache_hit;
         self.cache_miss += other.cache_miss;
         self.output += other.output;

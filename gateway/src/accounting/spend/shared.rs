@@ -44,8 +44,14 @@ impl SharedSpend {
         let nano = (r.cost / 1000) as i64;
         let pipe = writes.to(&self.link, &format!("{{{team}}}"));
         let table = format!("dsgw:{{{team}}}:usage:{day}");
+        let unanswered = r.unanswered.is_some();
         for (metric, n) in [
-            ("requests", 1),
+            ("requests", u64::from(!unanswered)),
+            ("unanswered", u64::from(unanswered)),
+            (
+                "unanswered_cost_nano",
+                if unanswered { nano as u64 } else { 0 },
+            ),
             ("cache_hit", r.cache_hit),
             ("cache_miss", r.cache_miss),
             ("output", r.output),
@@ -138,6 +144,8 @@ impl SharedSpend {
                     let n = n.max(0) as u64;
                     match *metric {
                         "requests" => t.requests += n,
+                        "unanswered" => t.unanswered += n,
+                        "unanswered_cost_nano" => t.unanswered_cost += n * 1000,
                         "cache_hit" => t.cache_hit += n,
                         "cache_miss" => t.cache_miss += n,
                         "output" => t.output += n,

@@ -51,6 +51,7 @@ pub struct Dispatched<'a> {
     pub attempts: u32,
     /// When the call that answered was sent: what its usage is priced at.
     pub sent_at: jiff::Timestamp,
+    pub unanswered: Vec<Unanswered<'a>>,
 }
 
 /// Why no deployment answered.
@@ -59,7 +60,22 @@ pub struct Failed<'a> {
     pub attempts: u32,
     /// The deployment whose answer `error` is, when one answered (a passed-through 4xx).
     pub answered: Option<&'a Deployment>,
+    pub unanswered: Vec<Unanswered<'a>>,
 }
+
+/// A call that timed out after its prompt was sent: the provider may bill it, so it is
+/// recorded.
+#[derive(Debug, Clone, Copy)]
+pub struct Unanswered<'a> {
+    pub deployment: &'a Deployment,
+    /// Which call of the request it was (1-based).
+    pub attempt: u32,
+    pub sent_at: jiff::Timestamp,
+}
+
+/// Calls a deployment may take in one request once it has timed out: the timeout and one
+/// more (a hang costs the client two waits at most, not `max_attempts`).
+const CALLS_AFTER_A_TIMEOUT: u32 = 2;
 
 /// Tries `order` (already planned) until a deployment answers.
 pub async fn dispatch<'a>(
@@ -77,12 +93,15 @@ pub async fn dispatch<'a>(
             )),
             attempts: 0,
             answered: None,
+            unanswered: Vec::new(),
         }));
     }
     let mut walk = Walk {
         attempts: 0,
         last_error: None,
         fallback: None,
+        unanswered: Vec::new(),
+        calls: Vec::new(),
     };
     let mut round = 0u32;
     while walk.attempts < config.max_attempts {
@@ -94,7 +113,9 @@ pub async fn dispatch<'a>(
             if walk.attempts >= config.max_attempts {
                 break;
             }
-            if !candidate.deployment.health.breaker.allow(Instant::now()) {
+            if walk.timed_out_enough(candidate.deployment)
+                || !candidate.deployment.health.breaker.allow(Instant::now())
+            {
                 continue;
             }
             tried = true;
@@ -118,9 +139,29 @@ struct Walk<'a> {
     /// A completion cut short by the provider's capacity: a provider fault, yet still better
     /// than an error if no other deployment does better.
     fallback: Option<(&'a Deployment, Reply, jiff::Timestamp)>,
+    unanswered: Vec<Unanswered<'a>>,
+    /// Per deployment tried (by its index): calls made, and whether one timed out.
+    calls: Vec<(usize, u32, bool)>,
 }
 
 impl<'a> Walk<'a> {
+    /// Whether `deployment` timed out and has had its one more call.
+    fn timed_out_enough(&self, deployment: &Deployment) -> bool {
+        self.calls.iter().any(|&(i, calls, timed_out)| {
+            i == deployment.index && timed_out && calls >= CALLS_AFTER_A_TIMEOUT
+        })
+    }
+
+    fn count_call(&mut self, deployment: &Deployment, timed_out: bool) {
+        match self.calls.iter_mut().find(|(i, ..)| *i == deployment.index) {
+            Some(entry) => {
+                entry.1 += 1;
+                entry.2 |= timed_out;
+            }
+            None => self.calls.push((deployment.index, 1, timed_out)),
+        }
+    }
+
     /// Waits before going round again (everything was tried once), at least as long as the last
     /// provider asked; `false` when it asked for longer than the gateway waits.
     async fn wait_before(&self, round: u32, config: &RoutingConfig) -> bool {
@@ -157,6 +198,17 @@ impl<'a> Walk<'a> {
             }
             other => other,
         };
+        let timed_out = outcome
+            .as_ref()
+            .is_err_and(|e| e.status == http::StatusCode::GATEWAY_TIMEOUT);
+        self.count_call(deployment, timed_out);
+        if timed_out {
+            self.unanswered.push(Unanswered {
+                deployment,
+                attempt: self.attempts,
+                sent_at,
+            });
+        }
         match outcome {
             Ok(answer) => {
                 deployment
@@ -168,6 +220,7 @@ impl<'a> Walk<'a> {
                     answer,
                     attempts: self.attempts,
                     sent_at,
+                    unanswered: std::mem::take(&mut self.unanswered),
                 }))
             }
             Err(error) if error.retryable => {
@@ -191,6 +244,7 @@ impl<'a> Walk<'a> {
                     error,
                     attempts: self.attempts,
                     answered: Some(deployment),
+                    unanswered: std::mem::take(&mut self.unanswered),
                 })))
             }
         }
@@ -203,6 +257,7 @@ impl<'a> Walk<'a> {
                 answer: Committed::Whole(reply),
                 attempts: self.attempts,
                 sent_at,
+                unanswered: self.unanswered,
             });
         }
         Err(Box::new(Failed {
@@ -214,6 +269,7 @@ impl<'a> Walk<'a> {
             }),
             attempts: self.attempts,
             answered: None,
+            unanswered: self.unanswered,
         }))
     }
 }
