@@ -365,3 +365,122 @@ mod edge {
         assert!(s.gw.logs().contains("at the connection limit"));
     }
 }
+
+mod overload {
+    use std::time::{Duration, Instant};
+
+    use serde_json::json;
+
+    use super::common::{self, user};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn beyond_max_in_flight_requests_are_shed_at_once() {
+        let s = common::setup_with(|c| {
+            c.replace(
+                "drain_timeout_secs = 5",
+                "drain_timeout_secs = 5\nmax_in_flight = 2",
+            )
+        })
+        .await;
+        let a = s.open_stream("__slow__").await;
+        let b = s.open_stream("__slow__").await;
+        assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+        let started = Instant::now();
+        let r = s
+            .request(
+                "sk-alice",
+                &json!({"model": "deepseek-chat", "messages": user("hi")}),
+            )
+            .await;
+        let took = started.elapsed();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "1");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("requests in flight"),
+            "{v}"
+        );
+        assert!(took < Duration::from_millis(500), "{took:?}");
+        // A stream's slot comes back when it ends (here: the client goes away).
+        drop(a);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (status, _) = s
+                .post(
+                    "sk-alice",
+                    &json!({"model": "deepseek-chat", "messages": user("hi")}),
+                )
+                .await;
+            if status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the slot never came back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(b);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_provider_pool_is_the_gateways_saturation_not_the_providers_fault() {
+        let s = common::setup_with(|c| {
+            c.replacen(
+                "first_byte_timeout_ms = 2000",
+                "first_byte_timeout_ms = 2000\nmax_connections = 1\npool_wait_ms = 100",
+                1,
+            )
+            .replace("key_sha256 = ", "admin = true\nkey_sha256 = ")
+        })
+        .await;
+        let held = s.open_stream("__slow__").await;
+        assert_eq!(held.status(), 200);
+        for _ in 0..6 {
+            let (status, v) = s
+                .post(
+                    "sk-alice",
+                    &json!({"model": "deepseek-chat", "messages": user("hi")}),
+                )
+                .await;
+            assert_eq!(status, 503, "{v}");
+            assert_eq!(v["error"]["code"], "gateway_saturated", "{v}");
+        }
+        let metrics = s.metrics().await;
+        assert!(metrics.contains(r#"dsgw_upstream_calls_total{model="deepseek-chat",outcome="gateway_saturated",provider="deepseek"}"#), "{metrics}");
+        assert!(
+            !metrics.contains(r#"outcome="provider_fault",provider="deepseek""#),
+            "{metrics}"
+        );
+        // The breaker saw nothing: the deployment is healthy.
+        let health: serde_json::Value = s
+            .http
+            .get(s.gw.url("/v1/admin/deployments"))
+            .bearer_auth("sk-alice")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(health.to_string().contains("\"closed\""), "{health}");
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (status, _) = s
+                .post(
+                    "sk-alice",
+                    &json!({"model": "deepseek-chat", "messages": user("hi")}),
+                )
+                .await;
+            if status == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the provider slot never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

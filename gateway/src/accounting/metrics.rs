@@ -22,7 +22,7 @@ pub struct Series {
     ttft: OnceLock<Histogram>,
     inter_token: OnceLock<Histogram>,
     overhead: OnceLock<Histogram>,
-    calls: [OnceLock<IntCounter>; 3],
+    calls: [OnceLock<IntCounter>; 4],
 }
 
 impl Series {
@@ -34,7 +34,7 @@ impl Series {
             ttft: OnceLock::new(),
             inter_token: OnceLock::new(),
             overhead: OnceLock::new(),
-            calls: [OnceLock::new(), OnceLock::new(), OnceLock::new()],
+            calls: std::array::from_fn(|_| OnceLock::new()),
         }
     }
 }
@@ -45,6 +45,8 @@ pub enum CallOutcome {
     Success = 0,
     ProviderFault = 1,
     RequestError = 2,
+    /// Never sent: the gateway's own connection pool to the provider was full.
+    Saturated = 3,
 }
 
 impl CallOutcome {
@@ -53,6 +55,7 @@ impl CallOutcome {
             Self::Success => "success",
             Self::ProviderFault => "provider_fault",
             Self::RequestError => "request_error",
+            Self::Saturated => "gateway_saturated",
         }
     }
 }

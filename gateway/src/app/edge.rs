@@ -129,13 +129,23 @@ impl AsyncWrite for WatchedIo {
     }
 }
 
-/// A response body that tells its connection's watch when it is done (or dropped).
-struct Served {
+/// A response body that holds `guard` until it is done (or dropped): a request's slot, or its
+/// connection's count of requests in service.
+pub struct Guarded<G> {
     inner: Body,
-    watch: Arc<Watch>,
+    _guard: G,
 }
 
-impl HttpBody for Served {
+impl<G> Guarded<G> {
+    pub fn new(inner: Body, guard: G) -> Self {
+        Self {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<G: Unpin + Send + 'static> HttpBody for Guarded<G> {
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -155,10 +165,33 @@ impl HttpBody for Served {
     }
 }
 
-impl Drop for Served {
+/// One request in service on a connection, until its response is done.
+struct InService(Arc<Watch>);
+
+impl Drop for InService {
     fn drop(&mut self) {
-        self.watch.in_service.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_service.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Sheds load: beyond `[server] max_in_flight` requests at once, a request is answered 503
+/// with `Retry-After` at once, before any key is checked or body read. A request holds its
+/// slot until its response (a stream included) is done.
+pub async fn shed(
+    axum::extract::State(slots): axum::extract::State<Arc<Semaphore>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let Ok(slot) = slots.try_acquire_owned() else {
+        let mut e = crate::wire::error::ApiError::unavailable(
+            "The gateway is at its limit of requests in flight; retry shortly.",
+        );
+        e.retry_after = Some(1);
+        return axum::response::IntoResponse::into_response(e);
+    };
+    next.run(request)
+        .await
+        .map(|body| Body::new(Guarded::new(body, slot)))
 }
 
 /// What a connection beyond the cap is told before it is closed: a 503 in DeepSeek's envelope.
@@ -218,8 +251,8 @@ pub async fn serve_connection<S>(
     });
     let on_response = watch.clone();
     let service = service.map_response(move |response: Response<Body>| {
-        let watch = on_response.clone();
-        response.map(|inner| Body::new(Served { inner, watch }))
+        let guard = InService(on_response.clone());
+        response.map(|inner| Body::new(Guarded::new(inner, guard)))
     });
     let io = TokioIo::new(WatchedIo {
         inner: tcp,

@@ -16,7 +16,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use super::request_id::{self, FreshIds};
-use super::{AppState, authenticate, browsers, ops};
+use super::{AppState, authenticate, browsers, edge, ops};
 use crate::surface::{account, anthropic, openai, responses};
 use crate::wire::error::ApiError;
 
@@ -56,6 +56,11 @@ pub fn app(
         .layer(PropagateRequestIdLayer::new(HeaderName::from_static(
             request_id::HEADER,
         )))
+        // Shed load first: an overloaded gateway answers 503 before doing anything else.
+        .layer(middleware::from_fn_with_state(
+            state.in_flight.clone(),
+            edge::shed,
+        ))
         // Preflights are answered here, before any key is asked for.
         .option_layer(cors)
         .layer(middleware::from_fn_with_state(

@@ -202,6 +202,21 @@ impl ApiError {
         .with_code("service_unavailable")
     }
 
+    /// The gateway's own connections to `provider` are all busy (its pool cap): dsgw's
+    /// saturation, never the provider's fault.
+    pub fn saturated(provider: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            format!(
+                "The gateway is at its connection limit for provider `{provider}`; retry shortly."
+            ),
+            Fault::Gateway,
+        )
+        .with_code("gateway_saturated")
+        .retryable()
+    }
+
     /// The provider did not answer within a deadline.
     pub fn upstream_timeout(provider: &str, what: &str) -> Self {
         Self::new(

@@ -19,7 +19,7 @@ use crate::providers::call::{Call, Target};
 use crate::providers::reply::{Event, Events, Reply, Started};
 use crate::support::config::RoutingConfig;
 use crate::support::random::random_u64;
-use crate::wire::error::ApiError;
+use crate::wire::error::{ApiError, Fault};
 
 /// A deployment the request may go to, and what its policy changed for it.
 #[derive(Debug, Clone, Copy)]
@@ -222,6 +222,13 @@ impl<'a> Walk<'a> {
                     sent_at,
                     unanswered: std::mem::take(&mut self.unanswered),
                 }))
+            }
+            Err(error) if error.retryable && error.fault == Fault::Gateway => {
+                // The gateway's own saturation says nothing about the provider's health.
+                metrics.upstream_call(&deployment.series, CallOutcome::Saturated);
+                tracing::warn!(provider = %provider.name, attempt = self.attempts, "no free connection to the provider; trying elsewhere");
+                self.last_error = Some(error);
+                None
             }
             Err(error) if error.retryable => {
                 deployment.health.observe(Observation::Failed);

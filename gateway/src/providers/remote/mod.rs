@@ -5,10 +5,12 @@
 pub mod dialect;
 pub mod relay;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, header};
+use tokio::sync::Semaphore;
 
 use super::ProviderError;
 use super::call::{Call, Endpoint, Residency, Strict, Target};
@@ -32,6 +34,9 @@ pub struct HttpProvider {
     auth: Option<HeaderValue>,
     /// The key itself, to scrub from anything the provider says back.
     key: Option<Secret>,
+    /// Calls in flight at once (`max_connections`), and how long a call waits for a slot.
+    slots: Arc<Semaphore>,
+    pool_wait: Duration,
     client: reqwest::Client,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
@@ -109,6 +114,8 @@ impl HttpProvider {
             fim_url,
             auth,
             key,
+            slots: Arc::new(Semaphore::new(config.max_connections)),
+            pool_wait: Duration::from_millis(config.pool_wait_ms),
             client,
             first_byte_timeout: Duration::from_millis(config.first_byte_timeout_ms),
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
@@ -125,6 +132,11 @@ impl HttpProvider {
             (Endpoint::Chat, Strict::Enforced) => Endpoint::BetaChat,
             (endpoint, _) => endpoint,
         };
+        // A slot for the whole call: held by the stream until it ends, or until the body is read.
+        let slot = tokio::time::timeout(self.pool_wait, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| ApiError::saturated(&self.name))?
+            .expect("the semaphore is never closed");
         if call.stream {
             let response = self.send(body, true, endpoint).await?;
             return Ok(Started::Stream(relay::events(
@@ -132,6 +144,7 @@ impl HttpProvider {
                 self.name.clone(),
                 self.key.clone(),
                 self.idle_timeout,
+                slot,
             )));
         }
         let exchange = async {
@@ -141,6 +154,7 @@ impl HttpProvider {
         let body = tokio::time::timeout(self.request_timeout, exchange)
             .await
             .map_err(|_| ApiError::upstream_timeout(&self.name, "request deadline"))??;
+        drop(slot);
         self.json_answer(&body)
             .map(|raw| Started::Whole(dialect::normalize(raw, dialect::Inner::Message)))
     }
@@ -299,6 +313,10 @@ impl HttpProvider {
     /// Maps a transport error without its URL or headers (logged here, once, in full).
     pub fn transport_error(&self, error: &reqwest::Error) -> ApiError {
         tracing::warn!(provider = %self.name, error = %error, "upstream transport error");
+        if out_of_descriptors(error) {
+            // This process cannot open a socket: its saturation, not the provider's fault.
+            return ApiError::saturated(&self.name);
+        }
         let what = if error.is_connect() {
             "connection failed"
         } else if error.is_timeout() {
@@ -309,5 +327,45 @@ impl HttpProvider {
             "request failed"
         };
         ApiError::bad_gateway(&self.name, what)
+    }
+}
+
+/// Whether `error` comes from this process running out of file descriptors (EMFILE, ENFILE).
+fn out_of_descriptors(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(23 | 24))
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod descriptor_tests {
+    use super::out_of_descriptors;
+
+    #[test]
+    fn running_out_of_descriptors_is_told_apart_from_a_refused_connection() {
+        #[derive(Debug)]
+        struct Wrapped(std::io::Error);
+        impl std::fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("connect failed")
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert!(out_of_descriptors(&Wrapped(std::io::Error::from_raw_os_error(24))));
+        assert!(out_of_descriptors(&std::io::Error::from_raw_os_error(23)));
+        assert!(!out_of_descriptors(&Wrapped(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        ))));
     }
 }

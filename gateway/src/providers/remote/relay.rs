@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
@@ -22,6 +24,8 @@ struct Relay {
     provider: String,
     /// The provider's key, scrubbed from the error events it relays.
     key: Option<Secret>,
+    /// The provider connection slot this stream holds until it is dropped.
+    _slot: OwnedSemaphorePermit,
     idle_timeout: Duration,
     /// Events parsed from the last read, not yet handed on.
     pending: std::vec::IntoIter<SseEvent>,
@@ -37,8 +41,10 @@ pub fn events(
     provider: String,
     key: Option<Secret>,
     idle_timeout: Duration,
+    slot: OwnedSemaphorePermit,
 ) -> Events {
     let relay = Relay {
+        _slot: slot,
         upstream: Box::pin(response.bytes_stream()),
         parser: SseParser::default(),
         provider,

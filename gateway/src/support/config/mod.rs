@@ -165,6 +165,9 @@ pub struct ServerConfig {
     pub body_timeout_ms: u64,
     /// An idle keep-alive connection is closed after this.
     pub keepalive_idle_ms: u64,
+    /// Requests in flight at once (streams until they end); one beyond is answered 503 with
+    /// `Retry-After` at once.
+    pub max_in_flight: usize,
     /// Client connections held at once; one beyond is answered 503 and closed at once.
     /// Default: from the open-files limit (each client connection may need an upstream one).
     pub max_connections: Option<usize>,
@@ -192,6 +195,7 @@ impl Default for ServerConfig {
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
             keepalive_idle_ms: 60_000,
+            max_in_flight: 4096,
             max_connections: None,
         }
     }
@@ -432,8 +436,9 @@ impl Config {
             || s.body_timeout_ms == 0
             || s.keepalive_idle_ms == 0
             || s.max_connections == Some(0)
+            || s.max_in_flight == 0
         {
-            return Err("[server]: `header_timeout_ms`, `body_timeout_ms`, `keepalive_idle_ms` and `max_connections` must be greater than 0".into());
+            return Err("[server]: `header_timeout_ms`, `body_timeout_ms`, `keepalive_idle_ms`, `max_in_flight` and `max_connections` must be greater than 0".into());
         }
         for (i, origin) in self.server.cors_origins.iter().enumerate() {
             let rest = origin

@@ -76,6 +76,13 @@ pub struct RemoteProviderConfig {
     /// bounded by the idle timeout instead.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// Connections (calls in flight) to this provider at once; a call beyond waits up to
+    /// `pool_wait_ms` for one, then is refused as the gateway's saturation (503), which never
+    /// counts against the provider's health.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_pool_wait_ms")]
+    pub pool_wait_ms: u64,
     /// OpenRouter only: the `provider` routing object sent with every request
     /// (`order`, `only`, `ignore`, `allow_fallbacks`, `data_collection`, `zdr`, ...).
     #[serde(default)]
@@ -199,9 +206,18 @@ impl RemoteProviderConfig {
             first_byte_timeout_ms: default_first_byte_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
             request_timeout_ms: default_request_timeout_ms(),
+            max_connections: default_max_connections(),
+            pool_wait_ms: default_pool_wait_ms(),
             routing: None,
         }
     }
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_pool_wait_ms() -> u64 {
+    1000
 }
 
 impl LocalProviderConfig {
@@ -292,6 +308,8 @@ impl ProviderConfig {
             ("first_byte_timeout_ms", r.first_byte_timeout_ms),
             ("idle_timeout_ms", r.idle_timeout_ms),
             ("request_timeout_ms", r.request_timeout_ms),
+            ("pool_wait_ms", r.pool_wait_ms),
+            ("max_connections", r.max_connections as u64),
         ] {
             if ms == 0 {
                 return Err(format!("{at}: `{field}` must be greater than 0"));
