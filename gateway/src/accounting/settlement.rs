@@ -210,7 +210,9 @@ impl Settlement {
                 ledger.append_in(self.record(served, usage, charge, None), writes);
             }
             // Each timed-out call: its estimated prompt at the price it was sent at.
-            if let Some((body, thinking)) = &self.estimate_from {
+            if let Some((body, thinking)) = &self.estimate_from
+                && !self.unanswered.is_empty()
+            {
                 let prompt = estimate::prompt_tokens(body, *thinking);
                 for (served, attempt) in &self.unanswered {
                     let usage = estimate::usage(prompt, 0);

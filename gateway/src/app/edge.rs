@@ -174,20 +174,94 @@ impl Drop for InService {
     }
 }
 
-/// Sheds load: beyond `[server] max_in_flight` requests at once, a request is answered 503
-/// with `Retry-After` at once, before any key is checked or body read. A request holds its
-/// slot until its response (a stream included) is done.
+/// What the shedder reads: slots for requests in flight, and how late the runtime runs.
+#[derive(Debug)]
+pub struct Load {
+    pub slots: Arc<Semaphore>,
+    max_in_flight: usize,
+    /// How late a timer of the runtime fired last (microseconds, smoothed): the queueing
+    /// every request now meets before its first line of code runs.
+    lag_us: AtomicU64,
+    /// Shed while the lag is above this; `None`: never for lag.
+    budget: Option<Duration>,
+}
+
+impl Load {
+    pub fn new(max_in_flight: usize, queue_budget: Option<Duration>) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            lag_us: AtomicU64::new(0),
+            budget: queue_budget,
+        }
+    }
+
+    /// Measures the runtime's lateness every 10 ms, for as long as the server runs; and once
+    /// a burst is over, hands the memory it left free back to the system.
+    pub async fn probe(self: Arc<Self>) {
+        const EVERY: Duration = Duration::from_millis(10);
+        let mut calm_ticks = 0u32;
+        let mut busy_since_trim = false;
+        loop {
+            let in_flight = self.max_in_flight - self.slots.available_permits();
+            if in_flight > 32 || self.lag_us.load(Ordering::Relaxed) >= 1_000 {
+                busy_since_trim = true;
+            }
+            calm_ticks = if self.lag_us.load(Ordering::Relaxed) < 1_000 {
+                calm_ticks + 1
+            } else {
+                0
+            };
+            // A second of calm after load: glibc keeps freed heap in its arenas otherwise
+            // (RSS stayed at its overload peak for minutes).
+            if busy_since_trim && calm_ticks >= 100 {
+                trim_heap();
+                busy_since_trim = false;
+            }
+            let started = Instant::now();
+            tokio::time::sleep(EVERY).await;
+            let late = started.elapsed().saturating_sub(EVERY).as_micros() as u64;
+            // Smoothed over about 50 ms of ticks: a lone stall (a page-fault burst, a first
+            // connection) sheds nothing; a runtime that stays late (overload) soon does.
+            let smoothed = (self.lag_us.load(Ordering::Relaxed) * 4 + late) / 5;
+            self.lag_us.store(smoothed, Ordering::Relaxed);
+        }
+    }
+
+    fn overloaded(&self) -> bool {
+        self.budget
+            .is_some_and(|b| self.lag_us.load(Ordering::Relaxed) > b.as_micros() as u64)
+    }
+}
+
+/// Returns free heap pages to the system (glibc's `malloc_trim`).
+#[allow(unsafe_code)]
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and only releases memory the allocator holds free.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Sheds load: beyond `[server] max_in_flight` requests at once, or (when configured) while
+/// the runtime runs later than `queue_budget_ms` (requests would wait longer than that
+/// before any work), a new request is answered 503 with `Retry-After` at once, before any key is checked or body read.
+/// A request holds its slot until its response (a stream included) is done.
 pub async fn shed(
-    axum::extract::State(slots): axum::extract::State<Arc<Semaphore>>,
+    axum::extract::State(load): axum::extract::State<Arc<Load>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let Ok(slot) = slots.try_acquire_owned() else {
-        let mut e = crate::wire::error::ApiError::unavailable(
-            "The gateway is at its limit of requests in flight; retry shortly.",
-        );
-        e.retry_after = Some(1);
-        return axum::response::IntoResponse::into_response(e);
+    let slot = match load.slots.clone().try_acquire_owned() {
+        Ok(slot) if !load.overloaded() => slot,
+        _ => {
+            let mut e = crate::wire::error::ApiError::unavailable(
+                "The gateway is at its limit of requests in flight; retry shortly.",
+            );
+            e.retry_after = Some(1);
+            return axum::response::IntoResponse::into_response(e);
+        }
     };
     next.run(request)
         .await
@@ -277,4 +351,30 @@ pub async fn serve_connection<S>(
         }
     }
     drop(permit);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_sheds_only_with_a_budget_and_above_it() {
+        let load = Load::new(4, Some(Duration::from_millis(10)));
+        load.lag_us.store(9_000, Ordering::Relaxed);
+        assert!(!load.overloaded());
+        load.lag_us.store(11_000, Ordering::Relaxed);
+        assert!(load.overloaded());
+        let unbudgeted = Load::new(4, None);
+        unbudgeted.lag_us.store(10_000_000, Ordering::Relaxed);
+        assert!(!unbudgeted.overloaded());
+    }
+
+    #[test]
+    fn the_over_capacity_answer_is_a_whole_http_response() {
+        let text = String::from_utf8(over_capacity().to_vec()).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
+    }
 }

@@ -66,8 +66,8 @@ pub struct AppState {
     pub cors_origins: Arc<[http::HeaderValue]>,
     /// The longest wait for a request body's next bytes.
     pub body_timeout: std::time::Duration,
-    /// Slots for requests in flight (`[server] max_in_flight`).
-    pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Requests in flight and the runtime's lateness, for shedding load.
+    pub load: Arc<edge::Load>,
 }
 
 impl FromRef<AppState> for Arc<Pipeline> {
@@ -131,7 +131,13 @@ impl AppState {
                 .map(|o| http::HeaderValue::from_str(o).expect("validated origin"))
                 .collect(),
             body_timeout: std::time::Duration::from_millis(config.server.body_timeout_ms),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
+            load: Arc::new(edge::Load::new(
+                config.server.max_in_flight,
+                config
+                    .server
+                    .queue_budget_ms
+                    .map(std::time::Duration::from_millis),
+            )),
         })
     }
 

@@ -58,7 +58,7 @@ pub fn app(
         )))
         // Shed load first: an overloaded gateway answers 503 before doing anything else.
         .layer(middleware::from_fn_with_state(
-            state.in_flight.clone(),
+            state.load.clone(),
             edge::shed,
         ))
         // Preflights are answered here, before any key is asked for.

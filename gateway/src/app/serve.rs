@@ -20,6 +20,7 @@ pub async fn serve(
     limits: EdgeLimits,
 ) -> std::io::Result<()> {
     tokio::spawn(reload_on_sighup(state.clone()));
+    let probe = tokio::spawn(state.load.clone().probe());
     let pipeline = state.pipeline.clone();
     let app = app(state);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -58,6 +59,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    probe.abort();
     tracing::info!(
         drain_secs = drain.as_secs(),
         "shutting down: draining in-flight requests"

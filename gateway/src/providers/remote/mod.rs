@@ -362,7 +362,9 @@ mod descriptor_tests {
                 Some(&self.0)
             }
         }
-        assert!(out_of_descriptors(&Wrapped(std::io::Error::from_raw_os_error(24))));
+        assert!(out_of_descriptors(&Wrapped(
+            std::io::Error::from_raw_os_error(24)
+        )));
         assert!(out_of_descriptors(&std::io::Error::from_raw_os_error(23)));
         assert!(!out_of_descriptors(&Wrapped(std::io::Error::from(
             std::io::ErrorKind::ConnectionRefused

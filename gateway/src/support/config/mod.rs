@@ -168,6 +168,10 @@ pub struct ServerConfig {
     /// Requests in flight at once (streams until they end); one beyond is answered 503 with
     /// `Retry-After` at once.
     pub max_in_flight: usize,
+    /// New requests are shed (503) while the runtime runs later than this (smoothed): the wait
+    /// a request would meet before any work is done on it. Off by default: on a small shared
+    /// host, a neighbour's burst would shed healthy traffic.
+    pub queue_budget_ms: Option<u64>,
     /// Client connections held at once; one beyond is answered 503 and closed at once.
     /// Default: from the open-files limit (each client connection may need an upstream one).
     pub max_connections: Option<usize>,
@@ -196,6 +200,7 @@ impl Default for ServerConfig {
             body_timeout_ms: 30_000,
             keepalive_idle_ms: 60_000,
             max_in_flight: 4096,
+            queue_budget_ms: None,
             max_connections: None,
         }
     }
@@ -437,8 +442,9 @@ impl Config {
             || s.keepalive_idle_ms == 0
             || s.max_connections == Some(0)
             || s.max_in_flight == 0
+            || s.queue_budget_ms == Some(0)
         {
-            return Err("[server]: `header_timeout_ms`, `body_timeout_ms`, `keepalive_idle_ms`, `max_in_flight` and `max_connections` must be greater than 0".into());
+            return Err("[server]: `header_timeout_ms`, `body_timeout_ms`, `keepalive_idle_ms`, `max_in_flight`, `queue_budget_ms` and `max_connections` must be greater than 0".into());
         }
         for (i, origin) in self.server.cors_origins.iter().enumerate() {
             let rest = origin
