@@ -206,14 +206,13 @@ impl Load {
             let in_flight = self.max_in_flight - self.slots.available_permits();
             if in_flight > 32 || self.lag_us.load(Ordering::Relaxed) >= 1_000 {
                 busy_since_trim = true;
-            }
-            calm_ticks = if self.lag_us.load(Ordering::Relaxed) < 1_000 {
-                calm_ticks + 1
+                calm_ticks = 0;
             } else {
-                0
-            };
-            // A second of calm after load: glibc keeps freed heap in its arenas otherwise
-            // (RSS stayed at its overload peak for minutes).
+                calm_ticks += 1;
+            }
+            // A second of calm (few requests, a punctual runtime) after load: glibc keeps
+            // freed heap in its arenas otherwise (RSS stayed at its overload peak for minutes).
+            // Never during sustained load: a trim walks the whole heap.
             if busy_since_trim && calm_ticks >= 100 {
                 trim_heap();
                 busy_since_trim = false;

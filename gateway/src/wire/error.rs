@@ -217,6 +217,12 @@ impl ApiError {
         .retryable()
     }
 
+    /// Whether this is [`ApiError::upstream_timeout`]: the provider had the prompt and said
+    /// nothing in time, so it may still bill the call.
+    pub fn is_upstream_timeout(&self) -> bool {
+        self.body.code.as_deref() == Some("upstream_timeout")
+    }
+
     /// The provider did not answer within a deadline.
     pub fn upstream_timeout(provider: &str, what: &str) -> Self {
         Self::new(

@@ -198,9 +198,7 @@ impl<'a> Walk<'a> {
             }
             other => other,
         };
-        let timed_out = outcome
-            .as_ref()
-            .is_err_and(|e| e.status == http::StatusCode::GATEWAY_TIMEOUT);
+        let timed_out = outcome.as_ref().is_err_and(ApiError::is_upstream_timeout);
         self.count_call(deployment, timed_out);
         if timed_out {
             self.unanswered.push(Unanswered {
