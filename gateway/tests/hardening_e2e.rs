@@ -406,20 +406,7 @@ mod overload {
         assert!(took < Duration::from_millis(500), "{took:?}");
         // A stream's slot comes back when it ends (here: the client goes away).
         drop(a);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let (status, _) = s
-                .post(
-                    "sk-alice",
-                    &json!({"model": "deepseek-chat", "messages": user("hi")}),
-                )
-                .await;
-            if status == 200 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the slot never came back");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        s.until_served("the slot").await;
         drop(b);
     }
 
@@ -453,34 +440,9 @@ mod overload {
             "{metrics}"
         );
         // The breaker saw nothing: the deployment is healthy.
-        let health: serde_json::Value = s
-            .http
-            .get(s.gw.url("/v1/admin/deployments"))
-            .bearer_auth("sk-alice")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health = s.get_json("sk-alice", "/v1/admin/deployments").await;
         assert!(health.to_string().contains("\"closed\""), "{health}");
         drop(held);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let (status, _) = s
-                .post(
-                    "sk-alice",
-                    &json!({"model": "deepseek-chat", "messages": user("hi")}),
-                )
-                .await;
-            if status == 200 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the provider slot never came back"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        s.until_served("the provider slot").await;
     }
 }

@@ -417,16 +417,7 @@ backoff_base_ms = 10
         .collect();
     assert_eq!(answered.len(), 1);
     assert_eq!(answered[0]["deployment"], "deepseek/deepseek-chat");
-    let usage: Value = s
-        .http
-        .get(s.gw.url("/v1/usage"))
-        .bearer_auth("sk-alice")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = s.get_json("sk-alice", "/v1/usage").await;
     let row = usage["data"]
         .as_array()
         .unwrap()

@@ -161,6 +161,33 @@ impl Setup {
             .await
             .unwrap()
     }
+
+    /// `GET path` as `key`, its JSON body.
+    pub async fn get_json(&self, key: &str, path: &str) -> Value {
+        self.http
+            .get(self.gw.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Polls (up to 5 s) until a plain `deepseek-chat` request as `sk-alice` is served: what
+    /// was held (a slot, a connection) has come back.
+    pub async fn until_served(&self, what: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let body = serde_json::json!({"model": "deepseek-chat", "messages": user("hi")});
+        while self.post("sk-alice", &body).await.0 != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} never came back"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }
 
 pub fn sse_data(text: &str) -> Vec<String> {
