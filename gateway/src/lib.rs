@@ -8,7 +8,8 @@
 //! - [`pipeline`]: one request's phases, admit -> route -> call -> respond -> settle, with
 //!   admission (keys, policies, budgets, limits) and routing (catalogue, plan, dispatch, health);
 //! - [`providers`]: the upstreams (remote dialects over HTTP, the in-process engine), emitting
-//!   typed events;
+//!   typed events; beside them [`store`]: keys, teams, budgets, limits and the spend ledger in
+//!   SQLite or PostgreSQL;
 //! - [`accounting`]: usage, prices, the completion record, spend, metrics;
 //! - [`wire`] and [`support`]: wire formats and the error envelope; configuration, Redis,
 //!   identity, hashing.
@@ -17,6 +18,7 @@ pub mod accounting;
 pub mod app;
 pub mod pipeline;
 pub mod providers;
+pub mod store;
 pub mod support;
 pub mod surface;
 pub mod wire;

@@ -36,6 +36,8 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Manage keys, teams, budgets and limits through a gateway's admin API; read spend.
+    Admin(cli::admin::AdminArgs),
     /// The in-process DeepSeek-V3.2 engine: create, inspect, run and measure models.
     Engine {
         #[command(subcommand)]
@@ -64,7 +66,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// Also connect to what the configuration names that can be reached now (Redis, with
-        /// its TLS settings) and fail if it does not answer.
+        /// its TLS settings; the store) and fail if it does not answer.
         #[arg(long)]
         connect: bool,
     },
@@ -80,6 +82,13 @@ enum KeysCommand {
         /// Team the key belongs to, for example "research".
         #[arg(long)]
         team: String,
+        /// May use the admin API.
+        #[arg(long)]
+        admin: bool,
+        /// Write it into this store (`sqlite:///...` or `postgres://...`) instead of printing
+        /// config lines: how a new store gets its first admin key.
+        #[arg(long, env = "DSGW_STORE_URL")]
+        store: Option<String>,
     },
 }
 
@@ -88,8 +97,18 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, listen } => cli::serve::serve(config, listen),
         Command::Keys {
-            command: KeysCommand::New { id, team },
-        } => cli::keys::new_key(&id, &team),
+            command:
+                KeysCommand::New {
+                    id,
+                    team,
+                    admin,
+                    store,
+                },
+        } => match store {
+            Some(url) => cli::keys::new_stored_key(&id, &team, admin, &url),
+            None => cli::keys::new_key(&id, &team, admin),
+        },
+        Command::Admin(args) => cli::admin::run(args),
         Command::Engine { command } => cli::engine::run(command),
         Command::Policy { command } => cli::policy::run(command),
         Command::Prices { config, at, bench } => match bench {

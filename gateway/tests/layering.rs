@@ -1,16 +1,17 @@
 //! The layout's rule, checked on the source: folders of `gateway/src` import only from folders
-//! below them (app > surface > pipeline > providers > accounting > wire, support), no file
+//! below them (app > surface > pipeline > providers, store > accounting > wire, support), no file
 //! imports from a file that imports it back, and the engine's core never imports its tooling.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Top-level folders, highest first. Equal ranks may not import each other.
-const LAYERS: [(&str, u8); 7] = [
+const LAYERS: [(&str, u8); 8] = [
     ("app", 6),
     ("surface", 5),
     ("pipeline", 4),
     ("providers", 3),
+    ("store", 3),
     ("accounting", 2),
     ("wire", 1),
     ("support", 1),

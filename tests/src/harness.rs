@@ -15,6 +15,8 @@ pub struct Gateway {
     child: Child,
     logs: Arc<Mutex<String>>,
     _config: TempFile,
+    bin: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -52,7 +54,26 @@ impl Gateway {
             child,
             logs,
             _config: TempFile(path),
+            bin: bin.to_owned(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         }
+    }
+
+    /// Stops this gateway (SIGKILL if it still runs) and starts it again on `config`, with the
+    /// same environment; `addr` is the new one's.
+    pub fn restart_with(&mut self, config: &str) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let bin = self.bin.clone();
+        *self = Self::start(&bin, config, &env);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -243,6 +264,13 @@ key_env = "BOB_KEY"
             ))
             .display(),
     )
+}
+
+/// Where dsgw keeps the offset of a ledger spool the store has confirmed.
+pub fn shipped_checkpoint(ledger: &Path) -> PathBuf {
+    let mut name = ledger.as_os_str().to_owned();
+    name.push(".shipped");
+    PathBuf::from(name)
 }
 
 /// The upstream key the fake expects; tests assert it never leaks.

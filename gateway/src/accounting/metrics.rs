@@ -109,6 +109,9 @@ pub struct Metrics {
     ttfb: prometheus::GaugeVec,
     error_rate: prometheus::GaugeVec,
     upstream_calls: IntCounterVec,
+    /// With a store: whether it answers, and the revision of keys, budgets and limits in force
+    /// (registered on first use, so a gateway without a store shows neither).
+    store: std::sync::OnceLock<(prometheus::IntGauge, prometheus::IntGauge)>,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -294,7 +297,32 @@ impl Metrics {
             ttfb,
             error_rate,
             upstream_calls,
+            store: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The store's health and the revision in force.
+    pub fn store(&self, up: bool, revision: i64) {
+        let (up_gauge, revision_gauge) = self.store.get_or_init(|| {
+            let up = prometheus::IntGauge::new(
+                "dsgw_store_up",
+                "1 while the store answers; 0 while it does not (requests are served with the last keys, budgets and limits read, and ledger rows wait in the spool).",
+            )
+            .expect("metric");
+            let revision = prometheus::IntGauge::new(
+                "dsgw_store_revision",
+                "The store revision of the keys, budgets and limits in force on this replica.",
+            )
+            .expect("metric");
+            for g in [&up, &revision] {
+                self.registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+            }
+            (up, revision)
+        });
+        up_gauge.set(i64::from(up));
+        revision_gauge.set(revision);
     }
 
     pub fn completion(&self, e: &CompletionEvent<'_>) {

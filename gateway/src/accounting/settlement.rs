@@ -207,7 +207,7 @@ impl Settlement {
         self.log(outcome, status, usage, charge.as_ref());
         if let Some(ledger) = &self.ledger {
             if let (Some(usage), Some(charge), Some(served)) = (&usage, &charge, &self.served) {
-                ledger.append_in(self.record(served, usage, charge, None), writes);
+                ledger.append_in(self.record(served, usage, charge, None, outcome), writes);
             }
             // Each timed-out call: its estimated prompt at the price it was sent at.
             if let Some((body, thinking)) = &self.estimate_from
@@ -217,7 +217,7 @@ impl Settlement {
                 for (served, attempt) in &self.unanswered {
                     let usage = estimate::usage(prompt, 0);
                     let charge = served.price.charge(&usage, served.sent_at, None);
-                    let record = self.record(served, &usage, &charge, Some(*attempt));
+                    let record = self.record(served, &usage, &charge, Some(*attempt), outcome);
                     ledger.append_in(record, writes);
                 }
             }
@@ -235,8 +235,22 @@ impl Settlement {
         usage: &Usage,
         charge: &Charge,
         attempt: Option<u32>,
+        outcome: Outcome,
     ) -> Record {
         Record {
+            uid: format!(
+                "{:016x}{:016x}",
+                crate::support::random::random_u64(),
+                crate::support::random::random_u64()
+            ),
+            request_id: self.request_id.to_string(),
+            outcome: match attempt {
+                Some(_) => "timed_out".to_owned(),
+                None => outcome.as_str().to_owned(),
+            },
+            cost_cache_hit: charge.cost.cache_hit,
+            cost_cache_miss: charge.cost.cache_miss,
+            cost_output: charge.cost.output,
             ts: now(),
             key_id: self.principal.key_id.to_string(),
             team: self.principal.team.to_string(),

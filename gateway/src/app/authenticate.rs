@@ -37,7 +37,8 @@ fn admit(state: &AppState, mut request: Request) -> Result<Request, ApiError> {
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
     let principal = state
         .keys
-        .authenticate(presented)
+        .current()
+        .authenticate(presented, crate::store::now_ms())
         .ok_or_else(ApiError::unauthorized)?;
     request.extensions_mut().insert(principal);
     Ok(request)

@@ -18,7 +18,7 @@ use super::AppState;
 use crate::wire::error::ApiError;
 
 pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if state.keys.is_open() {
+    if state.keys.current().is_open() {
         let host = request
             .headers()
             .get(header::HOST)

@@ -19,13 +19,16 @@ use axum::extract::FromRef;
 
 use crate::accounting::spend::ledger::{Ledger, LedgerError};
 use crate::accounting::spend::shared::SharedSpend;
-use crate::pipeline::admission::keys::{KeyError, KeyStore};
+use crate::pipeline::admission::directory::Directory;
+use crate::pipeline::admission::keys::{KeyError, KeyStore, LiveKeys};
 use crate::pipeline::admission::limits::Limiter;
 use crate::pipeline::admission::policy::audit::{AuditError, AuditLog};
 use crate::pipeline::admission::policy::redact::Redactor;
 use crate::pipeline::admission::policy::{self, PolicyEngine, PolicyError};
 use crate::pipeline::{Parts, Pipeline};
 use crate::providers::{Provider, ProviderError};
+use crate::store::Store;
+use crate::store::ledger::{Shipper, ShipperHandle, checkpoint_path, read_checkpoint};
 use crate::support::config::Config;
 use crate::support::redis_link::RedisLink;
 use crate::support::state_dir::state_dir;
@@ -49,16 +52,50 @@ pub enum StateError {
     RedactionKey(String),
     #[error(
         "no [[keys]] are configured, so the gateway would accept any caller; it only does that on a \
-         loopback address, and {0} is not one. Add keys (`dsgw keys new`) or listen on 127.0.0.1."
+         loopback address, and {0} is not one. Add keys (`dsgw keys new`), a [store] to hold them, \
+         or listen on 127.0.0.1."
     )]
     OpenNonLoopback(std::net::SocketAddr),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("store {url}: reading keys, budgets and limits: {source}")]
+    StoreRead {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("[store] is set: the state is opened with AppState::open")]
+    StoreNeedsOpen,
+}
+
+/// What runs beside the server when there is a store: the ledger's shipping and the watch for
+/// changes. Finished at shutdown, after the ledger's last commit.
+#[derive(Debug)]
+pub struct StoreTasks {
+    shipper: ShipperHandle,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl StoreTasks {
+    /// Ships what the ledger committed last, then stops watching.
+    pub async fn finish(self) {
+        self.shipper
+            .finish(std::time::Duration::from_secs(10))
+            .await;
+        self.watch.abort();
+    }
 }
 
 /// What the handlers read: the pipeline, the keys, and each surface's settings. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub pipeline: Arc<Pipeline>,
-    pub keys: Arc<KeyStore>,
+    /// The keys in force (swapped when the store changes).
+    pub keys: Arc<LiveKeys>,
+    /// The file's keys, budgets and limits, merged with each store snapshot.
+    pub directory: Arc<Directory>,
+    /// The store, when `[store]` is set (the admin API's data).
+    pub store: Option<Arc<Store>>,
     pub anthropic: Arc<anthropic::Settings>,
     /// Largest request body accepted, in bytes; larger bodies get a 413.
     pub max_body_bytes: usize,
@@ -76,6 +113,16 @@ impl FromRef<AppState> for Arc<Pipeline> {
     }
 }
 
+impl FromRef<AppState> for crate::surface::admin::Admin {
+    fn from_ref(state: &AppState) -> Self {
+        Self {
+            pipeline: state.pipeline.clone(),
+            directory: state.directory.clone(),
+            keys: state.keys.clone(),
+        }
+    }
+}
+
 impl FromRef<AppState> for Arc<anthropic::Settings> {
     fn from_ref(state: &AppState) -> Self {
         state.anthropic.clone()
@@ -83,8 +130,102 @@ impl FromRef<AppState> for Arc<anthropic::Settings> {
 }
 
 impl AppState {
-    /// Everything serving needs: providers started, policies loaded, files opened.
+    /// Everything serving needs, without a store: providers started, policies loaded, files
+    /// opened.
     pub fn build(config: &Config) -> Result<Self, StateError> {
+        if config.store.is_some() {
+            return Err(StateError::StoreNeedsOpen);
+        }
+        Self::assemble(config, open_ledger(config)?, None)
+    }
+
+    /// Everything serving needs, with the store when one is configured: connected and migrated,
+    /// its keys, budgets and limits read and in force, the ledger's unshipped rows written, and
+    /// the tasks that keep both current started.
+    pub async fn open(config: &Config) -> Result<(Self, Option<StoreTasks>), StateError> {
+        let Some(store_config) = &config.store else {
+            return Ok((Self::build(config)?, None));
+        };
+        let store = Store::open(store_config).await?;
+        let read_error = |source| StateError::StoreRead {
+            url: store.shown().to_owned(),
+            source,
+        };
+        let snapshot = store.snapshot().await.map_err(read_error)?;
+        let (queue, rx) = crate::store::ledger::queue();
+        let spool = ledger_path(config);
+        let (ledger, unshipped) = match &spool {
+            Some(path) => {
+                tracing::info!(path = %path.display(), store = %store.shown(), "spend ledger: spooled to the store");
+                Ledger::open_spool(path, queue, read_checkpoint(&checkpoint_path(path)))?
+            }
+            None => (Ledger::in_memory_to(queue), Default::default()),
+        };
+        let state = Self::assemble(config, ledger, Some(store.clone()))?;
+        if !unshipped.records.is_empty() {
+            for chunk in unshipped.records.chunks(2_000) {
+                store.insert_ledger(chunk).await.map_err(read_error)?;
+            }
+            tracing::info!(
+                records = unshipped.records.len(),
+                "ledger rows from the last run shipped to the store"
+            );
+        }
+        if let Some(path) = &spool {
+            std::fs::write(checkpoint_path(path), unshipped.offset.to_string()).map_err(
+                |source| LedgerError::Io {
+                    path: checkpoint_path(path),
+                    source,
+                },
+            )?;
+        }
+        let counters = store
+            .current_counters(crate::accounting::spend::record::now())
+            .await
+            .map_err(read_error)?;
+        state.pipeline.ledger.confirmed(&[], counters);
+        state
+            .directory
+            .apply(&snapshot, &state.keys, &state.pipeline);
+        let shipper = Shipper {
+            store: store.clone(),
+            ledger: state.pipeline.ledger.clone(),
+            checkpoint: spool.as_deref().map(checkpoint_path),
+            retention_days: store_config.retention_days,
+        }
+        .spawn(rx);
+        let watch = {
+            let state = state.clone();
+            tokio::spawn(crate::store::watch::watch(
+                store.clone(),
+                store_config.url.clone(),
+                snapshot.revision,
+                std::time::Duration::from_secs(store_config.refresh_secs),
+                move |snapshot| {
+                    state
+                        .directory
+                        .apply(&snapshot, &state.keys, &state.pipeline)
+                },
+            ))
+        };
+        Ok((state, Some(StoreTasks { shipper, watch })))
+    }
+
+    /// Re-reads the store and puts what it holds in force now (after this replica changed it;
+    /// the others hear of it through the watch).
+    pub async fn refresh_directory(&self) -> Result<(), sqlx::Error> {
+        if let Some(store) = &self.store {
+            let snapshot = store.snapshot().await?;
+            self.directory.apply(&snapshot, &self.keys, &self.pipeline);
+        }
+        Ok(())
+    }
+
+    fn assemble(
+        config: &Config,
+        ledger: Ledger,
+        store: Option<Arc<Store>>,
+    ) -> Result<Self, StateError> {
         let keys = Self::keys(config)?;
         let redis = Self::redis(config)?;
         let mut providers = HashMap::new();
@@ -106,10 +247,11 @@ impl AppState {
         };
         let audit = open_audit(config, policy.is_some())?;
         let ledger = match &redis {
-            Some(link) => open_ledger(config)?.with_shared(SharedSpend::new(link.clone())),
-            None => open_ledger(config)?,
+            Some(link) => ledger.with_shared(SharedSpend::new(link.clone())),
+            None => ledger,
         };
         let parts = Parts {
+            store: store.clone(),
             providers,
             limiter: Limiter::from_config(config, redis),
             ledger,
@@ -119,7 +261,9 @@ impl AppState {
         };
         Ok(Self {
             pipeline: Arc::new(Pipeline::new(config, parts)),
-            keys: Arc::new(keys),
+            keys: Arc::new(LiveKeys::new(keys)),
+            directory: Arc::new(Directory::new(config)),
+            store,
             anthropic: Arc::new(anthropic::Settings {
                 default_model: config.anthropic_default_model(),
             }),
@@ -147,6 +291,9 @@ impl AppState {
     pub fn check(config: &Config) -> Result<(), StateError> {
         Self::keys(config)?;
         Self::redis(config)?;
+        if let Some(store) = &config.store {
+            crate::store::check_url(&store.url)?;
+        }
         for (i, p) in config.providers.iter().enumerate() {
             Provider::check(i, p)?;
         }
@@ -163,6 +310,10 @@ impl AppState {
     fn keys(config: &Config) -> Result<KeyStore, StateError> {
         let keys = KeyStore::from_config(&config.keys)?;
         if keys.is_open() && !config.server.listen.ip().is_loopback() {
+            // With a store, the keys come from it: until one exists, nobody is admitted.
+            if config.store.is_some() {
+                return Ok(KeyStore::nobody());
+            }
             return Err(StateError::OpenNonLoopback(config.server.listen));
         }
         Ok(keys)
@@ -213,16 +364,20 @@ fn open_audit(config: &Config, policies: bool) -> Result<AuditLog, StateError> {
     }
 }
 
-/// The configured ledger file, or the default under `$XDG_STATE_HOME` (`~/.local/state`); an
-/// empty path keeps spend in memory.
+/// The configured ledger file, or the default under `$XDG_STATE_HOME` (`~/.local/state`);
+/// none for an empty path.
+fn ledger_path(config: &Config) -> Option<PathBuf> {
+    match config.ledger.path.as_deref() {
+        Some("") => None,
+        Some(p) => Some(PathBuf::from(p)),
+        None => state_dir().map(|dir| dir.join("ledger.jsonl")),
+    }
+}
+
+/// The ledger file (or, without one, spend in memory only).
 fn open_ledger(config: &Config) -> Result<Ledger, LedgerError> {
-    let path = match config.ledger.path.as_deref() {
-        Some("") => return Ok(Ledger::in_memory()),
-        Some(p) => PathBuf::from(p),
-        None => match state_dir() {
-            Some(dir) => dir.join("ledger.jsonl"),
-            None => return Ok(Ledger::in_memory()),
-        },
+    let Some(path) = ledger_path(config) else {
+        return Ok(Ledger::in_memory());
     };
     tracing::info!(path = %path.display(), "spend ledger");
     Ledger::open(&path)

@@ -17,26 +17,38 @@ pub async fn healthz() -> Response {
     json_response(br#"{"status":"ok"}"#.to_vec())
 }
 
-pub async fn readyz(State(pipeline): State<Arc<Pipeline>>) -> Response {
-    if pipeline.is_draining() {
-        let mut r = json_response(br#"{"status":"draining"}"#.to_vec());
-        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        r
-    } else {
-        json_response(br#"{"status":"ready"}"#.to_vec())
+/// Ready unless draining. With a store, `store` says whether it answers: a replica whose store
+/// is away still serves (with the last keys, budgets and limits read), so it stays ready.
+pub async fn readyz(State(state): State<super::AppState>) -> Response {
+    let pipeline = &state.pipeline;
+    let mut body = serde_json::json!({
+        "status": if pipeline.is_draining() { "draining" } else { "ready" },
+    });
+    if let Some(store) = &pipeline.store {
+        body["store"] = serde_json::json!(if store.is_up() { "ok" } else { "unreachable" });
+        body["store_revision"] = serde_json::json!(state.directory.revision());
     }
+    let mut r = json_response(serde_json::to_vec(&body).expect("JSON"));
+    if pipeline.is_draining() {
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    r
 }
 
 /// The text exposition, with health and budget gauges read now (never stale).
-pub async fn metrics(State(pipeline): State<Arc<Pipeline>>) -> Response {
+pub async fn metrics(State(state): State<super::AppState>) -> Response {
+    let pipeline = &state.pipeline;
     let metrics = &pipeline.metrics;
+    if let Some(store) = &pipeline.store {
+        metrics.store(store.is_up(), state.directory.revision());
+    }
     for m in pipeline.catalog.models() {
         for d in &m.deployments {
             let labels = [m.name.as_str(), &d.provider.name, &d.upstream_model];
             metrics.deployment_health(labels, &d.health.reading());
         }
     }
-    match budgets::all_current(&pipeline.budgets, &pipeline.ledger, now()).await {
+    match budgets::all_current(&pipeline.budgets(), &pipeline.ledger, now()).await {
         Ok(all) => {
             for (scope, name, period, left) in all {
                 metrics.budget(scope, &name, period, left);

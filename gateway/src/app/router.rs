@@ -3,6 +3,7 @@
 use axum::Router;
 use std::convert::Infallible;
 
+use crate::surface::admin;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
@@ -102,6 +103,45 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/usage", get(account::usage))
         .route("/v1/admin/usage", get(account::admin_usage))
         .route("/v1/admin/deployments", get(account::deployments))
+        .route(
+            "/v1/admin/keys",
+            post(admin::keys::create).get(admin::keys::list),
+        )
+        .route(
+            "/v1/admin/keys/{id}",
+            get(admin::keys::get)
+                .patch(admin::keys::update)
+                .delete(admin::keys::revoke),
+        )
+        .route("/v1/admin/keys/{id}/rotate", post(admin::keys::rotate))
+        .route(
+            "/v1/admin/teams",
+            post(admin::teams::create).get(admin::teams::list),
+        )
+        .route(
+            "/v1/admin/teams/{name}",
+            get(admin::teams::get)
+                .patch(admin::teams::update)
+                .delete(admin::teams::delete),
+        )
+        .route(
+            "/v1/admin/budgets",
+            post(admin::budgets::create).get(admin::budgets::list),
+        )
+        .route(
+            "/v1/admin/budgets/{scope}/{name}/{period}",
+            axum::routing::patch(admin::budgets::update).delete(admin::budgets::delete),
+        )
+        .route(
+            "/v1/admin/limits",
+            post(admin::limits::create).get(admin::limits::list),
+        )
+        .route(
+            "/v1/admin/limits/{scope}/{name}",
+            axum::routing::put(admin::limits::replace).delete(admin::limits::delete),
+        )
+        .route("/v1/admin/spend", get(admin::spend::spend))
+        .route("/v1/admin/audit", get(admin::audit))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             authenticate::deepseek,

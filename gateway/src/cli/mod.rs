@@ -1,6 +1,7 @@
 //! The commands of the `dsgw` binary besides serving: keys, config checks, the engine's tools and
 //! the policies' tools.
 
+pub mod admin;
 pub mod check;
 pub mod engine;
 pub mod keys;

@@ -23,13 +23,13 @@ pub fn serve(path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Resul
     if let Some(addr) = listen {
         config.server.listen = addr;
     }
-    let state = AppState::build(&config)?;
     let drain = Duration::from_secs(config.server.drain_timeout_secs);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        let (state, store_tasks) = AppState::open(&config).await?;
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
@@ -44,6 +44,9 @@ pub fn serve(path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Resul
         .await?;
         // Commit what the last requests queued before the process goes.
         state.pipeline.close();
+        if let Some(tasks) = store_tasks {
+            tasks.finish().await;
+        }
         tracing::info!("stopped");
         Ok(())
     })
@@ -59,7 +62,10 @@ fn announce(config: &Config, embedded: bool, state: &AppState, addr: SocketAddr)
             "no config file and DEEPSEEK_API_KEY is not set: models are listed but requests answer 503 until a provider is configured"
         );
     }
-    if state.keys.is_open() {
+    if let Some(store) = &state.store {
+        tracing::info!(store = %store.shown(), revision = state.directory.revision(), "store open");
+    }
+    if state.keys.current().is_open() {
         eprintln!(
             "dsgw: no [[keys]] configured; accepting any API key on loopback {addr} only.\n      \
              try: curl http://{addr}/v1/models -H 'Authorization: Bearer any'\n      \

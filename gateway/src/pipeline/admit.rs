@@ -48,7 +48,7 @@ pub(super) async fn admit(
     // With the limits in Redis, the budgets ride in the limit script: one round trip for both.
     let caps = match &pipeline.limiter {
         Some(limiter) if limiter.is_global() && pipeline.ledger.shared().is_some() => {
-            budgets::caps(&pipeline.budgets, &caller.principal, now())
+            budgets::caps(&pipeline.budgets(), &caller.principal, now())
         }
         _ => {
             check_budgets(pipeline, caller).await?;
@@ -109,7 +109,7 @@ fn check_policies(
 /// Budgets fail closed: a request that would start over an exhausted budget never leaves.
 async fn check_budgets(pipeline: &Pipeline, caller: &Caller) -> Result<(), ApiError> {
     let budgets = budgets::current(
-        &pipeline.budgets,
+        &pipeline.budgets(),
         &pipeline.ledger,
         &caller.principal,
         now(),

@@ -53,16 +53,20 @@ use settle::Ticket;
 pub struct Pipeline {
     pub catalog: Catalog,
     pub limiter: Option<Arc<Limiter>>,
-    pub budgets: Vec<Budget>,
+    /// Swapped whole when the store's budgets change.
+    budgets: RwLock<Arc<[Budget]>>,
     pub ledger: Arc<Ledger>,
+    /// The store, when `[store]` is set: the durable, shared ledger reports read.
+    pub store: Option<Arc<crate::store::Store>>,
     pub metrics: Arc<Metrics>,
     routing: RoutingConfig,
     /// Record spend (only benchmarks turn it off, to measure its cost).
     accounting: bool,
     /// The data-residency policies; swapped whole when they are reloaded (SIGHUP).
     policy: RwLock<Option<Arc<PolicyEngine>>>,
-    /// What a policy reload needs: the policy directory and the entities' attributes.
-    policy_source: Option<(PathBuf, Vec<KeyAttrs>, Vec<DeploymentAttrs>)>,
+    /// What a policy reload needs: the policy directory and the entities' attributes (the
+    /// keys' change with the store).
+    policy_source: Option<(PathBuf, RwLock<Vec<KeyAttrs>>, Vec<DeploymentAttrs>)>,
     /// What a price reload re-reads: the configuration, when it has a prices file.
     price_source: Option<Config>,
     audit: AuditLog,
@@ -73,6 +77,7 @@ pub struct Pipeline {
 /// The parts a pipeline is built from (see `app::AppState::build`).
 #[derive(Debug)]
 pub struct Parts {
+    pub store: Option<Arc<crate::store::Store>>,
     pub providers: HashMap<String, Arc<Provider>>,
     pub limiter: Option<Arc<Limiter>>,
     pub ledger: Ledger,
@@ -96,19 +101,22 @@ impl Pipeline {
         let policy_source = parts.policy.as_ref().map(|(dir, _)| {
             (
                 dir.clone(),
-                admission::policy::key_attrs(config),
+                RwLock::new(admission::policy::key_attrs(config)),
                 admission::policy::deployment_attrs(config),
             )
         });
         Self {
             catalog: Catalog::build(config, &parts.providers),
             limiter: parts.limiter,
-            budgets: config
-                .budgets
-                .iter()
-                .map(|b| Budget::from_config(b, &config.keys))
-                .collect(),
+            budgets: RwLock::new(
+                config
+                    .budgets
+                    .iter()
+                    .map(|b| Budget::from_config(b, &config.keys))
+                    .collect(),
+            ),
             ledger: Arc::new(parts.ledger),
+            store: parts.store,
             metrics: Arc::new(Metrics::new()),
             routing: config.routing.clone(),
             accounting: config.server.accounting,
@@ -272,9 +280,37 @@ impl Pipeline {
         let Some((dir, keys, deployments)) = &self.policy_source else {
             return Ok(());
         };
-        let engine = PolicyEngine::load(dir, keys, deployments)?;
+        let engine = PolicyEngine::load(dir, &keys.read().expect("policy keys lock"), deployments)?;
         *self.policy.write().expect("policy lock") = Some(Arc::new(engine));
         Ok(())
+    }
+
+    /// The budgets in force.
+    pub fn budgets(&self) -> Arc<[Budget]> {
+        self.budgets.read().expect("budgets lock").clone()
+    }
+
+    /// Puts `budgets` in force (the store's changed).
+    pub fn set_budgets(&self, budgets: Vec<Budget>) {
+        *self.budgets.write().expect("budgets lock") = budgets.into();
+    }
+
+    /// The keys policies know changed (the store's): the policies are rebuilt with them, and
+    /// kept as they were if they do not load.
+    pub fn set_policy_keys(&self, keys: Vec<KeyAttrs>) -> Result<(), PolicyError> {
+        let Some((_, current, _)) = &self.policy_source else {
+            return Ok(());
+        };
+        // A refresh that changed no key leaves the policies alone (they reload on SIGHUP).
+        if *current.read().expect("policy keys lock") == keys {
+            return Ok(());
+        }
+        let previous = std::mem::replace(&mut *current.write().expect("policy keys lock"), keys);
+        let reloaded = self.reload_policy();
+        if reloaded.is_err() {
+            *current.write().expect("policy keys lock") = previous;
+        }
+        reloaded
     }
 
     /// Re-reads the prices file and reprices every deployment; on any error (the file, or a

@@ -26,7 +26,7 @@ pub async fn balance(
     State(state): State<Arc<Pipeline>>,
     principal: axum::Extension<Principal>,
 ) -> Response {
-    let budgets = match current(&state.budgets, &state.ledger, &principal, now()).await {
+    let budgets = match current(&state.budgets(), &state.ledger, &principal, now()).await {
         Ok(b) => b,
         Err(_) => {
             return ApiError::unavailable(
@@ -66,8 +66,27 @@ pub struct UsageQuery {
 async fn rows(
     state: &Pipeline,
     team: Option<&str>,
+    key: Option<&str>,
     filter: impl Fn(&str, &str) -> bool,
 ) -> Response {
+    if let Some(store) = &state.store {
+        let filter = crate::store::ledger::SpendFilter {
+            from_ms: 0,
+            to_ms: i64::MAX,
+            team: team.map(str::to_owned),
+            key_id: key.map(str::to_owned),
+        };
+        return match store.usage(&filter).await {
+            Ok(rows) => usage_response(rows),
+            Err(e) => {
+                tracing::warn!(target: "dsgw::store", error = %e, "stored usage unreadable");
+                ApiError::unavailable(
+                    "Usage cannot be read right now (store unavailable); retry shortly.",
+                )
+                .into_response()
+            }
+        };
+    }
     let rows = match state.ledger.shared() {
         Some(shared) => match shared.usage(team, &filter).await {
             Ok(rows) => rows,
@@ -81,6 +100,17 @@ async fn rows(
         },
         None => state.ledger.usage(&filter),
     };
+    usage_response(rows)
+}
+
+fn usage_response(
+    rows: Vec<(
+        String,
+        String,
+        String,
+        crate::accounting::spend::record::Totals,
+    )>,
+) -> Response {
     let data: Vec<Value> = rows
         .into_iter()
         .map(|(date, model, deployment, t)| {
@@ -102,7 +132,7 @@ pub async fn usage(
     principal: axum::Extension<Principal>,
 ) -> Response {
     let key = principal.key_id.clone();
-    rows(&state, Some(&principal.team), |k, _| *k == *key).await
+    rows(&state, Some(&principal.team), Some(&key), |k, _| *k == *key).await
 }
 
 pub async fn admin_usage(
@@ -116,7 +146,7 @@ pub async fn admin_usage(
         )
         .into_response();
     }
-    rows(&state, q.team.as_deref(), |k, t| {
+    rows(&state, q.team.as_deref(), q.key_id.as_deref(), |k, t| {
         q.team.as_deref().is_none_or(|want| want == t)
             && q.key_id.as_deref().is_none_or(|want| want == k)
     })

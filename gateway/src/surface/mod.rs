@@ -5,6 +5,7 @@
 //! the spend a caller may read ([`account`]).
 
 pub mod account;
+pub mod admin;
 pub mod anthropic;
 pub mod openai;
 pub mod responses;

@@ -145,6 +145,27 @@ impl ApiError {
         )
     }
 
+    /// A thing that does not exist (an admin API id): 404 with its own message.
+    pub fn not_found_message(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            INVALID_REQUEST,
+            message,
+            Fault::Client,
+        )
+    }
+
+    /// The change clashes with what exists (an id taken, a file entry): 409.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            INVALID_REQUEST,
+            message,
+            Fault::Client,
+        )
+        .with_code("conflict")
+    }
+
     pub fn method_not_allowed() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,

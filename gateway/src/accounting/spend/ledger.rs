@@ -19,16 +19,23 @@ use crate::support::redis_link::AfterWrites;
 /// How long the writer gathers records before one commit.
 const COMMIT_WINDOW: Duration = Duration::from_millis(20);
 
-/// `(day, key_id, team, model, deployment)` -> totals: everything the queries group by.
-type Aggregates = BTreeMap<(String, String, String, String, String), Totals>;
+/// `(day, key_id, team, model, deployment)`: everything the queries group by.
+pub type Group = (String, String, String, String, String);
+
+/// Each group's totals.
+type Aggregates = BTreeMap<Group, Totals>;
 
 /// What the ledger keeps in memory: the usage aggregates, and spend counters (picodollars)
 /// named like the shared ones ([`super::record::counter`]), so a budget check is one lookup
 /// however long the ledger grows.
+///
+/// Downstream of a store, `counters` hold only what the store has not confirmed yet, and
+/// `stored` the store's own counters as last read: a budget reads their sum.
 #[derive(Debug, Default)]
 struct Book {
     aggregates: Aggregates,
     counters: HashMap<String, u64>,
+    stored: HashMap<String, u64>,
 }
 
 impl Book {
@@ -38,6 +45,23 @@ impl Book {
             *self.counters.entry(counter).or_default() += r.cost;
         }
     }
+
+    fn confirmed(&mut self, r: &Record) {
+        for counter in counters_for(&r.team, &r.key_id, &day_of(r.ts)) {
+            if let Some(pending) = self.counters.get_mut(&counter) {
+                *pending = pending.saturating_sub(r.cost);
+                if *pending == 0 {
+                    self.counters.remove(&counter);
+                }
+            }
+        }
+    }
+}
+
+/// Where committed records go next (the store's shipper): told after each commit, with the
+/// ledger file's length once the batch is on disk (`None` without a file).
+pub trait Downstream: Send + Sync + std::fmt::Debug {
+    fn committed(&self, records: Vec<Record>, file_offset: Option<u64>);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +81,17 @@ pub struct Ledger {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// With Redis: the counters every replica's budgets read.
     shared: Option<SharedSpend>,
+    /// With a store and no file: where each record goes at once.
+    direct: Option<Arc<dyn Downstream>>,
+}
+
+/// What [`Ledger::open_spool`] found in the file past the store's checkpoint: records to ship
+/// before serving.
+#[derive(Debug, Default)]
+pub struct Unshipped {
+    pub records: Vec<Record>,
+    /// The file's length: the checkpoint once they are shipped.
+    pub offset: u64,
 }
 
 impl Ledger {
@@ -67,11 +102,39 @@ impl Ledger {
             writer: None,
             thread: Mutex::new(None),
             shared: None,
+            direct: None,
+        }
+    }
+
+    /// In memory, each record sent on to `downstream` (a store) as it is appended.
+    pub fn in_memory_to(downstream: Arc<dyn Downstream>) -> Self {
+        Self {
+            direct: Some(downstream),
+            ..Self::in_memory()
         }
     }
 
     /// Opens (or creates) the ledger file, replays it, and starts the writer.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        Self::open_with(path, None, 0).map(|(ledger, _)| ledger)
+    }
+
+    /// Opens the ledger file as the store's spool: each commit goes on to `downstream`, and the
+    /// records past `checkpoint` (the file offset the store confirmed last) come back to be
+    /// shipped first. The in-memory book starts empty: the store holds the history.
+    pub fn open_spool(
+        path: &Path,
+        downstream: Arc<dyn Downstream>,
+        checkpoint: u64,
+    ) -> Result<(Self, Unshipped), LedgerError> {
+        Self::open_with(path, Some(downstream), checkpoint)
+    }
+
+    fn open_with(
+        path: &Path,
+        downstream: Option<Arc<dyn Downstream>>,
+        checkpoint: u64,
+    ) -> Result<(Self, Unshipped), LedgerError> {
         let io = |source| LedgerError::Io {
             path: path.to_owned(),
             source,
@@ -80,15 +143,39 @@ impl Ledger {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let mut book = Book::default();
+        let mut unshipped = Unshipped::default();
         if path.exists() {
-            let file = File::open(path).map_err(io)?;
+            let mut file = File::open(path).map_err(io)?;
+            let len = file.metadata().map_err(io)?.len();
+            // A checkpoint past the end belongs to another file: ship this one whole.
+            let from = if downstream.is_some() && checkpoint <= len {
+                checkpoint
+            } else {
+                0
+            };
+            {
+                use std::io::{Seek, SeekFrom};
+                file.seek(SeekFrom::Start(from)).map_err(io)?;
+            }
             for line in BufReader::new(file).lines() {
                 let line = line.map_err(io)?;
                 // A torn final line from a crash is not a committed record.
-                if let Ok(record) = serde_json::from_str::<Record>(&line) {
-                    book.add(&record);
+                if let Ok(mut record) = serde_json::from_str::<Record>(&line) {
+                    if downstream.is_some() {
+                        // Lines from before ids: the line's own hash is its id, the same on
+                        // every replay.
+                        if record.uid.is_empty() {
+                            record.uid = crate::support::hashing::hex(
+                                &crate::support::hashing::sha256(line.as_bytes())[..16],
+                            );
+                        }
+                        unshipped.records.push(record);
+                    } else {
+                        book.add(&record);
+                    }
                 }
             }
+            unshipped.offset = len;
         }
         let mut file = OpenOptions::new()
             .create(true)
@@ -107,17 +194,23 @@ impl Ledger {
                 file.write_all(b"\n").map_err(io)?;
             }
         }
+        // After the torn-line repair: where the next commit starts.
+        unshipped.offset = file.metadata().map_err(io)?.len();
         let (tx, rx) = channel();
         let thread = std::thread::Builder::new()
             .name("dsgw-ledger".into())
-            .spawn(move || write_loop(file, rx))
+            .spawn(move || write_loop(file, rx, downstream))
             .map_err(io)?;
-        Ok(Self {
-            book: Mutex::new(book),
-            writer: Some(Mutex::new(Some(tx))),
-            thread: Mutex::new(Some(thread)),
-            shared: None,
-        })
+        Ok((
+            Self {
+                book: Mutex::new(book),
+                writer: Some(Mutex::new(Some(tx))),
+                thread: Mutex::new(Some(thread)),
+                shared: None,
+                direct: None,
+            },
+            unshipped,
+        ))
     }
 
     /// Also adds every record's cost to the Redis counters replicas share.
@@ -141,6 +234,10 @@ impl Ledger {
             shared.record(&record, writes);
         }
         self.book.lock().expect("ledger lock").add(&record);
+        if let Some(direct) = &self.direct {
+            direct.committed(vec![record], None);
+            return;
+        }
         if let Some(writer) = &self.writer
             && writer
                 .lock()
@@ -165,9 +262,29 @@ impl Ledger {
     /// Picodollars on each named spend counter (`shared_spend::counter`).
     pub fn spent(&self, counters: &[String]) -> Vec<u64> {
         let book = self.book.lock().expect("ledger lock");
+        let read = |map: &HashMap<String, u64>, c: &String| map.get(c).copied().unwrap_or(0);
         counters
             .iter()
-            .map(|c| book.counters.get(c).copied().unwrap_or(0))
+            .map(|c| read(&book.counters, c) + read(&book.stored, c))
+            .collect()
+    }
+
+    /// The store committed `records` and its counters now read `stored`: the records stop
+    /// counting as pending, in one step, so no budget reads them twice or not at all.
+    pub fn confirmed(&self, records: &[Record], stored: HashMap<String, u64>) {
+        let mut book = self.book.lock().expect("ledger lock");
+        for r in records {
+            book.confirmed(r);
+        }
+        book.stored = stored;
+    }
+
+    /// Every aggregate: `(day, key_id, team, model, deployment)` and its totals.
+    pub fn aggregates(&self) -> Vec<(Group, Totals)> {
+        let book = self.book.lock().expect("ledger lock");
+        book.aggregates
+            .iter()
+            .map(|(k, t)| (k.clone(), *t))
             .collect()
     }
 
@@ -192,7 +309,7 @@ impl Ledger {
     }
 }
 
-fn group(r: &Record) -> (String, String, String, String, String) {
+fn group(r: &Record) -> Group {
     (
         day_of(r.ts),
         r.key_id.clone(),
@@ -202,7 +319,7 @@ fn group(r: &Record) -> (String, String, String, String, String) {
     )
 }
 
-fn write_loop(mut file: File, rx: Receiver<Record>) {
+fn write_loop(mut file: File, rx: Receiver<Record>, downstream: Option<Arc<dyn Downstream>>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         std::thread::sleep(COMMIT_WINDOW);
@@ -212,11 +329,23 @@ fn write_loop(mut file: File, rx: Receiver<Record>) {
             text.push_str(&serde_json::to_string(r).expect("a record serialises"));
             text.push('\n');
         }
-        if let Err(e) = file
+        match file
             .write_all(text.as_bytes())
             .and_then(|()| file.sync_data())
+            .and_then(|()| file.metadata())
         {
-            tracing::error!(target: "dsgw::ledger", error = %e, records = batch.len(), "ledger commit failed");
+            Ok(meta) => {
+                if let Some(downstream) = &downstream {
+                    downstream.committed(batch, Some(meta.len()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(target: "dsgw::ledger", error = %e, records = batch.len(), "ledger commit failed");
+                // The store still gets them: a full disk must not lose what it can keep.
+                if let Some(downstream) = &downstream {
+                    downstream.committed(batch, None);
+                }
+            }
         }
     }
 }
@@ -248,6 +377,7 @@ mod tests {
             computed_cost: None,
             unanswered: None,
             attempt: None,
+            ..Record::default()
         }
     }
 

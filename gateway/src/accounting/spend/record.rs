@@ -5,8 +5,18 @@
 use serde::{Deserialize, Serialize};
 
 /// One finished request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    /// Unique to this record (128 random bits): what makes a retried store write land once.
+    /// Absent in lines written before the store.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    /// The request's id (`x-request-id`); a client may reuse one, so it is no key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
+    /// How the request ended (`completed`, `stream_failed`, `client_disconnected`, ...).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub outcome: String,
     /// Unix seconds (UTC).
     pub ts: u64,
     pub key_id: String,
@@ -20,6 +30,13 @@ pub struct Record {
     pub reasoning: u64,
     /// Picodollars.
     pub cost: u64,
+    /// `cost` by part, picodollars (zero in lines written before the store).
+    #[serde(default)]
+    pub cost_cache_hit: u64,
+    #[serde(default)]
+    pub cost_cache_miss: u64,
+    #[serde(default)]
+    pub cost_output: u64,
     pub currency: String,
     pub estimated: bool,
     /// How it was priced: the price's name, its era's start (RFC 3339; absent: the price's

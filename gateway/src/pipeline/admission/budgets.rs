@@ -34,12 +34,16 @@ impl Remaining {
 
 impl Budget {
     pub fn from_config(c: &BudgetConfig, keys: &[crate::support::config::KeyConfig]) -> Self {
+        Self::with_team_of(c, |id| {
+            keys.iter().find(|k| k.id == id).map(|k| k.team.clone())
+        })
+    }
+
+    /// The budget, its key's team found by `team_of` (a key budget counts under its team).
+    pub fn with_team_of(c: &BudgetConfig, team_of: impl Fn(&str) -> Option<String>) -> Self {
         let team = match c.scope {
             LimitScope::Team => c.name.clone(),
-            LimitScope::Key => keys
-                .iter()
-                .find(|k| k.id == c.name)
-                .map_or_else(String::new, |k| k.team.clone()),
+            LimitScope::Key => team_of(&c.name).unwrap_or_default(),
         };
         Self {
             scope: c.scope,

@@ -1,10 +1,11 @@
-//! Virtual keys: clients present `Authorization: Bearer <key>`; the gateway stores only SHA-256
-//! digests and compares them in constant time, so neither the config nor a timing side channel
-//! gives a key away.
+//! Virtual keys: clients present `Authorization: Bearer <key>`; the gateway keeps only SHA-256
+//! digests and looks the presented key's digest up, so neither the config, the store nor a
+//! timing side channel gives a key away (a lookup's time depends on the digest, which tells an
+//! attacker nothing about any key's secret). The keys in force are swapped whole when the
+//! store changes ([`LiveKeys`]).
 
-use std::sync::Arc;
-
-use subtle::ConstantTimeEq;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use crate::support::config::KeyConfig;
 use crate::support::hashing::{Digest32, decode_hex32, hex, sha256};
@@ -22,18 +23,40 @@ pub enum KeyError {
     BadDigest { index: usize, id: String },
 }
 
+/// A key from the store: its digest, who it is, and the instant (Unix milliseconds) it stops
+/// working, if any (an expiry, or a rotated secret's grace period).
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    pub digest: Digest32,
+    pub principal: Principal,
+    pub not_after_ms: Option<i64>,
+}
+
+/// One accepted secret's holder.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    principal: Principal,
+    not_after_ms: Option<i64>,
+}
+
 /// How requests are authenticated.
 #[derive(Debug)]
 pub enum KeyStore {
-    /// Configured keys, by digest.
-    Keys(Vec<(Digest32, Principal)>),
+    /// Configured and stored keys, by digest.
+    Keys(HashMap<Digest32, Entry>),
     /// No keys configured: any bearer (or none) is accepted. Only allowed on loopback listeners.
     OpenLoopback(Principal),
 }
 
 impl KeyStore {
     pub fn from_config(keys: &[KeyConfig]) -> Result<Self, KeyError> {
-        if keys.is_empty() {
+        Self::with_stored(keys, Vec::new())
+    }
+
+    /// The file's keys and the store's; a stored key whose id the file also has is left out
+    /// (the file's wins), and with none of either any caller is accepted (loopback only).
+    pub fn with_stored(keys: &[KeyConfig], stored: Vec<StoredKey>) -> Result<Self, KeyError> {
+        if keys.is_empty() && stored.is_empty() {
             // Not an admin: admin routes always need a configured key.
             return Ok(Self::OpenLoopback(Principal {
                 key_id: Arc::from("local"),
@@ -41,7 +64,7 @@ impl KeyStore {
                 admin: false,
             }));
         }
-        let mut entries = Vec::with_capacity(keys.len());
+        let mut entries = HashMap::with_capacity(keys.len() + stored.len());
         for (index, k) in keys.iter().enumerate() {
             let digest = match (&k.key_sha256, &k.key_env) {
                 (Some(hex), _) => decode_hex32(hex).ok_or_else(|| KeyError::BadDigest {
@@ -63,39 +86,70 @@ impl KeyStore {
                     });
                 }
             };
-            entries.push((
+            entries.insert(
                 digest,
-                Principal {
-                    key_id: Arc::from(k.id.as_str()),
-                    team: Arc::from(k.team.as_str()),
-                    admin: k.admin,
+                Entry {
+                    principal: Principal {
+                        key_id: Arc::from(k.id.as_str()),
+                        team: Arc::from(k.team.as_str()),
+                        admin: k.admin,
+                    },
+                    not_after_ms: None,
                 },
-            ));
+            );
+        }
+        for s in stored {
+            if keys.iter().any(|k| *k.id == *s.principal.key_id) {
+                continue;
+            }
+            entries.entry(s.digest).or_insert(Entry {
+                principal: s.principal,
+                not_after_ms: s.not_after_ms,
+            });
         }
         Ok(Self::Keys(entries))
+    }
+
+    /// Keys mode with no key: every caller is refused.
+    pub fn nobody() -> Self {
+        Self::Keys(HashMap::new())
     }
 
     pub fn is_open(&self) -> bool {
         matches!(self, Self::OpenLoopback(_))
     }
 
-    /// Resolves the value of an `Authorization` header (or `x-api-key`) to a principal.
-    pub fn authenticate(&self, presented: Option<&str>) -> Option<Principal> {
+    /// Resolves the value of an `Authorization` header (or `x-api-key`) to a principal, as of
+    /// `now_ms` (an expired key, or a rotated secret past its grace, resolves to nothing).
+    pub fn authenticate(&self, presented: Option<&str>, now_ms: i64) -> Option<Principal> {
         match self {
             Self::OpenLoopback(p) => Some(p.clone()),
             Self::Keys(entries) => {
-                let key = presented?;
-                let digest = sha256(key.as_bytes());
-                // Scan every entry so the time taken does not depend on which one matched.
-                let mut found = None;
-                for (candidate, principal) in entries {
-                    if bool::from(candidate.ct_eq(&digest)) {
-                        found = Some(principal);
-                    }
-                }
-                found.cloned()
+                let entry = entries.get(&sha256(presented?.as_bytes()))?;
+                entry
+                    .not_after_ms
+                    .is_none_or(|end| now_ms < end)
+                    .then(|| entry.principal.clone())
             }
         }
+    }
+}
+
+/// The keys in force, swapped whole when the store changes; a request reads one version.
+#[derive(Debug)]
+pub struct LiveKeys(RwLock<Arc<KeyStore>>);
+
+impl LiveKeys {
+    pub fn new(keys: KeyStore) -> Self {
+        Self(RwLock::new(Arc::new(keys)))
+    }
+
+    pub fn current(&self) -> Arc<KeyStore> {
+        self.0.read().expect("keys lock").clone()
+    }
+
+    pub fn replace(&self, keys: KeyStore) {
+        *self.0.write().expect("keys lock") = Arc::new(keys);
     }
 }
 
@@ -136,11 +190,54 @@ mod tests {
     #[test]
     fn accepts_the_right_key_and_only_it() {
         let s = store();
-        let p = s.authenticate(Some("sk-alice")).unwrap();
+        let p = s.authenticate(Some("sk-alice"), 0).unwrap();
         assert_eq!(&*p.key_id, "alice");
         assert_eq!(&*p.team, "research");
-        assert!(s.authenticate(Some("sk-alicf")).is_none());
-        assert!(s.authenticate(None).is_none());
+        assert!(s.authenticate(Some("sk-alicf"), 0).is_none());
+        assert!(s.authenticate(None, 0).is_none());
+    }
+
+    #[test]
+    fn stored_keys_end_when_they_say_and_the_file_wins_an_id() {
+        let principal = |id: &str| Principal {
+            key_id: Arc::from(id),
+            team: Arc::from("ops"),
+            admin: false,
+        };
+        let stored = vec![
+            StoredKey {
+                digest: sha256(b"sk-bob"),
+                principal: principal("bob"),
+                not_after_ms: Some(1_000),
+            },
+            StoredKey {
+                digest: sha256(b"sk-bob-forever"),
+                principal: principal("bob"),
+                not_after_ms: None,
+            },
+            StoredKey {
+                digest: sha256(b"sk-fake-alice"),
+                principal: principal("alice"),
+                not_after_ms: None,
+            },
+        ];
+        let config = [KeyConfig {
+            id: "alice".into(),
+            team: "research".into(),
+            key_sha256: Some(hex(&sha256(b"sk-alice"))),
+            key_env: None,
+            admin: false,
+            default_classification: crate::support::config::Classification::Internal,
+            clearance: crate::support::config::Classification::Restricted,
+            opt_ins: Vec::new(),
+        }];
+        let s = KeyStore::with_stored(&config, stored).unwrap();
+        assert!(s.authenticate(Some("sk-bob"), 999).is_some());
+        assert!(s.authenticate(Some("sk-bob"), 1_000).is_none());
+        assert!(s.authenticate(Some("sk-bob-forever"), i64::MAX).is_some());
+        assert!(s.authenticate(Some("sk-fake-alice"), 0).is_none());
+        assert!(s.authenticate(Some("sk-alice"), 0).is_some());
+        assert!(KeyStore::with_stored(&[], Vec::new()).unwrap().is_open());
     }
 
     #[test]

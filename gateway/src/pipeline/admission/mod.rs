@@ -1,9 +1,10 @@
 //! Who may send a request, and whether it may go now: virtual keys ([`keys`]), data-residency
 //! policies ([`policy`]), spend budgets ([`budgets`]) and rate, token and concurrency limits
 //! ([`limits`]). The pipeline's admit phase runs them in that order; each refusal says why in
-//! its own [`Rejection`].
+//! its own [`Rejection`]. The [`directory`] puts the file's and the store's entries in force.
 
 pub mod budgets;
+pub mod directory;
 pub mod keys;
 pub mod limits;
 pub mod policy;

@@ -13,6 +13,7 @@ mod providers;
 mod routing;
 mod server;
 mod spend;
+mod store;
 
 pub use keys::{Classification, KeyConfig};
 pub use providers::{
@@ -22,8 +23,9 @@ pub use routing::RoutingConfig;
 pub use server::ServerConfig;
 pub use spend::{
     BudgetConfig, BudgetPeriod, FailureMode, LedgerConfig, LimitConfig, LimitScope, RedisConfig,
-    TokenCount,
+    TokenCount, redact_url,
 };
+pub use store::StoreConfig;
 
 /// The most output DeepSeek's V4 models take (`max_tokens` in [1, 393216]).
 pub const V4_MAX_OUTPUT_TOKENS: u32 = 393_216;
@@ -59,6 +61,10 @@ pub struct Config {
     /// Shared state for many replicas. Absent: limits hold per process.
     #[serde(default)]
     pub redis: Option<RedisConfig>,
+    /// The database of keys, teams, budgets, limits and the spend ledger, managed through the
+    /// admin API. Absent (with a config file): everything comes from this file.
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
     /// Rate and concurrency limits per team and per key.
     #[serde(default)]
     pub limits: Vec<LimitConfig>,
@@ -348,6 +354,8 @@ impl Config {
             ],
             keys: Vec::new(),
             redis: None,
+            // Keys made through the admin API, and spend, outlive the process.
+            store: crate::support::state_dir::state_dir().map(|d| StoreConfig::sqlite_in(&d)),
             limits: Vec::new(),
             prices: Vec::new(),
             prices_file: None,
@@ -474,11 +482,18 @@ impl Config {
         if let Some(redis) = &self.redis {
             redis.validate()?;
         }
+        if let Some(store) = &self.store {
+            store.validate()?;
+        }
         let teams: HashSet<&str> = self.keys.iter().map(|k| k.team.as_str()).collect();
         let ids: HashSet<&str> = self.keys.iter().map(|k| k.id.as_str()).collect();
-        let known = |scope: LimitScope, name: &str| match scope {
-            LimitScope::Team => teams.contains(name),
-            LimitScope::Key => ids.contains(name),
+        // With a store, a limit or budget may name a team or key that lives there.
+        let known = |scope: LimitScope, name: &str| {
+            self.store.is_some()
+                || match scope {
+                    LimitScope::Team => teams.contains(name),
+                    LimitScope::Key => ids.contains(name),
+                }
         };
         let mut limited = HashSet::new();
         for (i, l) in self.limits.iter().enumerate() {

@@ -58,7 +58,8 @@ struct Args {
     /// Interleaved rounds of the latency table (medians reported).
     #[arg(long, default_value_t = 1)]
     latency_rounds: usize,
-    /// Sections to run: latency, surfaces, limits, accounting, sequential, memory, overload.
+    /// Sections to run: latency, surfaces, limits, store, accounting, sequential, memory,
+    /// overload.
     #[arg(
         long,
         value_delimiter = ',',
@@ -289,6 +290,10 @@ fn main() {
             );
         }
 
+        if run("store") {
+            store_section(&pool, &direct, &via, &base, &args, &env).await;
+        }
+
         if run("accounting") {
             let plain_config = harness::config(&base, "").replace("drain_timeout_secs = 5", "drain_timeout_secs = 5\naccounting = false");
             let plain_gw = Gateway::start(&args.dsgw, &plain_config, &env);
@@ -387,6 +392,136 @@ fn main() {
 type Sample = (f64, f64, f64, f64, usize);
 
 /// The added-latency table: every target beside the direct call, interleaved at each rate.
+/// Keys from the store against keys from the file, interleaved at one rate (the store must
+/// cost nothing on the request path), and how fast ledger rows go into PostgreSQL.
+async fn store_section(
+    pool: &HttpClient,
+    direct: &Target,
+    via: &Target,
+    base: &str,
+    args: &Args,
+    env: &[(&str, &str)],
+) {
+    use dsgw_tests::postgres_server::PostgresServer;
+    let pg = PostgresServer::start();
+    let admin_digest = {
+        use sha2::Digest;
+        sha2::Sha256::digest(b"sk-bench-admin")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let store_extra = format!(
+        "[store]\nurl = \"{}\"\n\n[[keys]]\nid = \"root\"\nteam = \"ops\"\nadmin = true\nkey_sha256 = \"{admin_digest}\"\n",
+        pg.url()
+    );
+    let stored = Gateway::start(&args.dsgw, &harness::config(base, &store_extra), env);
+    let created = {
+        let request = http::Request::post(stored.url("/v1/admin/keys"))
+            .header("authorization", "Bearer sk-bench-admin")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"id": "bench", "team": "research"}"#,
+            )))
+            .unwrap();
+        let response = pool.request(request).await.expect("create a stored key");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["key"].as_str().expect("a secret").to_owned()
+    };
+    let secret: &'static str = Box::leak(created.into_boxed_str());
+    let from_store = Target {
+        name: "store",
+        url: stored.url("/v1/chat/completions"),
+        key: secret,
+    };
+    let rate = args.limits_rate.max(1000);
+    let body = chat_body("deepseek-chat", "Hello", false);
+    for target in [via, &from_store] {
+        for _ in 0..200 {
+            once(pool, target, &body).await;
+        }
+    }
+    let (mut f50, mut s50, mut f99, mut s99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut failures = 0;
+    for _ in 0..args.rounds {
+        let d = open_loop(pool, direct, &body, rate, args.seconds).await;
+        let f = open_loop(pool, via, &body, rate, args.seconds).await;
+        let s = open_loop(pool, &from_store, &body, rate, args.seconds).await;
+        let (d50, d99) = (pct(&d.latencies, 0.5), pct(&d.latencies, 0.99));
+        f50.push(pct(&f.latencies, 0.5) - d50);
+        s50.push(pct(&s.latencies, 0.5) - d50);
+        f99.push(pct(&f.latencies, 0.99) - d99);
+        s99.push(pct(&s.latencies, 0.99) - d99);
+        failures += f.failures + s.failures;
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "\n## Keys from the store vs from the file ({rate} req/s, non-streaming, {} s each, median of {} interleaved rounds)\n",
+        args.seconds, args.rounds
+    );
+    println!("| keys from | added p50 | added p99 |");
+    println!("|---|---|---|");
+    println!(
+        "| the file (JSON-lines ledger) | {:.3} ms | {:.3} ms |",
+        median(&mut f50),
+        median(&mut f99)
+    );
+    println!(
+        "| PostgreSQL (ledger rows shipped to it) | {:.3} ms | {:.3} ms |",
+        median(&mut s50),
+        median(&mut s99)
+    );
+    println!("\nfailures: {failures}");
+    drop(stored);
+
+    // Ingestion: a spool of N committed records, shipped when a replica starts on it, timed
+    // against the same start with an empty spool.
+    let rows = 50_000;
+    let spool = std::env::temp_dir().join(format!("dsgw-bench-spool-{}.jsonl", std::process::id()));
+    let record = |i: usize| {
+        serde_json::json!({"uid": format!("{i:032x}"), "request_id": format!("bench-{i}"), "ts": 1_796_000_000 + i / 100,
+            "key_id": "alice", "team": "research", "model": "deepseek-chat", "deployment": "deepseek/deepseek-chat",
+            "cache_hit": 64, "cache_miss": 10, "output": 5, "reasoning": 0, "cost": 4_900_000, "currency": "USD",
+            "estimated": false, "price": "deepseek-v3.2", "tier": "flat"})
+        .to_string()
+    };
+    let text: String = (0..rows).map(|i| record(i) + "\n").collect();
+    let with_spool = |path: &std::path::Path| {
+        harness::config(base, &store_extra).replacen(
+            "[ledger]\npath = \"",
+            &format!("[ledger]\npath = \"{}\"\n# ", path.display()),
+            1,
+        )
+    };
+    let empty = std::env::temp_dir().join(format!("dsgw-bench-empty-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&empty);
+    let started = Instant::now();
+    drop(Gateway::start(&args.dsgw, &with_spool(&empty), env));
+    let bare = started.elapsed();
+    std::fs::write(&spool, text).unwrap();
+    let _ = std::fs::remove_file(dsgw_tests::harness::shipped_checkpoint(&spool));
+    let started = Instant::now();
+    drop(Gateway::start(&args.dsgw, &with_spool(&spool), env));
+    let shipping = started.elapsed().saturating_sub(bare);
+    let stored_rows = pg
+        .psql("SELECT COUNT(*) FROM ledger WHERE request_id LIKE 'bench-%'")
+        .unwrap();
+    println!(
+        "\nledger rows into PostgreSQL: {rows} rows shipped in {:.0} ms ({:.0} rows/s, batches of 2000, 100 rows per INSERT); {} stored",
+        shipping.as_secs_f64() * 1e3,
+        rows as f64 / shipping.as_secs_f64(),
+        stored_rows.trim()
+    );
+    for path in [&spool, &empty] {
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(dsgw_tests::harness::shipped_checkpoint(path));
+    }
+}
+
 async fn latency_table(pool: &HttpClient, direct: &Target, targets: &[&Target], args: &Args) {
     println!("## Added latency, open loop ({} s per run)\n", args.seconds);
     println!("Added = latency through the hop minus latency calling the fake directly, same run.");

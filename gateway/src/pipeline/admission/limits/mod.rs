@@ -88,6 +88,8 @@ pub(crate) struct Refusal {
     retry_after_us: u64,
 }
 
+type Rules = HashMap<(LimitScope, String), Rule>;
+
 #[derive(Debug)]
 struct Rule {
     requests: Option<Rate>,
@@ -103,7 +105,8 @@ const DEFAULT_OUTPUT_ALLOWANCE: u64 = 4096;
 
 #[derive(Debug)]
 pub struct Limiter {
-    rules: HashMap<(LimitScope, String), Rule>,
+    /// Swapped whole when the store's limits change.
+    rules: std::sync::RwLock<Arc<Rules>>,
     redis: Option<RedisTier>,
     /// The whole answer without Redis, and the fallback for fail-open limits while it is away.
     local: LocalTier,
@@ -174,14 +177,10 @@ impl Limiter {
         link: Option<Arc<RedisLink>>,
         clock: Arc<dyn Clock>,
     ) -> Option<Arc<Self>> {
-        if config.limits.is_empty() {
+        if config.limits.is_empty() && config.store.is_none() {
             return None;
         }
-        let rules = config
-            .limits
-            .iter()
-            .map(|l| ((l.scope, l.name.clone()), Rule::from(l)))
-            .collect();
+        let rules = std::sync::RwLock::new(Arc::new(rules(&config.limits)));
         let redis = link.map(RedisTier::new);
         let mut instance = [0u8; 8];
         let _ = getrandom::fill(&mut instance);
@@ -197,11 +196,18 @@ impl Limiter {
         }))
     }
 
+    /// Puts `limits` in force (the file's and the store's, changed); buckets already taken
+    /// settle as they were taken.
+    pub fn set_rules(&self, limits: &[LimitConfig]) {
+        *self.rules.write().expect("limits lock") = Arc::new(rules(limits));
+    }
+
     fn buckets(
         &self,
         principal: &Principal,
         demand: Demand,
     ) -> (Vec<Bucket>, Vec<Option<TokenCount>>, FailureMode) {
+        let rules = self.rules.read().expect("limits lock").clone();
         let mut buckets = Vec::new();
         let mut counts = Vec::new();
         let mut fail = FailureMode::Open;
@@ -211,7 +217,7 @@ impl Limiter {
             (LimitScope::Team, &*principal.team),
             (LimitScope::Key, &*principal.key_id),
         ] {
-            let Some(rule) = self.rules.get(&(scope, name.to_owned())) else {
+            let Some(rule) = rules.get(&(scope, name.to_owned())) else {
                 continue;
             };
             if rule.fail == FailureMode::Closed {
@@ -474,6 +480,13 @@ fn header_name(kind: &str, measure: &str) -> HeaderName {
         ("remaining", _) => "x-ratelimit-remaining-tokens",
         _ => "x-ratelimit-reset-tokens",
     })
+}
+
+fn rules(limits: &[LimitConfig]) -> Rules {
+    limits
+        .iter()
+        .map(|l| ((l.scope, l.name.clone()), Rule::from(l)))
+        .collect()
 }
 
 impl From<&LimitConfig> for Rule {

@@ -45,7 +45,7 @@ use crate::pipeline::routing::catalog::deployment_id;
 pub use crate::support::config::Classification;
 
 /// A key's attributes as policies see them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeyAttrs {
     pub id: String,
     pub team: String,
@@ -501,9 +501,12 @@ impl PolicyEngine {
 
 /// Policy attributes of the configured keys.
 pub fn key_attrs(config: &crate::support::config::Config) -> Vec<KeyAttrs> {
-    config
-        .keys
-        .iter()
+    key_attrs_of(&config.keys)
+}
+
+/// Policy attributes of `keys` (with the open principal when there are none).
+pub fn key_attrs_of(keys: &[crate::support::config::KeyConfig]) -> Vec<KeyAttrs> {
+    keys.iter()
         .map(|k| KeyAttrs {
             id: k.id.clone(),
             team: k.team.clone(),
@@ -511,7 +514,7 @@ pub fn key_attrs(config: &crate::support::config::Config) -> Vec<KeyAttrs> {
             opt_ins: k.opt_ins.clone(),
             default_classification: k.default_classification,
         })
-        .chain(config.keys.is_empty().then(|| KeyAttrs {
+        .chain(keys.is_empty().then(|| KeyAttrs {
             // The open loopback principal (no keys configured).
             id: "local".to_owned(),
             team: "local".to_owned(),
