@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::redis_server::free_port;
+
 #[derive(Debug)]
 pub struct PostgresServer {
     pub port: u16,
@@ -15,14 +17,6 @@ pub struct PostgresServer {
     bin: PathBuf,
     /// The user the server runs as when the tests are root.
     run_as: Option<String>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The folder holding `initdb` and `postgres`: on the PATH, else Debian's versioned folder.

@@ -19,7 +19,8 @@ pub struct RedisServer {
     tls: Option<PathBuf>,
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -157,7 +157,43 @@ pub fn period_text(period: crate::support::config::BudgetPeriod) -> &'static str
     }
 }
 
+/// What a put does: create (`true`) or replace (`false`); a create of something that exists
+/// or a replace of something that does not is refused with the message given.
+fn put_mode(
+    exists: bool,
+    replace: bool,
+    taken: impl FnOnce() -> String,
+    missing: impl FnOnce() -> String,
+) -> Result<bool, ChangeError> {
+    match (exists, replace) {
+        (true, false) => Err(ChangeError::Conflict(taken())),
+        (false, true) => Err(ChangeError::NotFound(missing())),
+        (exists, _) => Ok(!exists),
+    }
+}
+
 impl Store {
+    /// Runs a one-row `DELETE` with its text parameters; none deleted is a not-found.
+    async fn delete_one(
+        &self,
+        sql: &'static str,
+        params: &[&str],
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        missing: String,
+    ) -> Result<(), ChangeError> {
+        let mut tx = self.pool().begin().await?;
+        let mut query = sqlx::query(sql);
+        for p in params {
+            query = query.bind((*p).to_owned());
+        }
+        if query.execute(&mut *tx).await?.rows_affected() == 0 {
+            return Err(ChangeError::NotFound(missing));
+        }
+        self.commit(tx, actor, action, target, Value::Null).await
+    }
+
     /// The revision the rows are at.
     pub async fn revision(&self) -> Result<i64, sqlx::Error> {
         let result = sqlx::query("SELECT n FROM revision WHERE id = 1")
@@ -360,40 +396,31 @@ impl Store {
             .await?
             .is_some();
         let labels = Value::Object(team.labels.clone()).to_string();
-        let action = match (exists, replace) {
-            (true, false) => {
-                return Err(ChangeError::Conflict(format!(
-                    "Team `{}` already exists.",
-                    team.name
-                )));
-            }
-            (false, true) => {
-                return Err(ChangeError::NotFound(format!(
-                    "No stored team is named `{}`.",
-                    team.name
-                )));
-            }
-            (false, false) => {
-                sqlx::query(
-                    "INSERT INTO teams (name, labels, created_ms, updated_ms) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(&team.name)
+        let create = put_mode(
+            exists,
+            replace,
+            || format!("Team `{}` already exists.", team.name),
+            || format!("No stored team is named `{}`.", team.name),
+        )?;
+        let action = if create {
+            sqlx::query(
+                "INSERT INTO teams (name, labels, created_ms, updated_ms) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&team.name)
+            .bind(labels)
+            .bind(team.created_ms)
+            .bind(team.updated_ms)
+            .execute(&mut *tx)
+            .await?;
+            "team.create"
+        } else {
+            sqlx::query("UPDATE teams SET labels = $1, updated_ms = $2 WHERE name = $3")
                 .bind(labels)
-                .bind(team.created_ms)
                 .bind(team.updated_ms)
+                .bind(&team.name)
                 .execute(&mut *tx)
                 .await?;
-                "team.create"
-            }
-            (true, true) => {
-                sqlx::query("UPDATE teams SET labels = $1, updated_ms = $2 WHERE name = $3")
-                    .bind(labels)
-                    .bind(team.updated_ms)
-                    .bind(&team.name)
-                    .execute(&mut *tx)
-                    .await?;
-                "team.update"
-            }
+            "team.update"
         };
         self.commit(
             tx,
@@ -451,46 +478,43 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?
         .is_some();
-        let action = match (exists, replace) {
-            (true, false) => {
-                return Err(ChangeError::Conflict(format!(
+        let create = put_mode(
+            exists,
+            replace,
+            || {
+                format!(
                     "A {period} budget for {scope} `{}` already exists; change it with PATCH.",
                     budget.name
-                )));
-            }
-            (false, true) => {
-                return Err(ChangeError::NotFound(format!(
-                    "No stored budget `{target}`."
-                )));
-            }
-            (false, false) => {
-                sqlx::query(
-                    "INSERT INTO budgets (scope, name, period, amount, updated_ms) \
+                )
+            },
+            || format!("No stored budget `{target}`."),
+        )?;
+        let action = if create {
+            sqlx::query(
+                "INSERT INTO budgets (scope, name, period, amount, updated_ms) \
                      VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(scope)
-                .bind(&budget.name)
-                .bind(period)
-                .bind(&budget.amount)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?;
-                "budget.create"
-            }
-            (true, true) => {
-                sqlx::query(
-                    "UPDATE budgets SET amount = $1, updated_ms = $2 \
+            )
+            .bind(scope)
+            .bind(&budget.name)
+            .bind(period)
+            .bind(&budget.amount)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+            "budget.create"
+        } else {
+            sqlx::query(
+                "UPDATE budgets SET amount = $1, updated_ms = $2 \
                      WHERE scope = $3 AND name = $4 AND period = $5",
-                )
-                .bind(&budget.amount)
-                .bind(now_ms())
-                .bind(scope)
-                .bind(&budget.name)
-                .bind(period)
-                .execute(&mut *tx)
-                .await?;
-                "budget.update"
-            }
+            )
+            .bind(&budget.amount)
+            .bind(now_ms())
+            .bind(scope)
+            .bind(&budget.name)
+            .bind(period)
+            .execute(&mut *tx)
+            .await?;
+            "budget.update"
         };
         let detail = serde_json::json!({"amount": budget.amount});
         self.commit(tx, actor, action, &target, detail).await
@@ -503,22 +527,17 @@ impl Store {
         period: &str,
         actor: &Actor,
     ) -> Result<(), ChangeError> {
-        let mut tx = self.pool().begin().await?;
-        let done =
-            sqlx::query("DELETE FROM budgets WHERE scope = $1 AND name = $2 AND period = $3")
-                .bind(scope)
-                .bind(name)
-                .bind(period)
-                .execute(&mut *tx)
-                .await?;
         let target = format!("{scope}:{name}:{period}");
-        if done.rows_affected() == 0 {
-            return Err(ChangeError::NotFound(format!(
-                "No stored budget `{target}`."
-            )));
-        }
-        self.commit(tx, actor, "budget.delete", &target, Value::Null)
-            .await
+        let missing = format!("No stored budget `{target}`.");
+        self.delete_one(
+            "DELETE FROM budgets WHERE scope = $1 AND name = $2 AND period = $3",
+            &[scope, name, period],
+            actor,
+            "budget.delete",
+            &target,
+            missing,
+        )
+        .await
     }
 
     /// Creates a limit, or (`replace`) writes over an existing one.
@@ -538,42 +557,39 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?
             .is_some();
-        let action = match (exists, replace) {
-            (true, false) => {
-                return Err(ChangeError::Conflict(format!(
+        let create = put_mode(
+            exists,
+            replace,
+            || {
+                format!(
                     "A limit for {scope} `{}` already exists; replace it with PUT.",
                     limit.name
-                )));
-            }
-            (false, true) => {
-                return Err(ChangeError::NotFound(format!(
-                    "No stored limit `{target}`."
-                )));
-            }
-            (false, false) => {
-                sqlx::query(
-                    "INSERT INTO limits (scope, name, rule, updated_ms) VALUES ($1, $2, $3, $4)",
                 )
-                .bind(scope)
-                .bind(&limit.name)
-                .bind(&rule)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?;
-                "limit.create"
-            }
-            (true, true) => {
-                sqlx::query(
-                    "UPDATE limits SET rule = $1, updated_ms = $2 WHERE scope = $3 AND name = $4",
-                )
-                .bind(&rule)
-                .bind(now_ms())
-                .bind(scope)
-                .bind(&limit.name)
-                .execute(&mut *tx)
-                .await?;
-                "limit.update"
-            }
+            },
+            || format!("No stored limit `{target}`."),
+        )?;
+        let action = if create {
+            sqlx::query(
+                "INSERT INTO limits (scope, name, rule, updated_ms) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(scope)
+            .bind(&limit.name)
+            .bind(&rule)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+            "limit.create"
+        } else {
+            sqlx::query(
+                "UPDATE limits SET rule = $1, updated_ms = $2 WHERE scope = $3 AND name = $4",
+            )
+            .bind(&rule)
+            .bind(now_ms())
+            .bind(scope)
+            .bind(&limit.name)
+            .execute(&mut *tx)
+            .await?;
+            "limit.update"
         };
         let detail = serde_json::from_str(&rule).unwrap_or(Value::Null);
         self.commit(tx, actor, action, &target, detail).await
@@ -585,20 +601,17 @@ impl Store {
         name: &str,
         actor: &Actor,
     ) -> Result<(), ChangeError> {
-        let mut tx = self.pool().begin().await?;
-        let done = sqlx::query("DELETE FROM limits WHERE scope = $1 AND name = $2")
-            .bind(scope)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
         let target = format!("{scope}:{name}");
-        if done.rows_affected() == 0 {
-            return Err(ChangeError::NotFound(format!(
-                "No stored limit `{target}`."
-            )));
-        }
-        self.commit(tx, actor, "limit.delete", &target, Value::Null)
-            .await
+        let missing = format!("No stored limit `{target}`.");
+        self.delete_one(
+            "DELETE FROM limits WHERE scope = $1 AND name = $2",
+            &[scope, name],
+            actor,
+            "limit.delete",
+            &target,
+            missing,
+        )
+        .await
     }
 
     /// Ends a change: its audit row, the revision bump and the notification, then the commit.

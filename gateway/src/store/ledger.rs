@@ -402,32 +402,41 @@ impl Store {
             .collect()
     }
 
-    /// Totals of the rows `filter` keeps, grouped by `by`.
-    pub async fn spend(
+    /// The totals of the rows `filter` keeps, grouped by `columns` (a fixed list, never input).
+    async fn grouped(
         &self,
-        by: GroupBy,
+        columns: &str,
         filter: &SpendFilter,
-    ) -> Result<Vec<SpendRow>, sqlx::Error> {
-        let column = by.column();
+    ) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {column} AS grp, {TOTALS} FROM ledger \
+            "SELECT {columns}, {TOTALS} FROM ledger \
              WHERE ts_ms >= $1 AND ts_ms < $2 AND ($3 = '' OR team = $3) AND ($4 = '' OR key_id = $4) \
-             GROUP BY {column} ORDER BY {column}"
+             GROUP BY {columns} ORDER BY {columns}"
         )))
         .bind(filter.from_ms)
         .bind(filter.to_ms)
         .bind(filter.team.clone().unwrap_or_default())
         .bind(filter.key_id.clone().unwrap_or_default())
         .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(SpendRow {
-                group: r.try_get("grp")?,
-                totals: totals(r)?,
+        .await
+    }
+
+    /// Totals of the rows `filter` keeps, grouped by `by`.
+    pub async fn spend(
+        &self,
+        by: GroupBy,
+        filter: &SpendFilter,
+    ) -> Result<Vec<SpendRow>, sqlx::Error> {
+        self.grouped(by.column(), filter)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(SpendRow {
+                    group: r.try_get(by.column())?,
+                    totals: totals(r)?,
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 
     /// Totals by day, model and deployment (what `/v1/usage` shows).
@@ -435,27 +444,18 @@ impl Store {
         &self,
         filter: &SpendFilter,
     ) -> Result<Vec<(String, String, String, Totals)>, sqlx::Error> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT day, model, deployment, {TOTALS} FROM ledger \
-             WHERE ts_ms >= $1 AND ts_ms < $2 AND ($3 = '' OR team = $3) AND ($4 = '' OR key_id = $4) \
-             GROUP BY day, model, deployment ORDER BY day, model, deployment"
-        )))
-        .bind(filter.from_ms)
-        .bind(filter.to_ms)
-        .bind(filter.team.clone().unwrap_or_default())
-        .bind(filter.key_id.clone().unwrap_or_default())
-        .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                r.try_get("day")?,
-                r.try_get("model")?,
-                r.try_get("deployment")?,
-                totals(r)?,
-            ))
-        })
-        .collect()
+        self.grouped("day, model, deployment", filter)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("day")?,
+                    r.try_get("model")?,
+                    r.try_get("deployment")?,
+                    totals(r)?,
+                ))
+            })
+            .collect()
     }
 
     /// How many ledger rows there are (tests and `dsgw admin`).

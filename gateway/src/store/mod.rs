@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Executor, SqlSafeStr};
+use sqlx::{AnyPool, AssertSqlSafe, Executor, SqlSafeStr};
 
 use crate::support::config::{StoreConfig, redact_url};
 
@@ -43,19 +43,26 @@ impl Backend {
         }
     }
 
+    /// How the dialect spells an exact decimal of dollars (SQLite has none: REAL).
+    fn usd_decimal(self) -> &'static str {
+        match self {
+            Self::Sqlite => "REAL",
+            Self::Postgres => "NUMERIC(30, 12)",
+        }
+    }
+
+    /// The migrations, one SQL text each for both dialects.
     fn migrations(self) -> Vec<Migration> {
-        let sources: &[(i64, &str, &'static str)] = match self {
-            Self::Sqlite => &[(1, "init", include_str!("migrations/sqlite/0001_init.sql"))],
-            Self::Postgres => &[(1, "init", include_str!("migrations/postgres/0001_init.sql"))],
-        };
-        sources
+        const SOURCES: &[(i64, &str, &str)] =
+            &[(1, "init", include_str!("migrations/0001_init.sql"))];
+        SOURCES
             .iter()
             .map(|&(version, description, sql)| {
                 Migration::new(
                     version,
                     Cow::Borrowed(description),
                     MigrationType::Simple,
-                    sql.into_sql_str(),
+                    AssertSqlSafe(sql.replace("USD_DECIMAL", self.usd_decimal())).into_sql_str(),
                     false,
                 )
             })

@@ -173,8 +173,9 @@ pub fn generate_key() -> Result<String, getrandom::Error> {
 mod tests {
     use super::*;
 
-    fn store() -> KeyStore {
-        KeyStore::from_config(&[KeyConfig {
+    /// `alice` of `research`, whose secret is `sk-alice`.
+    fn alice() -> KeyConfig {
+        KeyConfig {
             id: "alice".into(),
             team: "research".into(),
             key_sha256: Some(hex(&sha256(b"sk-alice"))),
@@ -183,8 +184,11 @@ mod tests {
             default_classification: crate::support::config::Classification::Internal,
             clearance: crate::support::config::Classification::Restricted,
             opt_ins: Vec::new(),
-        }])
-        .unwrap()
+        }
+    }
+
+    fn store() -> KeyStore {
+        KeyStore::from_config(&[alice()]).unwrap()
     }
 
     #[test]
@@ -221,17 +225,7 @@ mod tests {
                 not_after_ms: None,
             },
         ];
-        let config = [KeyConfig {
-            id: "alice".into(),
-            team: "research".into(),
-            key_sha256: Some(hex(&sha256(b"sk-alice"))),
-            key_env: None,
-            admin: false,
-            default_classification: crate::support::config::Classification::Internal,
-            clearance: crate::support::config::Classification::Restricted,
-            opt_ins: Vec::new(),
-        }];
-        let s = KeyStore::with_stored(&config, stored).unwrap();
+        let s = KeyStore::with_stored(&[alice()], stored).unwrap();
         assert!(s.authenticate(Some("sk-bob"), 999).is_some());
         assert!(s.authenticate(Some("sk-bob"), 1_000).is_none());
         assert!(s.authenticate(Some("sk-bob-forever"), i64::MAX).is_some());

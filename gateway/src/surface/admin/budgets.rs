@@ -4,17 +4,15 @@
 
 use axum::extract::{Path, State};
 use axum::response::Response;
-use bytes::Bytes;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Admin, change_error, check_name, json, parse, require_admin, respond};
+use super::{Admin, AdminCaller, Body, change_error, check_name, json};
 use crate::accounting::pricing::Money;
 use crate::store::directory::{period_text, scope_text};
 use crate::support::config::prices::dollars;
 use crate::support::config::{BudgetConfig, BudgetPeriod, LimitScope};
-use crate::support::principal::Principal;
 use crate::wire::error::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -50,79 +48,75 @@ fn render(b: &BudgetConfig, source: &str) -> Value {
 /// `POST /v1/admin/budgets` `{"scope": "team", "name": "research", "period": "month", "amount": "100.00"}`.
 pub async fn create(
     State(admin): State<Admin>,
-    principal: axum::Extension<Principal>,
-    body: Bytes,
-) -> Response {
-    respond(
-        async {
-            let actor = require_admin(&principal)?;
-            let budget: BudgetConfig = parse(&body)?;
-            check(&budget)?;
-            if in_file(&admin, &budget) {
-                return Err(ApiError::conflict(
-                    "This budget is defined in the configuration file; change it there.",
-                ));
-            }
-            admin
-                .store()?
-                .put_budget(&budget, false, &actor)
-                .await
-                .map_err(change_error)?;
-            admin.refresh().await;
-            Ok(json(StatusCode::CREATED, &render(&budget, "store")))
-        }
-        .await,
-    )
+    AdminCaller(actor): AdminCaller,
+    Body(budget): Body<BudgetConfig>,
+) -> Result<Response, ApiError> {
+    put(&admin, &budget, false, &actor).await?;
+    Ok(json(StatusCode::CREATED, &render(&budget, "store")))
+}
+
+/// Creates or (`replace`) changes a stored budget, refusing one the file defines.
+async fn put(
+    admin: &Admin,
+    budget: &BudgetConfig,
+    replace: bool,
+    actor: &crate::store::directory::Actor,
+) -> Result<(), ApiError> {
+    check(budget)?;
+    if in_file(admin, budget) {
+        return Err(ApiError::conflict(
+            "This budget is defined in the configuration file; change it there.",
+        ));
+    }
+    admin
+        .store()?
+        .put_budget(budget, replace, actor)
+        .await
+        .map_err(change_error)?;
+    admin.refresh().await;
+    Ok(())
 }
 
 /// `GET /v1/admin/budgets`: every budget in force, with what is left of it this period.
-pub async fn list(State(admin): State<Admin>, principal: axum::Extension<Principal>) -> Response {
-    respond(
-        async {
-            require_admin(&principal)?;
-            let mut data: Vec<Value> = admin
-                .directory
-                .file_budgets()
-                .iter()
-                .map(|b| render(b, "config"))
-                .collect();
-            if let Some(store) = &admin.pipeline.store {
-                let snapshot = store
-                    .snapshot()
-                    .await
-                    .map_err(|e| super::store_unavailable(&e))?;
-                data.extend(
-                    snapshot
-                        .budgets
-                        .iter()
-                        .filter(|b| !in_file(&admin, b))
-                        .map(|b| render(b, "store")),
-                );
-            }
-            let left = crate::pipeline::admission::budgets::all_current(
-                &admin.pipeline.budgets(),
-                &admin.pipeline.ledger,
-                crate::accounting::spend::record::now(),
-            )
+pub async fn list(State(admin): State<Admin>, _admin: AdminCaller) -> Result<Response, ApiError> {
+    let mut data: Vec<Value> = admin
+        .directory
+        .file_budgets()
+        .iter()
+        .map(|b| render(b, "config"))
+        .collect();
+    if let Some(store) = &admin.pipeline.store {
+        let snapshot = store
+            .snapshot()
             .await
-            .unwrap_or_default();
-            for item in &mut data {
-                let found = left.iter().find(|(scope, name, period, _)| {
-                    item["scope"] == *scope
-                        && item["name"] == name.as_str()
-                        && item["period"] == *period
-                });
-                if let Some((.., left)) = found {
-                    item["left"] = Value::String(Money(*left).to_string());
-                }
-            }
-            Ok(json(
-                StatusCode::OK,
-                &json!({"object": "list", "data": data}),
-            ))
-        }
-        .await,
+            .map_err(|e| super::store_unavailable(&e))?;
+        data.extend(
+            snapshot
+                .budgets
+                .iter()
+                .filter(|b| !in_file(&admin, b))
+                .map(|b| render(b, "store")),
+        );
+    }
+    let left = crate::pipeline::admission::budgets::all_current(
+        &admin.pipeline.budgets(),
+        &admin.pipeline.ledger,
+        crate::accounting::spend::record::now(),
     )
+    .await
+    .unwrap_or_default();
+    for item in &mut data {
+        let found = left.iter().find(|(scope, name, period, _)| {
+            item["scope"] == *scope && item["name"] == name.as_str() && item["period"] == *period
+        });
+        if let Some((.., left)) = found {
+            item["left"] = Value::String(Money(*left).to_string());
+        }
+    }
+    Ok(json(
+        StatusCode::OK,
+        &json!({"object": "list", "data": data}),
+    ))
 }
 
 fn path_budget(
@@ -148,55 +142,41 @@ fn path_budget(
 /// `PATCH /v1/admin/budgets/{scope}/{name}/{period}` `{"amount": "250.00"}`.
 pub async fn update(
     State(admin): State<Admin>,
-    principal: axum::Extension<Principal>,
+    AdminCaller(actor): AdminCaller,
     Path((scope, name, period)): Path<(String, String, String)>,
-    body: Bytes,
-) -> Response {
-    respond(
-        async {
-            let actor = require_admin(&principal)?;
-            let patch: AmountPatch = parse(&body)?;
-            let budget = path_budget(&scope, name, &period, patch.amount)?;
-            check(&budget)?;
-            if in_file(&admin, &budget) {
-                return Err(ApiError::conflict(
-                    "This budget is defined in the configuration file; change it there.",
-                ));
-            }
-            admin
-                .store()?
-                .put_budget(&budget, true, &actor)
-                .await
-                .map_err(change_error)?;
-            admin.refresh().await;
-            Ok(json(StatusCode::OK, &render(&budget, "store")))
-        }
-        .await,
-    )
+    Body(patch): Body<AmountPatch>,
+) -> Result<Response, ApiError> {
+    let budget = path_budget(&scope, name, &period, patch.amount)?;
+    put(&admin, &budget, true, &actor).await?;
+    Ok(json(StatusCode::OK, &render(&budget, "store")))
 }
 
 /// `DELETE /v1/admin/budgets/{scope}/{name}/{period}`.
 pub async fn delete(
     State(admin): State<Admin>,
-    principal: axum::Extension<Principal>,
+    AdminCaller(actor): AdminCaller,
     Path((scope, name, period)): Path<(String, String, String)>,
-) -> Response {
-    respond(
-        async {
-            let actor = require_admin(&principal)?;
-            let budget = path_budget(&scope, name, &period, "0".into())?;
-            check_name("name", &budget.name)?;
-            if in_file(&admin, &budget) {
-                return Err(ApiError::conflict("This budget is defined in the configuration file; change it there."));
-            }
-            admin
-                .store()?
-                .delete_budget(scope_text(budget.scope), &budget.name, period_text(budget.period), &actor)
-                .await
-                .map_err(change_error)?;
-            admin.refresh().await;
-            Ok(json(StatusCode::OK, &json!({"object": "budget", "scope": budget.scope, "name": budget.name, "period": budget.period, "deleted": true})))
-        }
-        .await,
-    )
+) -> Result<Response, ApiError> {
+    let budget = path_budget(&scope, name, &period, "0".into())?;
+    check_name("name", &budget.name)?;
+    if in_file(&admin, &budget) {
+        return Err(ApiError::conflict(
+            "This budget is defined in the configuration file; change it there.",
+        ));
+    }
+    admin
+        .store()?
+        .delete_budget(
+            scope_text(budget.scope),
+            &budget.name,
+            period_text(budget.period),
+            &actor,
+        )
+        .await
+        .map_err(change_error)?;
+    admin.refresh().await;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"object": "budget", "scope": budget.scope, "name": budget.name, "period": budget.period, "deleted": true}),
+    ))
 }

@@ -14,11 +14,15 @@ pub mod teams;
 
 use std::sync::Arc;
 
-use axum::response::{IntoResponse, Response};
+use axum::extract::{FromRequest, FromRequestParts};
+use axum::response::Response;
 use bytes::Bytes;
 use http::StatusCode;
+use http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use axum::extract::State;
 
 use super::json_response;
 use crate::pipeline::Pipeline;
@@ -63,15 +67,55 @@ impl Admin {
     }
 }
 
-/// Refuses a caller that is not an admin.
-fn require_admin(principal: &Principal) -> Result<Actor, ApiError> {
-    if principal.admin {
-        Ok(Actor(principal.key_id.to_string()))
-    } else {
-        Err(ApiError::forbidden(
-            "This route needs an admin key (`admin = true`); without configured keys, admin \
-             routes are closed.",
-        ))
+/// The caller, if it is an admin (else a 403): who the audit log says made a change.
+#[derive(Debug)]
+pub struct AdminCaller(pub Actor);
+
+impl<S: Send + Sync> FromRequestParts<S> for AdminCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        match parts.extensions.get::<Principal>() {
+            Some(p) if p.admin => Ok(Self(Actor(p.key_id.to_string()))),
+            Some(_) => Err(ApiError::forbidden(
+                "This route needs an admin key (`admin = true`); without configured keys, \
+                 admin routes are closed.",
+            )),
+            None => Err(ApiError::unauthorized()),
+        }
+    }
+}
+
+/// A JSON body as `T` (see [`parse`]).
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = super::body(Bytes::from_request(request, state).await)?;
+        parse(&bytes).map(Self)
+    }
+}
+
+/// The query string as `T`, or a 422 naming what is wrong with it.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| Self(q.0))
+            .map_err(|e| {
+                use std::error::Error;
+                let why = e
+                    .source()
+                    .map_or_else(|| e.to_string(), ToString::to_string);
+                ApiError::invalid_parameter("query", format!("Invalid query string: {why}."))
+            })
     }
 }
 
@@ -129,11 +173,6 @@ fn json(status: StatusCode, value: &Value) -> Response {
     r
 }
 
-/// A handler's result as a response.
-fn respond(result: Result<Response, ApiError>) -> Response {
-    result.unwrap_or_else(IntoResponse::into_response)
-}
-
 /// Unix milliseconds as RFC 3339 (UTC).
 fn time(ms: i64) -> Value {
     jiff::Timestamp::from_millisecond(ms).map_or(Value::Null, |t| Value::String(t.to_string()))
@@ -166,49 +205,29 @@ fn page_size(limit: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
-/// The query string as `T`, or a 422 naming what is wrong with it.
-fn query<T: DeserializeOwned>(uri: &http::Uri) -> Result<T, ApiError> {
-    axum::extract::Query::<T>::try_from_uri(uri)
-        .map(|q| q.0)
-        .map_err(|e| {
-            use std::error::Error;
-            let why = e
-                .source()
-                .map_or_else(|| e.to_string(), ToString::to_string);
-            ApiError::invalid_parameter("query", format!("Invalid query string: {why}."))
-        })
-}
-
 /// `GET /v1/admin/audit?limit=`: the latest changes, newest first.
 pub async fn audit(
-    axum::extract::State(admin): axum::extract::State<Admin>,
-    principal: axum::Extension<Principal>,
-    uri: http::Uri,
-) -> Response {
-    respond(
-        async {
-            require_admin(&principal)?;
-            let q: AuditQuery = query(&uri)?;
-            let limit = page_size(q.limit)?;
-            let rows = admin
-                .store()?
-                .audit(limit)
-                .await
-                .map_err(|e| store_unavailable(&e))?;
-            let data: Vec<Value> = rows
-                .into_iter()
-                .map(|r| {
-                    serde_json::json!({"at": time(r.ts_ms), "actor": r.actor, "action": r.action,
-                    "target": r.target, "detail": r.detail})
-                })
-                .collect();
-            Ok(json(
-                StatusCode::OK,
-                &serde_json::json!({"object": "list", "data": data}),
-            ))
-        }
-        .await,
-    )
+    State(admin): State<Admin>,
+    _admin: AdminCaller,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, ApiError> {
+    let limit = page_size(q.limit)?;
+    let rows = admin
+        .store()?
+        .audit(limit)
+        .await
+        .map_err(|e| store_unavailable(&e))?;
+    let data: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({"at": time(r.ts_ms), "actor": r.actor, "action": r.action,
+            "target": r.target, "detail": r.detail})
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"object": "list", "data": data}),
+    ))
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -7,16 +7,15 @@ use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::response::Response;
-use http::{StatusCode, Uri};
+use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Admin, json, parse_time, query, require_admin, respond, store_unavailable, time};
+use super::{Admin, AdminCaller, Query, json, parse_time, store_unavailable, time};
 use crate::accounting::pricing::Money;
 use crate::accounting::spend::record::{Totals, day_of};
 use crate::store::ledger::{GroupBy, SpendFilter, SpendRow};
 use crate::store::now_ms;
-use crate::support::principal::Principal;
 use crate::wire::error::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -54,71 +53,62 @@ pub fn render(by: GroupBy, group: &str, t: &Totals) -> Value {
 
 pub async fn spend(
     State(admin): State<Admin>,
-    principal: axum::Extension<Principal>,
-    uri: Uri,
-) -> Response {
-    respond(
-        async {
-            require_admin(&principal)?;
-            let q: SpendQuery = query(&uri)?;
-            let by = match q.group_by.as_deref() {
-                None => GroupBy::Team,
-                Some(g) => GroupBy::parse(g).ok_or_else(|| {
-                    ApiError::invalid_parameter(
-                        "group_by",
-                        format!(
-                            "`group_by` must be team, key, model, day or deployment (got {g:?})."
-                        ),
-                    )
-                })?,
-            };
-            let now = now_ms();
-            let filter = SpendFilter {
-                from_ms: q
-                    .from
-                    .as_deref()
-                    .map(|t| parse_time("from", t))
-                    .transpose()?
-                    .unwrap_or_else(|| month_start(now)),
-                to_ms: q
-                    .to
-                    .as_deref()
-                    .map(|t| parse_time("to", t))
-                    .transpose()?
-                    .unwrap_or(i64::MAX),
-                team: q.team,
-                key_id: q.key_id,
-            };
-            if filter.to_ms <= filter.from_ms {
-                return Err(ApiError::invalid_parameter(
-                    "to",
-                    "`to` must be after `from`.",
-                ));
-            }
-            let rows = match &admin.pipeline.store {
-                Some(store) => store
-                    .spend(by, &filter)
-                    .await
-                    .map_err(|e| store_unavailable(&e))?,
-                None => from_ledger(&admin, by, &filter),
-            };
-            let total: u64 = rows.iter().map(|r| r.totals.cost).sum();
-            let data: Vec<Value> = rows
-                .iter()
-                .map(|r| render(by, &r.group, &r.totals))
-                .collect();
-            Ok(json(
-                StatusCode::OK,
-                &json!({
-                    "object": "list", "group_by": by.as_str(), "from": time(filter.from_ms),
-                    "to": if filter.to_ms == i64::MAX { time(now) } else { time(filter.to_ms) },
-                    "data": data, "total_cost": Money(total).to_string(), "currency": "USD",
-                    "source": if admin.pipeline.store.is_some() { "store" } else { "ledger" },
-                }),
-            ))
-        }
-        .await,
-    )
+    _admin: AdminCaller,
+    Query(q): Query<SpendQuery>,
+) -> Result<Response, ApiError> {
+    let by = match q.group_by.as_deref() {
+        None => GroupBy::Team,
+        Some(g) => GroupBy::parse(g).ok_or_else(|| {
+            ApiError::invalid_parameter(
+                "group_by",
+                format!("`group_by` must be team, key, model, day or deployment (got {g:?})."),
+            )
+        })?,
+    };
+    let now = now_ms();
+    let filter = SpendFilter {
+        from_ms: q
+            .from
+            .as_deref()
+            .map(|t| parse_time("from", t))
+            .transpose()?
+            .unwrap_or_else(|| month_start(now)),
+        to_ms: q
+            .to
+            .as_deref()
+            .map(|t| parse_time("to", t))
+            .transpose()?
+            .unwrap_or(i64::MAX),
+        team: q.team,
+        key_id: q.key_id,
+    };
+    if filter.to_ms <= filter.from_ms {
+        return Err(ApiError::invalid_parameter(
+            "to",
+            "`to` must be after `from`.",
+        ));
+    }
+    let rows = match &admin.pipeline.store {
+        Some(store) => store
+            .spend(by, &filter)
+            .await
+            .map_err(|e| store_unavailable(&e))?,
+        None => from_ledger(&admin, by, &filter),
+    };
+    let total: u64 = rows.iter().map(|r| r.totals.cost).sum();
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|r| render(by, &r.group, &r.totals))
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "object": "list", "group_by": by.as_str(), "from": time(filter.from_ms),
+            "to": if filter.to_ms == i64::MAX { time(now) } else { time(filter.to_ms) },
+            "data": data, "total_cost": Money(total).to_string(), "currency": "USD",
+            "source": if admin.pipeline.store.is_some() { "store" } else { "ledger" },
+        }),
+    ))
 }
 
 /// Without a store: this process's aggregates, which are kept by day (so `from` and `to` count

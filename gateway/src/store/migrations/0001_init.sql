@@ -1,5 +1,6 @@
--- dsgw's store, version 1. Times are Unix milliseconds (UTC); money is picodollars
--- (1e-12 USD) as BIGINT, so sums are exact; JSON columns are TEXT.
+-- dsgw's store, version 1, for SQLite and PostgreSQL alike. Times are Unix milliseconds (UTC);
+-- money is picodollars (1e-12 USD) as BIGINT, so sums are exact; JSON columns are TEXT.
+-- USD_DECIMAL is the one word the dialects spell differently (see store::Backend).
 
 CREATE TABLE teams (
     name        TEXT PRIMARY KEY,
@@ -110,16 +111,16 @@ CREATE TABLE revision (
 );
 INSERT INTO revision (id, n) VALUES (1, 0);
 
--- For BI tools: one row per billed call, in dollars (a REAL here; exact NUMERIC in
--- PostgreSQL; `cost` itself is exact picodollars in both).
+-- For BI tools: one row per billed call, in dollars (exact NUMERIC in PostgreSQL, REAL in
+-- SQLite; `cost` itself is exact picodollars in both).
 CREATE VIEW dsgw_spend AS
 SELECT
     request_id, ts_ms, day, key_id, team, model, deployment, provider,
     cache_hit AS cache_hit_tokens, cache_miss AS cache_miss_tokens,
     output AS output_tokens, reasoning AS reasoning_tokens,
-    CAST(cost AS REAL) / 1e12 AS cost_usd,
-    CAST(cost_cache_hit AS REAL) / 1e12 AS cost_cache_hit_usd,
-    CAST(cost_cache_miss AS REAL) / 1e12 AS cost_cache_miss_usd,
-    CAST(cost_output AS REAL) / 1e12 AS cost_output_usd,
+    CAST(cost AS USD_DECIMAL) / 1000000000000 AS cost_usd,
+    CAST(cost_cache_hit AS USD_DECIMAL) / 1000000000000 AS cost_cache_hit_usd,
+    CAST(cost_cache_miss AS USD_DECIMAL) / 1000000000000 AS cost_cache_miss_usd,
+    CAST(cost_output AS USD_DECIMAL) / 1000000000000 AS cost_output_usd,
     estimated, outcome, price, tier, unanswered
 FROM ledger;
