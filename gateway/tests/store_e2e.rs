@@ -270,6 +270,23 @@ async fn two_replicas_on_postgres_share_keys_revocations_rotations_and_budgets()
         until_status(gw, &erin, 200, second).await;
     }
 
+    // A key that expires works until then and on neither replica after.
+    let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(2);
+    let (status, gus) = admin(
+        &a,
+        reqwest::Method::POST,
+        "/v1/admin/keys",
+        Some(json!({"id": "gus", "team": "research", "expires_at": expires.to_string()})),
+    )
+    .await;
+    assert_eq!(status, 201, "{gus}");
+    let gus = gus["key"].as_str().unwrap().to_owned();
+    until_status(&b, &gus, 200, second).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for gw in [&a, &b] {
+        assert_eq!(chat(gw, &gus).await.0, 401, "an expired key");
+    }
+
     // A limit made through the API binds too: one request a minute for team `limited`.
     let (_, frank) = admin(
         &a,
@@ -291,7 +308,7 @@ async fn two_replicas_on_postgres_share_keys_revocations_rotations_and_budgets()
     assert_eq!(chat(&a, &frank).await.0, 429);
 
     // The spend report equals the sum of what every request was told it cost.
-    let (requests, costs) = served(&[&secret, &old, &new]);
+    let (requests, costs) = served(&[&secret, &old, &new, &gus]);
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut rows;
     loop {
@@ -334,7 +351,7 @@ async fn two_replicas_on_postgres_share_keys_revocations_rotations_and_budgets()
         .iter()
         .map(|r| r["key"].as_str().unwrap())
         .collect();
-    assert_eq!(keys, ["carol", "dave"], "{by_key}");
+    assert_eq!(keys, ["carol", "dave", "gus"], "{by_key}");
     let sql_total = pg
         .psql("SELECT SUM(cost) FROM ledger WHERE team = 'research'")
         .unwrap();
@@ -832,6 +849,23 @@ async fn sqlite_keeps_state_across_restarts_and_dsgw_admin_drives_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    let (ok, out) = dsgw_admin(&gw, &["keys", "update", "jo", "--owner", "jo@example.org"]);
+    assert!(ok && out.contains("jo@example.org"), "{out}");
+    let (ok, out) = dsgw_admin(&gw, &["keys", "rotate", "jo", "--grace-seconds", "0"]);
+    assert!(ok && out.starts_with("key: sk-dsgw-"), "{out}");
+    assert_eq!(
+        chat(&gw, &secret).await.0,
+        401,
+        "no grace: the old secret ends now"
+    );
+    let rotated = out
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("key: ")
+        .to_owned();
+    assert_eq!(chat(&gw, &rotated).await.0, 200);
+    let secret = rotated;
     let (ok, out) = dsgw_admin(&gw, &["keys", "revoke", "jo"]);
     assert!(ok, "{out}");
     assert_eq!(chat(&gw, &secret).await.0, 401);
