@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 
-use crate::accounting::spend::ledger::{Ledger, LedgerError};
+use crate::accounting::spend::ledger::{Ledger, LedgerError, read_some_records};
 use crate::accounting::spend::shared::SharedSpend;
 use crate::pipeline::admission::directory::Directory;
 use crate::pipeline::admission::keys::{KeyError, KeyStore, LiveKeys};
@@ -162,16 +162,29 @@ impl AppState {
             None => (Ledger::in_memory_to(queue), Default::default()),
         };
         let state = Self::assemble(config, ledger, Some(store.clone()))?;
-        if !unshipped.records.is_empty() {
-            for chunk in unshipped.records.chunks(2_000) {
-                store.insert_ledger(chunk).await.map_err(read_error)?;
-            }
-            tracing::info!(
-                records = unshipped.records.len(),
-                "ledger rows from the last run shipped to the store"
-            );
-        }
         if let Some(path) = &spool {
+            // What the last run committed but the store never confirmed, a batch at a time.
+            let mut at = unshipped.from;
+            let mut shipped = 0;
+            while at < unshipped.offset {
+                let mut batch = Vec::new();
+                at = read_some_records(path, at, true, 2_000, |r| batch.push(r)).map_err(
+                    |source| LedgerError::Io {
+                        path: path.clone(),
+                        source,
+                    },
+                )?;
+                if batch.is_empty() {
+                    break;
+                }
+                shipped += store.insert_ledger(&batch).await.map_err(read_error)?.len();
+            }
+            if shipped > 0 {
+                tracing::info!(
+                    records = shipped,
+                    "ledger rows from the last run shipped to the store"
+                );
+            }
             std::fs::write(checkpoint_path(path), unshipped.offset.to_string()).map_err(
                 |source| LedgerError::Io {
                     path: checkpoint_path(path),
@@ -183,14 +196,14 @@ impl AppState {
             .current_counters(crate::accounting::spend::record::now())
             .await
             .map_err(read_error)?;
-        state.pipeline.ledger.confirmed(&[], counters);
+        state.pipeline.ledger.confirmed([], counters);
         state
             .directory
             .apply(&snapshot, &state.keys, &state.pipeline);
         let shipper = Shipper {
             store: store.clone(),
             ledger: state.pipeline.ledger.clone(),
-            checkpoint: spool.as_deref().map(checkpoint_path),
+            spool: spool.clone(),
             retention_days: store_config.retention_days,
         }
         .spawn(rx);

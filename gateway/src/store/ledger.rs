@@ -9,13 +9,14 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, now_ms};
-use crate::accounting::spend::ledger::{Downstream, Ledger};
+use crate::accounting::spend::ledger::{Downstream, Ledger, read_some_records};
 use crate::accounting::spend::record::{Record, Totals, counter, day_of};
 
 /// Rows per INSERT statement (26 parameters each, well under either database's limit).
@@ -32,24 +33,74 @@ pub struct Batch {
     file_offset: Option<u64>,
 }
 
+/// Records held in memory for the store at most, while it is away. Past it, records that are
+/// safe in the spool file are not queued; the shipper reads them back from the file once the
+/// store answers again (without a spool nothing is dropped: there is no other copy).
+const MAX_QUEUED: usize = 100_000;
+
+/// What the two ends of the queue share.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    /// Records queued at most (with a spool).
+    most: usize,
+    queued: AtomicUsize,
+    /// Records were left in the spool only: read them back before moving the checkpoint.
+    overflowed: AtomicBool,
+}
+
 /// The ledger's side of the queue.
 #[derive(Debug)]
-pub struct ShipQueue(mpsc::UnboundedSender<Batch>);
+pub struct ShipQueue {
+    tx: mpsc::UnboundedSender<Batch>,
+    backlog: Arc<Backlog>,
+}
 
 impl Downstream for ShipQueue {
     fn committed(&self, records: Vec<Record>, file_offset: Option<u64>) {
+        let queued = self.backlog.queued.load(Ordering::Relaxed);
+        if file_offset.is_some() && queued >= self.backlog.most {
+            if !self.backlog.overflowed.swap(true, Ordering::Relaxed) {
+                tracing::warn!(target: "dsgw::store", queued, "the store is behind: new ledger rows wait in the spool file only");
+            }
+            return;
+        }
+        self.backlog
+            .queued
+            .fetch_add(records.len(), Ordering::Relaxed);
         // The shipper only stops at shutdown, after the ledger's last commit.
-        let _ = self.0.send(Batch {
+        let _ = self.tx.send(Batch {
             records,
             file_offset,
         });
     }
 }
 
+/// The shipper's side of the queue.
+#[derive(Debug)]
+pub struct ShipRx {
+    rx: mpsc::UnboundedReceiver<Batch>,
+    backlog: Arc<Backlog>,
+}
+
 /// The queue's two ends.
-pub fn queue() -> (Arc<ShipQueue>, mpsc::UnboundedReceiver<Batch>) {
+pub fn queue() -> (Arc<ShipQueue>, ShipRx) {
+    queue_holding(MAX_QUEUED)
+}
+
+/// The queue's two ends, holding at most `most` records in memory when there is a spool.
+pub fn queue_holding(most: usize) -> (Arc<ShipQueue>, ShipRx) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (Arc::new(ShipQueue(tx)), rx)
+    let backlog = Arc::new(Backlog {
+        most,
+        ..Backlog::default()
+    });
+    (
+        Arc::new(ShipQueue {
+            tx,
+            backlog: backlog.clone(),
+        }),
+        ShipRx { rx, backlog },
+    )
 }
 
 /// Where the confirmed offset of a ledger file is kept.
@@ -82,7 +133,8 @@ fn write_checkpoint(path: &std::path::Path, offset: u64) {
 pub struct Shipper {
     pub store: Arc<Store>,
     pub ledger: Arc<Ledger>,
-    pub checkpoint: Option<PathBuf>,
+    /// The ledger file the records were committed to first, if any.
+    pub spool: Option<PathBuf>,
     pub retention_days: Option<u32>,
 }
 
@@ -104,7 +156,7 @@ impl ShipperHandle {
 }
 
 impl Shipper {
-    pub fn spawn(self, rx: mpsc::UnboundedReceiver<Batch>) -> ShipperHandle {
+    pub fn spawn(self, rx: ShipRx) -> ShipperHandle {
         let (finish, stop) = oneshot::channel();
         ShipperHandle {
             finish,
@@ -112,9 +164,16 @@ impl Shipper {
         }
     }
 
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<Batch>, mut stop: oneshot::Receiver<()>) {
+    async fn run(self, queue: ShipRx, mut stop: oneshot::Receiver<()>) {
+        let ShipRx { mut rx, backlog } = queue;
         let mut last_sweep = None::<tokio::time::Instant>;
         let mut stopping = false;
+        // The spool offset the store has confirmed: it only moves forward, and not while
+        // records wait in the spool alone.
+        let mut confirmed = self
+            .spool
+            .as_deref()
+            .map_or(0, |s| read_checkpoint(&checkpoint_path(s)));
         loop {
             let first = if stopping {
                 match rx.try_recv() {
@@ -146,9 +205,15 @@ impl Shipper {
                     }
                 }
             }
+            backlog.queued.fetch_sub(records.len(), Ordering::Relaxed);
             self.ship(&records).await;
-            if let (Some(path), Some(offset)) = (&self.checkpoint, offset) {
-                write_checkpoint(path, offset);
+            if let Some(spool) = &self.spool {
+                if backlog.overflowed.swap(false, Ordering::Relaxed) {
+                    confirmed = self.catch_up(spool, confirmed).await;
+                } else if let Some(offset) = offset.filter(|o| *o > confirmed) {
+                    confirmed = offset;
+                    write_checkpoint(&checkpoint_path(spool), offset);
+                }
             }
             if let Some(days) = self.retention_days
                 && last_sweep.is_none_or(|t| t.elapsed() > Duration::from_secs(3600))
@@ -168,24 +233,61 @@ impl Shipper {
         }
     }
 
+    /// Ships the spool from `from` to its end, a batch at a time (rows already in the store
+    /// are skipped), moving the checkpoint as it goes; returns where it got to.
+    async fn catch_up(&self, spool: &std::path::Path, from: u64) -> u64 {
+        let mut at = from;
+        loop {
+            let path = spool.to_owned();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut records = Vec::new();
+                read_some_records(&path, at, true, RECORDS_PER_BATCH, |r| records.push(r))
+                    .map(|next| (records, next))
+            })
+            .await;
+            let (records, next) = match read {
+                Ok(Ok(read)) => read,
+                Ok(Err(e)) => {
+                    tracing::error!(target: "dsgw::store", error = %e, "cannot read the spool back; the rest ships at the next start");
+                    return at;
+                }
+                Err(_) => return at,
+            };
+            if records.is_empty() {
+                tracing::info!(target: "dsgw::store", "the store has caught up with the spool");
+                return at;
+            }
+            self.ship(&records).await;
+            at = next;
+            write_checkpoint(&checkpoint_path(spool), at);
+        }
+    }
+
     /// Writes `records` (retrying until the store takes them: they are safe in the spool
     /// meanwhile) and re-reads the counters.
     async fn ship(&self, records: &[Record]) {
         let mut wait = Duration::from_millis(100);
         loop {
             let result = async {
-                if !records.is_empty() {
-                    self.store.insert_ledger(records).await?;
-                }
-                self.store
+                let written = if records.is_empty() {
+                    HashSet::new()
+                } else {
+                    self.store.insert_ledger(records).await?
+                };
+                let stored = self
+                    .store
                     .current_counters(crate::accounting::spend::record::now())
-                    .await
+                    .await?;
+                Ok::<_, sqlx::Error>((written, stored))
             }
             .await;
             self.store.observe(&result);
             match result {
-                Ok(stored) => {
-                    self.ledger.confirmed(records, stored);
+                Ok((written, stored)) => {
+                    // Only rows this batch wrote stop counting as pending: a row shipped twice
+                    // (read back from the spool) is not confirmed twice.
+                    self.ledger
+                        .confirmed(records.iter().filter(|r| written.contains(&r.uid)), stored);
                     return;
                 }
                 // Nothing new to write: try the counters again at the next tick.
@@ -282,8 +384,8 @@ pub struct SpendFilter {
 
 impl Store {
     /// Writes each record that is not there yet, and adds those (only those) to the spend
-    /// counters, in one transaction.
-    pub async fn insert_ledger(&self, records: &[Record]) -> Result<(), sqlx::Error> {
+    /// counters, in one transaction; returns the ids it wrote.
+    pub async fn insert_ledger(&self, records: &[Record]) -> Result<HashSet<String>, sqlx::Error> {
         let mut tx = self.pool().begin().await?;
         let mut written = HashSet::new();
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
@@ -371,7 +473,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(written)
     }
 
     /// The spend counters of the current day, month and all time, named as the ledger names
@@ -499,6 +602,46 @@ mod tests {
             tier: "flat".into(),
             ..Record::default()
         }
+    }
+
+    #[tokio::test]
+    async fn records_past_the_queue_bound_are_read_back_from_the_spool() {
+        let dir = std::env::temp_dir().join(format!("dsgw-store-spool-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&StoreConfig::sqlite_in(&dir)).await.unwrap();
+        let now = crate::accounting::spend::record::now();
+        let spool = dir.join("ledger.jsonl");
+        let records: Vec<Record> = (0..5).map(|i| record(&format!("r{i}"), now, 10)).collect();
+        let mut text = String::new();
+        let mut ends = Vec::new();
+        for r in &records {
+            text.push_str(&serde_json::to_string(r).unwrap());
+            text.push('\n');
+            ends.push(text.len() as u64);
+        }
+        std::fs::write(&spool, &text).unwrap();
+        // Two fit; the rest are committed while nobody drains the queue: spool only.
+        let (queue, rx) = queue_holding(2);
+        queue.committed(records[..2].to_vec(), Some(ends[1]));
+        queue.committed(records[2..4].to_vec(), Some(ends[3]));
+        queue.committed(records[4..].to_vec(), Some(ends[4]));
+        let shipper = Shipper {
+            store: store.clone(),
+            ledger: Arc::new(Ledger::in_memory()),
+            spool: Some(spool.clone()),
+            retention_days: None,
+        }
+        .spawn(rx);
+        shipper.finish(Duration::from_secs(10)).await;
+        assert_eq!(
+            store.ledger_rows().await.unwrap(),
+            5,
+            "every record reached the store once"
+        );
+        assert_eq!(read_checkpoint(&checkpoint_path(&spool)), ends[4]);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

@@ -85,11 +85,12 @@ pub struct Ledger {
     direct: Option<Arc<dyn Downstream>>,
 }
 
-/// What [`Ledger::open_spool`] found in the file past the store's checkpoint: records to ship
-/// before serving.
+/// What [`Ledger::open_spool`] found: the part of the file past the store's checkpoint, to
+/// ship before serving (read back in batches with [`read_some_records`]).
 #[derive(Debug, Default)]
 pub struct Unshipped {
-    pub records: Vec<Record>,
+    /// Where the unshipped records start.
+    pub from: u64,
     /// The file's length: the checkpoint once they are shipped.
     pub offset: u64,
 }
@@ -119,9 +120,9 @@ impl Ledger {
         Self::open_with(path, None, 0).map(|(ledger, _)| ledger)
     }
 
-    /// Opens the ledger file as the store's spool: each commit goes on to `downstream`, and the
-    /// records past `checkpoint` (the file offset the store confirmed last) come back to be
-    /// shipped first. The in-memory book starts empty: the store holds the history.
+    /// Opens the ledger file as the store's spool: each commit goes on to `downstream`, and
+    /// where the records past `checkpoint` (the file offset the store confirmed last) lie comes
+    /// back, to ship them first. The in-memory book starts empty: the store holds the history.
     pub fn open_spool(
         path: &Path,
         downstream: Arc<dyn Downstream>,
@@ -145,37 +146,18 @@ impl Ledger {
         let mut book = Book::default();
         let mut unshipped = Unshipped::default();
         if path.exists() {
-            let mut file = File::open(path).map_err(io)?;
-            let len = file.metadata().map_err(io)?.len();
+            let len = std::fs::metadata(path).map_err(io)?.len();
             // A checkpoint past the end belongs to another file: ship this one whole.
             let from = if downstream.is_some() && checkpoint <= len {
                 checkpoint
             } else {
                 0
             };
-            {
-                use std::io::{Seek, SeekFrom};
-                file.seek(SeekFrom::Start(from)).map_err(io)?;
+            if downstream.is_some() {
+                unshipped.from = from;
+            } else {
+                read_records(path, 0, false, |record| book.add(&record)).map_err(io)?;
             }
-            for line in BufReader::new(file).lines() {
-                let line = line.map_err(io)?;
-                // A torn final line from a crash is not a committed record.
-                if let Ok(mut record) = serde_json::from_str::<Record>(&line) {
-                    if downstream.is_some() {
-                        // Lines from before ids: the line's own hash is its id, the same on
-                        // every replay.
-                        if record.uid.is_empty() {
-                            record.uid = crate::support::hashing::hex(
-                                &crate::support::hashing::sha256(line.as_bytes())[..16],
-                            );
-                        }
-                        unshipped.records.push(record);
-                    } else {
-                        book.add(&record);
-                    }
-                }
-            }
-            unshipped.offset = len;
         }
         let mut file = OpenOptions::new()
             .create(true)
@@ -271,7 +253,11 @@ impl Ledger {
 
     /// The store committed `records` and its counters now read `stored`: the records stop
     /// counting as pending, in one step, so no budget reads them twice or not at all.
-    pub fn confirmed(&self, records: &[Record], stored: HashMap<String, u64>) {
+    pub fn confirmed<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a Record>,
+        stored: HashMap<String, u64>,
+    ) {
         let mut book = self.book.lock().expect("ledger lock");
         for r in records {
             book.confirmed(r);
@@ -317,6 +303,54 @@ fn group(r: &Record) -> Group {
         r.model.clone(),
         r.deployment.clone(),
     )
+}
+
+/// Reads the committed records of a ledger file from byte `from`; a torn last line from a
+/// crash is skipped. With `ids`, a line written before records had ids gets one: the hash of
+/// the line and its place in the file, the same on every replay (two identical lines are still
+/// two records). Returns the offset it read to.
+pub fn read_records(
+    path: &Path,
+    from: u64,
+    ids: bool,
+    each: impl FnMut(Record),
+) -> std::io::Result<u64> {
+    read_some_records(path, from, ids, usize::MAX, each)
+}
+
+/// [`read_records`], stopping after `most` records: returns the offset just past the last
+/// line read.
+pub fn read_some_records(
+    path: &Path,
+    from: u64,
+    ids: bool,
+    most: usize,
+    mut each: impl FnMut(Record),
+) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(from))?;
+    let mut at = from;
+    let mut read = 0;
+    for line in BufReader::new(file).lines() {
+        if read == most {
+            break;
+        }
+        let line = line?;
+        let offset = at;
+        at += line.len() as u64 + 1;
+        if let Ok(mut record) = serde_json::from_str::<Record>(&line) {
+            read += 1;
+            if ids && record.uid.is_empty() {
+                let keyed = format!("{offset}:{line}");
+                record.uid = crate::support::hashing::hex(
+                    &crate::support::hashing::sha256(keyed.as_bytes())[..16],
+                );
+            }
+            each(record);
+        }
+    }
+    Ok(at)
 }
 
 fn write_loop(mut file: File, rx: Receiver<Record>, downstream: Option<Arc<dyn Downstream>>) {
@@ -444,6 +478,43 @@ mod tests {
         .unwrap();
         let l = Ledger::open(&path).unwrap();
         assert_eq!(l.spent(&[counter("key", "alice", "total")]), [4_900_000]);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[derive(Debug)]
+    struct Nowhere;
+
+    impl Downstream for Nowhere {
+        fn committed(&self, _: Vec<Record>, _: Option<u64>) {}
+    }
+
+    #[test]
+    fn identical_old_lines_ship_as_two_records_with_ids_stable_across_replays() {
+        let path =
+            std::env::temp_dir().join(format!("dsgw-ledger-spool-{}.jsonl", std::process::id()));
+        let line = "{\"ts\":1795883817,\"key_id\":\"alice\",\"team\":\"research\",\"model\":\"deepseek-chat\",\"deployment\":\"deepseek/deepseek-chat\",\"cache_hit\":0,\"cache_miss\":10,\"output\":5,\"reasoning\":0,\"cost\":4900000,\"currency\":\"USD\",\"estimated\":false}\n";
+        std::fs::write(&path, format!("{line}{line}")).unwrap();
+        let uids = || {
+            let mut uids = Vec::new();
+            let end = read_records(&path, 0, true, |r| uids.push(r.uid)).unwrap();
+            assert_eq!(end, 2 * line.len() as u64);
+            uids
+        };
+        let first = uids();
+        assert_eq!(first.len(), 2);
+        assert_ne!(first[0], first[1], "two identical lines are two records");
+        assert_eq!(uids(), first, "the same ids on every replay");
+        // Past the checkpoint only, a batch at a time.
+        let (ledger, tail) =
+            Ledger::open_spool(&path, Arc::new(Nowhere), line.len() as u64).unwrap();
+        ledger.close();
+        assert_eq!(
+            (tail.from, tail.offset),
+            (line.len() as u64, 2 * line.len() as u64)
+        );
+        let mut rest = Vec::new();
+        let next = read_some_records(&path, tail.from, true, 1, |r| rest.push(r.uid)).unwrap();
+        assert_eq!((rest, next), (vec![first[1].clone()], tail.offset));
         std::fs::remove_file(&path).unwrap();
     }
 }
