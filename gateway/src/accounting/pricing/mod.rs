@@ -145,14 +145,37 @@ impl Priced {
 pub struct Money(pub u64);
 
 impl fmt::Display for Money {
+    /// Digits written into a stack buffer by hand: an answer formats nine amounts (headers,
+    /// usage, the log line), and `format!` with padding cost ~1.5 K instructions each.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let whole = self.0 / 1_000_000_000_000;
-        let frac = self.0 % 1_000_000_000_000;
-        if frac == 0 {
-            return write!(f, "{whole}");
+        // u64::MAX picodollars is 18446744.073709551615: 8 + 1 + 12 bytes.
+        let mut buf = [0u8; 24];
+        let mut at = buf.len();
+        let mut frac = self.0 % 1_000_000_000_000;
+        if frac != 0 {
+            let mut places = 12;
+            while frac % 10 == 0 {
+                frac /= 10;
+                places -= 1;
+            }
+            for _ in 0..places {
+                at -= 1;
+                buf[at] = b'0' + (frac % 10) as u8;
+                frac /= 10;
+            }
+            at -= 1;
+            buf[at] = b'.';
         }
-        let digits = format!("{frac:012}");
-        write!(f, "{whole}.{}", digits.trim_end_matches('0'))
+        let mut whole = self.0 / 1_000_000_000_000;
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (whole % 10) as u8;
+            whole /= 10;
+            if whole == 0 {
+                break;
+            }
+        }
+        f.write_str(std::str::from_utf8(&buf[at..]).expect("ASCII digits"))
     }
 }
 
@@ -216,6 +239,41 @@ impl Cost {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// What `Money` must print: twelve places, trailing zeros trimmed.
+    fn reference(pico: u64) -> String {
+        let (whole, frac) = (pico / 1_000_000_000_000, pico % 1_000_000_000_000);
+        if frac == 0 {
+            return whole.to_string();
+        }
+        format!("{whole}.{}", format!("{frac:012}").trim_end_matches('0'))
+    }
+
+    proptest! {
+        #[test]
+        fn money_prints_as_the_reference(pico in any::<u64>(), small in 0u64..10_000_000_000_000) {
+            prop_assert_eq!(Money(pico).to_string(), reference(pico));
+            prop_assert_eq!(Money(small).to_string(), reference(small));
+        }
+    }
+
+    #[test]
+    fn money_at_the_edges() {
+        for pico in [
+            0,
+            1,
+            10,
+            1_000_000_000_000,
+            1_000_000_000_001,
+            999_999_999_999,
+            u64::MAX,
+        ] {
+            assert_eq!(Money(pico).to_string(), reference(pico));
+        }
+        assert_eq!(Money(u64::MAX).to_string(), "18446744.073709551615");
+        assert_eq!(Money(1).to_string(), "0.000000000001");
+    }
 
     fn usage(cache_hit: u64, cache_miss: u64, output: u64) -> Usage {
         Usage {
