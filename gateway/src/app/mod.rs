@@ -28,7 +28,9 @@ use crate::pipeline::admission::policy::{self, PolicyEngine, PolicyError};
 use crate::pipeline::{Parts, Pipeline};
 use crate::providers::{Provider, ProviderError};
 use crate::store::Store;
-use crate::store::ledger::{Shipper, ShipperHandle, checkpoint_path, read_checkpoint};
+use crate::store::shipper::{
+    RECORDS_PER_BATCH, Shipper, ShipperHandle, checkpoint_path, read_checkpoint,
+};
 use crate::support::config::Config;
 use crate::support::redis_link::RedisLink;
 use crate::support::state_dir::state_dir;
@@ -152,7 +154,7 @@ impl AppState {
             source,
         };
         let snapshot = store.snapshot().await.map_err(read_error)?;
-        let (queue, rx) = crate::store::ledger::queue();
+        let (queue, rx) = crate::store::shipper::queue();
         let spool = ledger_path(config);
         let (ledger, unshipped) = match &spool {
             Some(path) => {
@@ -168,12 +170,11 @@ impl AppState {
             let mut shipped = 0;
             while at < unshipped.offset {
                 let mut batch = Vec::new();
-                at = read_some_records(path, at, true, 2_000, |r| batch.push(r)).map_err(
-                    |source| LedgerError::Io {
+                at = read_some_records(path, at, true, RECORDS_PER_BATCH, |r| batch.push(r))
+                    .map_err(|source| LedgerError::Io {
                         path: path.clone(),
                         source,
-                    },
-                )?;
+                    })?;
                 if batch.is_empty() {
                     break;
                 }

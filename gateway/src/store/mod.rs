@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod directory;
 pub mod ledger;
+pub mod shipper;
 pub mod watch;
 
 use std::borrow::Cow;
