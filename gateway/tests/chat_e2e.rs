@@ -557,3 +557,17 @@ async fn failed_deployment_falls_through_to_the_next() {
         403
     );
 }
+
+#[tokio::test]
+async fn streams_one_after_another_reuse_one_upstream_connection() {
+    let s = setup().await;
+    let body = json!({"model": "deepseek-chat", "messages": user("Hello"), "stream": true});
+    for _ in 0..5 {
+        let events = s.stream(&body).await;
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    }
+    // Each stream's body is read to its end after `[DONE]`, so its connection goes back to
+    // the pool instead of being closed (five streams, five connections, before).
+    assert_eq!(s.fake.requests(), 5);
+    assert_eq!(s.fake.connections(), 1);
+}

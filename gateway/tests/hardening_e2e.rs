@@ -339,6 +339,79 @@ mod edge {
         assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     }
 
+    /// The body of the one response in `answer` (a head and `content-length` bytes), as JSON.
+    fn envelope_of(answer: &str) -> serde_json::Value {
+        let (_, body) = answer.split_once("\r\n\r\n").expect("a whole response");
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn heads_the_parser_rejects_are_answered_in_the_envelope() {
+        let s = gateway("").await;
+        let many_headers: String = (0..120).map(|i| format!("x-h{i}: v\r\n")).collect();
+        let cases = [
+            (
+                "GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1\r\nno colon here\r\n\r\n".to_owned(),
+                "HTTP/1.1 400 Bad Request",
+                "not valid HTTP/1.1",
+            ),
+            (
+                format!("GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1\r\n{many_headers}\r\n"),
+                "HTTP/1.1 431 Request Header Fields Too Large",
+                "too large",
+            ),
+            (
+                format!(
+                    "GET /{} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n",
+                    "a".repeat(70_000)
+                ),
+                "HTTP/1.1 414 URI Too Long",
+                "URI is too long",
+            ),
+        ];
+        for (request, head, message) in cases {
+            let mut tcp = TcpStream::connect(s.gw.addr).await.unwrap();
+            tcp.write_all(request.as_bytes()).await.unwrap();
+            let answer = until_closed(&mut tcp, Duration::from_secs(5))
+                .await
+                .expect("answered and closed");
+            assert!(answer.starts_with(head), "{answer}");
+            assert!(
+                answer.contains("content-type: application/json"),
+                "{answer}"
+            );
+            let error = &envelope_of(&answer)["error"];
+            assert_eq!(error["type"], "invalid_request_error", "{answer}");
+            assert!(
+                error["message"].as_str().unwrap().contains(message),
+                "{answer}"
+            );
+        }
+
+        // On a keep-alive connection, after a request served whole: the served answer is
+        // untouched, and the bad head that follows it gets the envelope.
+        let mut tcp = TcpStream::connect(s.gw.addr).await.unwrap();
+        tcp.write_all(
+            b"GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer sk-alice\r\n\r\n\
+              GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1\r\nbad\x01name: v\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let answer = until_closed(&mut tcp, Duration::from_secs(5))
+            .await
+            .expect("answered and closed");
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        let (served, rejected) = answer
+            .split_once("HTTP/1.1 400 Bad Request")
+            .unwrap_or_else(|| panic!("no rejection after the answer: {answer}"));
+        assert!(served.contains("deepseek-chat"), "{served}");
+        assert_eq!(
+            envelope_of(rejected)["error"]["type"],
+            "invalid_request_error",
+            "{rejected}"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_connection_beyond_the_cap_is_answered_at_once() {
         let s = gateway("max_connections = 3").await;

@@ -32,13 +32,25 @@ impl Gateway {
     /// Starts `bin serve --config <config>` and waits until it listens. `config` should listen on
     /// `127.0.0.1:0`; the chosen port is read from the gateway's start-up line.
     pub fn start(bin: &Path, config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_under(&[], bin, config, env)
+    }
+
+    /// [`Gateway::start`] with `bin` run by `wrapper` (valgrind and its options, say).
+    pub fn start_under(wrapper: &[&str], bin: &Path, config: &str, env: &[(&str, &str)]) -> Self {
         let path = std::env::temp_dir().join(format!(
             "dsgw-test-{}-{}.toml",
             std::process::id(),
             unique()
         ));
         std::fs::write(&path, config).expect("write config");
-        let mut command = Command::new(bin);
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(bin);
+                command
+            }
+            None => Command::new(bin),
+        };
         command
             .arg("serve")
             .arg("--config")

@@ -78,10 +78,95 @@ impl Watch {
     }
 }
 
-/// The socket, telling its watch when bytes arrive.
+/// The socket, telling its watch when bytes arrive, and answering hyper's own rejections in
+/// the error envelope.
 struct WatchedIo {
     inner: TcpStream,
     watch: Arc<Watch>,
+    /// Set once hyper rejected a head: our answer in its place, and how much of it is sent.
+    rejection: Option<(Vec<u8>, usize)>,
+}
+
+impl WatchedIo {
+    /// hyper answers a head it cannot parse itself (400, 431, 414: `Conn::on_parse_error`),
+    /// with an empty body and no hook to change it. That answer, told apart by its exact shape
+    /// with no request in service, is replaced here before it leaves by the same status in the
+    /// envelope every other error has; hyper closes the connection after it.
+    fn intercept(&mut self, written: &[u8]) {
+        if self.rejection.is_none()
+            && self.watch.in_service.load(Ordering::Relaxed) == 0
+            && let Some(status) = rejected_status(written)
+        {
+            tracing::debug!(
+                status = status.as_u16(),
+                "request head rejected by the parser"
+            );
+            self.rejection = Some((rejection(status), 0));
+        }
+    }
+
+    /// Sends what is left of the replacement answer; `Ready` once all of it is out.
+    fn poll_rejection(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let Some((answer, sent)) = &mut self.rejection else {
+            return Poll::Ready(Ok(()));
+        };
+        while *sent < answer.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &answer[*sent..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => *sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The status of `bytes` when they are exactly the answer hyper makes itself to a head it
+/// cannot parse: a 4xx head with no header but `connection: close`, `content-length: 0` and
+/// `date`, and nothing after it. Every answer of the service has a content type and a request
+/// id, so none is taken for one (a small one is written after its body is done, when no
+/// request is in service any more).
+fn rejected_status(bytes: &[u8]) -> Option<http::StatusCode> {
+    // Cheap tests first: every small answer of the service passes through here too.
+    if bytes.len() > 256 || !bytes.starts_with(b"HTTP/1.1 4") {
+        return None;
+    }
+    let head = std::str::from_utf8(bytes).ok()?.strip_suffix("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?.strip_prefix("HTTP/1.1 ")?;
+    let status = http::StatusCode::from_bytes(status_line.get(..3)?.as_bytes()).ok()?;
+    let own = |line: &str| {
+        line == "connection: close" || line == "content-length: 0" || line.starts_with("date: ")
+    };
+    (status.is_client_error() && lines.all(own)).then_some(status)
+}
+
+/// A whole HTTP/1.1 response: `status` in DeepSeek's envelope, closing the connection.
+fn rejection(status: http::StatusCode) -> Vec<u8> {
+    let message = match status {
+        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+            "The request head is too large (more than 100 headers, or more than the gateway's \
+             buffer holds)."
+        }
+        http::StatusCode::URI_TOO_LONG => "The request URI is too long (64 KiB at most).",
+        _ => {
+            "The request is not valid HTTP/1.1 (a malformed request line, header name or header \
+             value)."
+        }
+    };
+    let mut error = crate::wire::error::ApiError::bad_request(message);
+    error.status = status;
+    let body = error.envelope_json();
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes()
 }
 
 impl AsyncRead for WatchedIo {
@@ -105,14 +190,21 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        self.intercept(buf);
+        if self.rejection.is_some() {
+            // hyper's own bytes are dropped: ours went in their place.
+            return self.poll_rejection(cx).map_ok(|()| buf.len());
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_rejection(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_rejection(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
@@ -121,6 +213,14 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        let mut written = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(head), None) = (written.next(), written.next()) {
+            self.intercept(head);
+        }
+        if self.rejection.is_some() {
+            let len = bufs.iter().map(|b| b.len()).sum();
+            return self.poll_rejection(cx).map_ok(|()| len);
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -330,6 +430,7 @@ pub async fn serve_connection<S>(
     let io = TokioIo::new(WatchedIo {
         inner: tcp,
         watch: watch.clone(),
+        rejection: None,
     });
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -366,6 +467,51 @@ mod tests {
         let unbudgeted = Load::new(4, None);
         unbudgeted.lag_us.store(10_000_000, Ordering::Relaxed);
         assert!(!unbudgeted.overloaded());
+    }
+
+    #[test]
+    fn only_client_error_heads_are_taken_for_rejections() {
+        // As hyper 1 writes them (captured from a hyper server).
+        let own = |status: &str| {
+            format!(
+                "HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: 0\r\ndate: Tue, 01 Dec 2026 16:36:40 GMT\r\n\r\n"
+            )
+        };
+        assert_eq!(
+            rejected_status(own("431 Request Header Fields Too Large").as_bytes()),
+            Some(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
+        assert_eq!(
+            rejected_status(own("400 Bad Request").as_bytes()),
+            Some(http::StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(rejected_status(own("200 OK").as_bytes()), None);
+        assert_eq!(
+            rejected_status(own("503 Service Unavailable").as_bytes()),
+            None
+        );
+        // The service's own 4xx answers carry more than hyper's three headers.
+        let ours = "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(rejected_status(ours.as_bytes()), None);
+        // A head followed by anything is not hyper's empty answer.
+        assert_eq!(
+            rejected_status(format!("{}x", own("400 Bad Request")).as_bytes()),
+            None
+        );
+        assert_eq!(rejected_status(b"data: {\"id\":1}\n\n"), None);
+        assert_eq!(rejected_status(b"HTTP/1.1 4"), None);
+        for status in [400, 414, 431] {
+            let status = http::StatusCode::from_u16(status).unwrap();
+            let text = String::from_utf8(rejection(status)).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(
+                head.starts_with(&format!("HTTP/1.1 {}", status.as_str())),
+                "{head}"
+            );
+            assert!(head.contains(&format!("content-length: {}", body.len())));
+            let json: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(json["error"]["type"], "invalid_request_error");
+        }
     }
 
     #[test]

@@ -62,12 +62,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 }
 
 /// The body as axum's one body limit (set for every route) let it through, or the error.
+///
+/// A copy: the body as received is a view into its connection's 8 KiB read buffer, and a
+/// stream keeps its request body to the end (for usage estimates), so the view would pin that
+/// buffer for the stream's life and make hyper allocate a second one for the connection.
+/// Dropped here, before hyper reads again, the buffer is reused.
 pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(),
-        _ if stalled(&rejection) => ApiError::body_timeout(),
-        _ => ApiError::bad_request("Failed to read the request body."),
-    })
+    body.map(|b| Bytes::copy_from_slice(&b))
+        .map_err(|rejection| match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(),
+            _ if stalled(&rejection) => ApiError::body_timeout(),
+            _ => ApiError::bad_request("Failed to read the request body."),
+        })
 }
 
 /// Whether the body failed because it stopped arriving (the edge's body timeout).

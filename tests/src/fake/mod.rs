@@ -59,6 +59,8 @@ pub struct FakeState {
     pub requests: AtomicU64,
     /// Streams whose client went away before the end.
     pub disconnects: AtomicU64,
+    /// Connections accepted.
+    pub connections: AtomicU64,
     pub last_body: Mutex<Option<Bytes>>,
     /// Every request body, most recent last (bounded), for "this upstream never saw X" checks.
     pub bodies: Mutex<std::collections::VecDeque<Bytes>>,
@@ -91,8 +93,10 @@ impl FakeUpstream {
         let app = router(state.clone());
         // DeepSeek's servers flush every SSE frame at once; so must the fake, or its own Nagle
         // delays would hide (or add) 40 ms stalls that are not the gateway's.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let counted = state.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
             let _ = tcp.set_nodelay(true);
+            counted.connections.fetch_add(1, Ordering::SeqCst);
         });
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -157,6 +161,10 @@ impl FakeUpstream {
 
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::SeqCst)
     }
 }
 

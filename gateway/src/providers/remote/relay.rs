@@ -18,6 +18,9 @@ use crate::wire::sse::{Event as SseEvent, SseParser};
 
 type Body = std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
+/// How long the end of a body may take after its `[DONE]`.
+const DRAIN: Duration = Duration::from_millis(20);
+
 struct Relay {
     upstream: Body,
     parser: SseParser,
@@ -67,6 +70,9 @@ impl Relay {
                 let event = self.event(&sse);
                 self.ended = !matches!(event, Event::Reply(_));
                 self.started = true;
+                if matches!(event, Event::Done) {
+                    self.drain().await;
+                }
                 return Some(event);
             }
             // Before the first event the dispatcher's first-event deadline bounds the wait
@@ -97,6 +103,15 @@ impl Relay {
             return Some(Event::Failed(failure));
         }
         None
+    }
+
+    /// Reads the body to its end after `[DONE]`, so its connection goes back to the pool: a
+    /// body dropped unread closes its connection, and every stream then paid a new connection
+    /// (a TLS handshake, with a real provider). The end comes with `[DONE]` or right after; a
+    /// provider slower than [`DRAIN`] costs its connection, never the client more than that.
+    async fn drain(&mut self) {
+        let rest = async { while let Some(Ok(_)) = self.upstream.next().await {} };
+        let _ = tokio::time::timeout(DRAIN, rest).await;
     }
 
     /// One SSE event as a stream event.

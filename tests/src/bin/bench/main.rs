@@ -4,7 +4,8 @@
 //! - added latency, open-loop at fixed request rates, non-streaming and streaming;
 //! - the same for each surface (Chat Completions, the Responses API, Anthropic Messages);
 //! - back-to-back streams over one keep-alive connection (a delayed-ACK stall shows as ~40 ms);
-//! - resident memory of the gateway holding N concurrent open streams.
+//! - resident memory of the gateway holding N concurrent open streams;
+//! - instructions per request through dsgw and through the bare proxy (callgrind).
 //!
 //! The fake upstream and the gateway run as separate processes; this process is the load
 //! generator (one thread). Build with `cargo build --release --workspace --bins` first.
@@ -17,6 +18,7 @@ use bytes::Bytes;
 use clap::Parser;
 use dsgw_tests::harness::{self, Gateway};
 
+mod instructions;
 mod overload;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -58,8 +60,11 @@ struct Args {
     /// Interleaved rounds of the latency table (medians reported).
     #[arg(long, default_value_t = 1)]
     latency_rounds: usize,
+    /// Requests counted per row of the instructions section.
+    #[arg(long, default_value_t = 200)]
+    instruction_requests: usize,
     /// Sections to run: latency, surfaces, limits, store, accounting, sequential, memory,
-    /// overload.
+    /// overload, instructions (valgrind's callgrind; not in the default set, it takes minutes).
     #[arg(
         long,
         value_delimiter = ',',
@@ -160,6 +165,25 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU time `pid` has used so far (user and system, all threads), in microseconds.
+fn cpu_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) are counted from its ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are the 14th and 15th fields of stat, in ticks of 1/100 s (USER_HZ).
+    (ticks(11) + ticks(12)) * 10_000
 }
 
 fn chat_body(model: &str, content: &str, stream: bool) -> Bytes {
@@ -368,6 +392,9 @@ fn main() {
 
         }
 
+        if run("instructions") {
+            instructions::run(&args, &base, &env).await;
+        }
         if run("overload") {
             let overloaded = Gateway::start(&args.dsgw, &harness::config(&base, ""), &env);
             overload::run(&pool, &overloaded, &args).await;
