@@ -40,10 +40,11 @@ struct Book {
 
 impl Book {
     fn add(&mut self, r: &Record) {
-        self.aggregates.entry(group(r)).or_default().add(r);
-        for counter in counters_for(&r.team, &r.key_id, &day_of(r.ts)) {
+        let day = day_of(r.ts);
+        for counter in counters_for(&r.team, &r.key_id, &day) {
             *self.counters.entry(counter).or_default() += r.cost;
         }
+        self.aggregates.entry(group(r, day)).or_default().add(r);
     }
 
     fn confirmed(&mut self, r: &Record) {
@@ -295,9 +296,10 @@ impl Ledger {
     }
 }
 
-fn group(r: &Record) -> Group {
+/// The record's group; `day` is its day written out (`day_of`).
+fn group(r: &Record, day: String) -> Group {
     (
-        day_of(r.ts),
+        day,
         r.key_id.clone(),
         r.team.clone(),
         r.model.clone(),

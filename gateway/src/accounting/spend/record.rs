@@ -105,7 +105,13 @@ impl Totals {
 
 /// `dsgw:{team}:spend:<scope>:<name>:<period>`.
 pub fn counter(team: &str, scope: &str, name: &str, period: &str) -> String {
-    format!("dsgw:{{{team}}}:spend:{scope}:{name}:{period}")
+    // Six of these per request: pushed into one exact allocation, without format!'s machinery.
+    let parts = ["dsgw:{", team, "}:spend:", scope, ":", name, ":", period];
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        out.push_str(part);
+    }
+    out
 }
 
 /// The six counters one request adds to: its key's and its team's, for its day, its month and
@@ -142,4 +148,27 @@ pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_names_are_the_shared_format() {
+        for (team, scope, name, period) in [
+            ("research", "team", "research", "2026-12-01"),
+            ("ops", "key", "bob", "2026-12"),
+            ("", "key", "", "total"),
+        ] {
+            assert_eq!(
+                counter(team, scope, name, period),
+                format!("dsgw:{{{team}}}:spend:{scope}:{name}:{period}")
+            );
+        }
+        assert_eq!(
+            counters_for("research", "alice", "2026-12-01")[4],
+            "dsgw:{research}:spend:key:alice:2026-12"
+        );
+    }
 }

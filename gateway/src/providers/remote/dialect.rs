@@ -149,8 +149,12 @@ fn normalized_usage(usage: &RawValue) -> Option<ReplyUsage> {
         #[serde(borrow)]
         cost: Option<&'a RawValue>,
     }
-    let provider_cost = serde_json::from_str::<CostField>(usage.get())
-        .ok()
+    // Only OpenRouter reports a cost; the others' usage is not parsed a second time for it.
+    let provider_cost = usage
+        .get()
+        .contains("\"cost\"")
+        .then(|| serde_json::from_str::<CostField>(usage.get()).ok())
+        .flatten()
         .and_then(|f| f.cost)
         .and_then(|c| parse_amount(c.get()));
     let value: Value = serde_json::from_str(usage.get()).ok()?;
