@@ -183,7 +183,7 @@ impl Store {
         target: &str,
         missing: String,
     ) -> Result<(), ChangeError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut query = sqlx::query(sql);
         for p in params {
             query = query.bind((*p).to_owned());
@@ -212,7 +212,7 @@ impl Store {
     }
 
     async fn read_snapshot(&self) -> Result<Snapshot, sqlx::Error> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let revision: i64 = sqlx::query("SELECT n FROM revision WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?
@@ -295,7 +295,7 @@ impl Store {
 
     /// Stores a new key; an id or digest already used is a conflict.
     pub async fn create_key(&self, key: &KeyRow, actor: &Actor) -> Result<(), ChangeError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let taken = sqlx::query("SELECT id FROM keys WHERE id = $1")
             .bind(&key.id)
             .fetch_optional(&mut *tx)
@@ -340,7 +340,7 @@ impl Store {
         action: &str,
         detail: Value,
     ) -> Result<(), ChangeError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE keys SET digest = $1, team = $2, owner = $3, labels = $4, admin = $5, \
              clearance = $6, default_classification = $7, opt_ins = $8, updated_ms = $9, \
@@ -389,7 +389,7 @@ impl Store {
         replace: bool,
         actor: &Actor,
     ) -> Result<(), ChangeError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let exists = sqlx::query("SELECT name FROM teams WHERE name = $1")
             .bind(&team.name)
             .fetch_optional(&mut *tx)
@@ -434,7 +434,7 @@ impl Store {
 
     /// Deletes a team that no active stored key belongs to.
     pub async fn delete_team(&self, name: &str, actor: &Actor) -> Result<(), ChangeError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let members: i64 =
             sqlx::query("SELECT COUNT(*) AS n FROM keys WHERE team = $1 AND revoked_ms IS NULL")
                 .bind(name)
@@ -468,7 +468,7 @@ impl Store {
     ) -> Result<(), ChangeError> {
         let (scope, period) = (scope_text(budget.scope), period_text(budget.period));
         let target = format!("{scope}:{}:{period}", budget.name);
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let exists = sqlx::query(
             "SELECT amount FROM budgets WHERE scope = $1 AND name = $2 AND period = $3",
         )
@@ -550,7 +550,7 @@ impl Store {
         let scope = scope_text(limit.scope);
         let target = format!("{scope}:{}", limit.name);
         let rule = serde_json::to_string(limit).expect("a limit serializes");
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let exists = sqlx::query("SELECT rule FROM limits WHERE scope = $1 AND name = $2")
             .bind(scope)
             .bind(&limit.name)

@@ -96,7 +96,7 @@ impl Store {
     /// Writes each record that is not there yet, and adds those (only those) to the spend
     /// counters, in one transaction; returns the ids it wrote.
     pub async fn insert_ledger(&self, records: &[Record]) -> Result<HashSet<String>, sqlx::Error> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut written = HashSet::new();
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
             let mut sql = String::from(

@@ -220,6 +220,17 @@ impl Store {
         &self.pool
     }
 
+    /// A transaction that writes. SQLite's plain `BEGIN` takes the write lock only at the first
+    /// write, and a transaction that read before it fails at once (`SQLITE_BUSY`, with no
+    /// `busy_timeout` wait) when another writer (the ledger's shipper, another process)
+    /// committed in between; `BEGIN IMMEDIATE` takes the lock up front and waits its turn.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// The URL as logs may show it.
     pub fn shown(&self) -> &str {
         &self.shown
@@ -288,5 +299,66 @@ mod tests {
         };
         assert!(!e.to_string().contains("hunter2"), "{e}");
         assert!(check_url("redis://x").is_err());
+    }
+
+    /// A change that reads, then writes, while another writer commits in between (the shared
+    /// revision row: every change bumps it). `read` is told once the read is done.
+    async fn read_then_write(
+        store: &Store,
+        immediate: bool,
+        read: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = if immediate {
+            store.begin_write().await?
+        } else {
+            store.pool().begin().await?
+        };
+        sqlx::query("SELECT n FROM revision WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let _ = read.send(());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sqlx::query("UPDATE revision SET n = n + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    async fn other_writer(
+        store: &Store,
+        after: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<(), sqlx::Error> {
+        let _ = after.await;
+        let mut tx = store.begin_write().await?;
+        sqlx::query("UPDATE revision SET n = n + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    #[tokio::test]
+    async fn sqlite_writers_wait_their_turn_instead_of_failing() {
+        let dir = std::env::temp_dir().join(format!("dsgw-store-busy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&StoreConfig::sqlite_in(&dir)).await.unwrap();
+        // What plain BEGIN did: the reader's write fails at once, busy_timeout or not.
+        let (read, after) = tokio::sync::oneshot::channel();
+        let (deferred, _) = tokio::join!(
+            read_then_write(&store, false, read),
+            other_writer(&store, after)
+        );
+        assert!(
+            deferred.is_err(),
+            "a deferred transaction upgraded after a commit"
+        );
+        let (read, after) = tokio::sync::oneshot::channel();
+        let (first, second) = tokio::join!(
+            read_then_write(&store, true, read),
+            other_writer(&store, after)
+        );
+        first.unwrap();
+        second.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
