@@ -222,6 +222,13 @@ async fn listed_origins_get_cors_preflights_answered_before_any_key() {
     assert!(exposed.contains("x-dsgw-cost"), "{exposed}");
 }
 
+/// A chat request's head, for clients written on raw sockets.
+fn chat_head(len: usize) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer sk-alice\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+    )
+}
+
 mod edge {
     use std::time::{Duration, Instant};
 
@@ -229,6 +236,7 @@ mod edge {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
+    use super::chat_head;
     use super::common::{self, Setup, user};
 
     async fn gateway(server: &str) -> Setup {
@@ -255,12 +263,6 @@ mod edge {
                 Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
             }
         }
-    }
-
-    fn chat_head(len: usize) -> String {
-        format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer sk-alice\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
-        )
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,6 +483,68 @@ mod overload {
         drop(a);
         s.until_served("the slot").await;
         drop(b);
+    }
+
+    fn rss_kib(pid: u32) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_burst_the_freed_heap_goes_back_to_the_system() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The burst's sockets are this process's too.
+        let _ = rlimit::increase_nofile_limit(4096);
+        let s = common::setup().await;
+        let (status, _) = s
+            .post(
+                "sk-alice",
+                &json!({"model": "deepseek-chat", "messages": user("hi")}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let pid = s.gw.pid();
+        let idle = rss_kib(pid);
+        let body = json!({"model": "deepseek-chat", "messages": user("hi")}).to_string();
+        let request = format!("{}{body}", super::chat_head(body.len()));
+        // 600 clients at once, each holding its connection until all have their answer.
+        let all_answered = std::sync::Arc::new(tokio::sync::Barrier::new(600));
+        let clients: Vec<_> = (0..600)
+            .map(|_| {
+                let (request, addr, all) = (request.clone(), s.gw.addr, all_answered.clone());
+                tokio::spawn(async move {
+                    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    tcp.write_all(request.as_bytes()).await.unwrap();
+                    let mut head = [0u8; 12];
+                    tcp.read_exact(&mut head).await.unwrap();
+                    all.wait().await;
+                    head
+                })
+            })
+            .collect();
+        for c in clients {
+            assert_eq!(&c.await.unwrap(), b"HTTP/1.1 200");
+        }
+        let after = rss_kib(pid);
+        assert!(
+            after > idle + 8 * 1024,
+            "the burst must grow the heap for this test to mean anything: {idle} -> {after} KiB"
+        );
+        // Back to within a third of the growth once a second passes calm.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let target = idle + (after - idle) / 3;
+        while rss_kib(pid) > target {
+            assert!(
+                Instant::now() < deadline,
+                "RSS {idle} KiB idle, {after} KiB after the burst, still {} KiB 20 s later",
+                rss_kib(pid)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 pub mod fake;
 pub mod faults;
 pub mod harness;
+pub mod intermediaries;
 pub mod postgres_server;
 pub mod prometheus_server;
 pub mod redis_server;

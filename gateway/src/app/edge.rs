@@ -274,14 +274,17 @@ impl Drop for InService {
     }
 }
 
-/// What the shedder reads: slots for requests in flight, and how late the runtime runs.
+/// What the shedder reads: slots for requests in flight, and how long work waits to run.
 #[derive(Debug)]
 pub struct Load {
     pub slots: Arc<Semaphore>,
     max_in_flight: usize,
-    /// How late a timer of the runtime fired last (microseconds, smoothed): the queueing
-    /// every request now meets before its first line of code runs.
+    /// How long the probe waited (microseconds), the lesser of its last two waits: its timer's
+    /// lateness plus its wait for a turn behind the tasks ready before it, the queueing a new
+    /// request meets before its first line of code runs.
     lag_us: AtomicU64,
+    /// The probe's last wait alone.
+    last_us: AtomicU64,
     /// Shed while the lag is above this; `None`: never for lag.
     budget: Option<Duration>,
 }
@@ -292,6 +295,7 @@ impl Load {
             slots: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
             lag_us: AtomicU64::new(0),
+            last_us: AtomicU64::new(0),
             budget: queue_budget,
         }
     }
@@ -304,7 +308,11 @@ impl Load {
         let mut busy_since_trim = false;
         loop {
             let in_flight = self.max_in_flight - self.slots.available_permits();
-            if in_flight > 32 || self.lag_us.load(Ordering::Relaxed) >= 1_000 {
+            // Busy: requests in flight, or work waiting its turn (tokio's timers fire up to
+            // about 2 ms late on an idle runtime, and a busy neighbour makes them later: with
+            // a 1 ms threshold calm never came, and RSS stayed at 76 MB after a burst that a
+            // trim takes to 22).
+            if in_flight > 32 || self.lag_us.load(Ordering::Relaxed) >= 50_000 {
                 busy_since_trim = true;
                 calm_ticks = 0;
             } else {
@@ -319,18 +327,33 @@ impl Load {
             }
             let started = Instant::now();
             tokio::time::sleep(EVERY).await;
-            let late = started.elapsed().saturating_sub(EVERY).as_micros() as u64;
-            // Smoothed over about 50 ms of ticks: a lone stall (a page-fault burst, a first
-            // connection) sheds nothing; a runtime that stays late (overload) soon does.
-            let smoothed = (self.lag_us.load(Ordering::Relaxed) * 4 + late) / 5;
-            self.lag_us.store(smoothed, Ordering::Relaxed);
+            let late = started.elapsed().saturating_sub(EVERY);
+            self.observe((late + turn_wait().await).as_micros() as u64);
         }
+    }
+
+    /// Takes one probe's wait: only two waits in a row over the budget shed, so a lone stall (a
+    /// page-fault burst, a first connection, a descheduled process) sheds nothing, and a
+    /// runtime that stays behind sheds from its second probe, whose ticks are as slow as the
+    /// wait (an average over ticks took seconds to react to waits of 400 ms).
+    fn observe(&self, wait_us: u64) {
+        let previous = self.last_us.swap(wait_us, Ordering::Relaxed);
+        self.lag_us.store(previous.min(wait_us), Ordering::Relaxed);
     }
 
     fn overloaded(&self) -> bool {
         self.budget
             .is_some_and(|b| self.lag_us.load(Ordering::Relaxed) > b.as_micros() as u64)
     }
+}
+
+/// How long a task ready now waits for its turn: a yielded task goes to the back of its
+/// worker's queue, behind every connection that became ready before it. A timer alone misses
+/// this queue: the runtime checks timers every few dozen polls however long the queue is.
+async fn turn_wait() -> Duration {
+    let asked = Instant::now();
+    tokio::task::yield_now().await;
+    asked.elapsed()
 }
 
 /// Returns free heap pages to the system (glibc's `malloc_trim`).
@@ -343,9 +366,9 @@ fn trim_heap() {
     }
 }
 
-/// Sheds load: beyond `[server] max_in_flight` requests at once, or (when configured) while
-/// the runtime runs later than `queue_budget_ms` (requests would wait longer than that
-/// before any work), a new request is answered 503 with `Retry-After` at once, before any key is checked or body read.
+/// Sheds load: beyond `[server] max_in_flight` requests at once, or while work waits longer
+/// than `queue_budget_ms` to run (smoothed), a new request is answered 503 with `Retry-After`
+/// at once, before any key is checked or body read.
 /// A request holds its slot until its response (a stream included) is done.
 pub async fn shed(
     axum::extract::State(load): axum::extract::State<Arc<Load>>,
@@ -456,6 +479,38 @@ pub async fn serve_connection<S>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lone_stall_sheds_nothing_and_a_runtime_that_stays_behind_does() {
+        let load = Load::new(8, Some(Duration::from_millis(250)));
+        for calm_then_stall in [100, 3_000_000, 100, 100] {
+            load.observe(calm_then_stall);
+            assert!(!load.overloaded());
+        }
+        // Waits over the budget probe after probe: shed from the second...
+        load.observe(400_000);
+        assert!(!load.overloaded());
+        load.observe(300_000);
+        assert!(load.overloaded());
+        load.observe(500_000);
+        assert!(load.overloaded());
+        // ...and no longer from the first calm one.
+        load.observe(100);
+        assert!(!load.overloaded());
+        let unbudgeted = Load::new(8, None);
+        unbudgeted.observe(10_000_000);
+        unbudgeted.observe(10_000_000);
+        assert!(!unbudgeted.overloaded());
+    }
+
+    #[tokio::test]
+    async fn a_turn_waits_behind_every_task_ready_before_it() {
+        assert!(turn_wait().await < Duration::from_millis(20));
+        for _ in 0..3 {
+            tokio::spawn(async { std::thread::sleep(Duration::from_millis(15)) });
+        }
+        assert!(turn_wait().await >= Duration::from_millis(45));
+    }
 
     #[test]
     fn lag_sheds_only_with_a_budget_and_above_it() {

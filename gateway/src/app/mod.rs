@@ -291,9 +291,8 @@ impl AppState {
             body_timeout: std::time::Duration::from_millis(config.server.body_timeout_ms),
             load: Arc::new(edge::Load::new(
                 config.server.max_in_flight,
-                config
-                    .server
-                    .queue_budget_ms
+                Some(config.server.queue_budget_ms)
+                    .filter(|&ms| ms > 0)
                     .map(std::time::Duration::from_millis),
             )),
         })

@@ -7,7 +7,6 @@ use std::pin::Pin;
 
 use futures_util::Stream;
 use serde::Deserialize;
-use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::accounting::usage::Usage;
@@ -57,8 +56,8 @@ pub enum Started {
 }
 
 impl ReplyUsage {
-    /// The wire form with dsgw's cost appended as `dsgw_cost`.
-    pub fn wire_with_cost(&self, cost: &Value) -> String {
+    /// The wire form with dsgw's cost (a JSON object's text) appended as `dsgw_cost`.
+    pub fn wire_with_cost(&self, cost: &str) -> String {
         match self.wire.strip_suffix('}') {
             // `{}` has no field to follow.
             Some(open) if open.trim_end() != "{" => format!("{open},\"dsgw_cost\":{cost}}}"),
@@ -99,8 +98,12 @@ impl Reply {
 
     /// Whether `choices` holds at least one choice (a usage-only chunk holds none).
     pub fn has_choices(&self) -> bool {
+        // The text is JSON already checked: an array is non-empty when something follows `[`
+        // (every chunk asks this; parsing the array to count it cost ~1 K instructions).
         self.choices_json().is_some_and(|c| {
-            serde_json::from_str::<Vec<serde::de::IgnoredAny>>(c).is_ok_and(|c| !c.is_empty())
+            c.trim_start()
+                .strip_prefix('[')
+                .is_some_and(|inner| !inner.trim_start().starts_with(']'))
         })
     }
 
@@ -114,7 +117,7 @@ impl Reply {
         }
         self.choices_json().is_some_and(|c| {
             // Cheap test first: almost every object lacks the word.
-            c.contains("insufficient_system_resource")
+            OUT_OF_CAPACITY.find(c.as_bytes()).is_some()
                 && serde_json::from_str::<Vec<Finish>>(c).is_ok_and(|choices| {
                     choices
                         .iter()
@@ -150,6 +153,11 @@ impl Reply {
             .unwrap_or_default()
     }
 }
+
+/// DeepSeek's capacity finish reason, searched for in every answer and chunk (a searcher built
+/// once: building one per search cost more than the search).
+static OUT_OF_CAPACITY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new("insufficient_system_resource"));
 
 /// One choice of a reply, as far as a translating surface reads it.
 #[derive(Debug, Default, Deserialize)]
@@ -223,6 +231,10 @@ mod tests {
         assert_eq!(d.content.as_deref(), Some("a"));
         assert_eq!(d.tool_calls[0].function.name.as_deref(), Some("f"));
         assert!(!reply(r#"{"choices":[]}"#).has_choices());
+        assert!(!reply(r#"{"choices":[ ]}"#).has_choices());
+        assert!(!reply(r#"{"choices":null}"#).has_choices());
+        assert!(!reply(r#"{"choices":{"a":1}}"#).has_choices());
+        assert!(reply(r#"{"choices":[ {}]}"#).has_choices());
         assert!(!reply(r#"{"choices":[{"finish_reason":"stop"}]}"#).out_of_capacity());
     }
 

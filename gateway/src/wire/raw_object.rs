@@ -49,44 +49,115 @@ impl RawObject {
 
     /// [`RawObject::render`], appended to `out`.
     pub fn render_into(&self, edits: &[Edit], out: &mut Vec<u8>) {
-        let size: usize = self
-            .fields
-            .iter()
-            .map(|(k, v)| k.len() + v.get().len() + 4)
-            .sum();
-        out.reserve(size + 64);
-        out.push(b'{');
-        let mut first = true;
-        let mut push = |out: &mut Vec<u8>, key: &str, value: &str| {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            serde_json::to_writer(&mut *out, key).expect("writing to a Vec cannot fail");
-            out.push(b':');
-            out.extend_from_slice(value.as_bytes());
-        };
-        let edit_for = |key: &str| {
-            edits.iter().find(|e| match e {
-                Edit::Set(k, _) | Edit::Remove(k) => *k == key,
-            })
-        };
-        for (key, value) in &self.fields {
-            match edit_for(key) {
-                None => push(out, key, value.get()),
-                Some(Edit::Set(_, new)) => push(out, key, new),
-                Some(Edit::Remove(_)) => {}
-            }
-        }
-        for edit in edits {
-            if let Edit::Set(key, new) = edit
-                && self.get(key).is_none()
-            {
-                push(out, key, new);
-            }
-        }
-        out.push(b'}');
+        let fields = self.fields.iter().map(|(k, v)| (k.as_str(), v.get()));
+        render_fields(fields, edits, out);
     }
+}
+
+/// A JSON object's fields borrowed from its text: read and re-rendered with one allocation
+/// (the field list), for the small objects rewritten on every answer (`usage` and its details).
+/// A key written with escapes cannot be borrowed: such an object is not parsed as one.
+#[derive(Debug)]
+pub struct BorrowedObject<'a> {
+    fields: Vec<(&'a str, &'a RawValue)>,
+}
+
+impl<'a> BorrowedObject<'a> {
+    /// `text` as an object, or `None` when it is not one (or has an escaped or repeated key).
+    pub fn parse(text: &'a str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.fields.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    /// The fields in their order.
+    pub fn fields(&self) -> impl Iterator<Item = (&'a str, &'a RawValue)> + '_ {
+        self.fields.iter().copied()
+    }
+
+    /// The object's text with the edits applied, as [`RawObject::render_into`] does.
+    pub fn render_into(&self, edits: &[Edit], out: &mut Vec<u8>) {
+        render_fields(self.fields.iter().map(|(k, v)| (*k, v.get())), edits, out);
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for BorrowedObject<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for ObjectVisitor<'a> {
+            type Value = BorrowedObject<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields: Vec<(&'a str, &'a RawValue)> = Vec::with_capacity(8);
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    if fields.iter().any(|(k, _)| *k == key) {
+                        return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
+                    }
+                    fields.push((key, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(BorrowedObject { fields })
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+    }
+}
+
+/// A key as a JSON string: plain keys (every key an API uses) are copied as they are, and
+/// only a key that needs escapes goes through serde_json's escaping.
+pub fn write_key(out: &mut Vec<u8>, key: &str) {
+    if key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, key).expect("writing to a Vec cannot fail");
+    }
+}
+
+/// Writes an object of `fields` (key, value text) with `edits` applied: a set field keeps its
+/// place, a set field that was absent follows the others in the edits' order.
+fn render_fields<'f>(
+    fields: impl Iterator<Item = (&'f str, &'f str)> + Clone,
+    edits: &[Edit],
+    out: &mut Vec<u8>,
+) {
+    let size: usize = fields.clone().map(|(k, v)| k.len() + v.len() + 4).sum();
+    out.reserve(size + 64);
+    out.push(b'{');
+    let mut first = true;
+    let mut push = |out: &mut Vec<u8>, key: &str, value: &str| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_key(out, key);
+        out.push(b':');
+        out.extend_from_slice(value.as_bytes());
+    };
+    let edit_for = |key: &str| {
+        edits.iter().find(|e| match e {
+            Edit::Set(k, _) | Edit::Remove(k) => *k == key,
+        })
+    };
+    for (key, value) in fields.clone() {
+        match edit_for(key) {
+            None => push(out, key, value),
+            Some(Edit::Set(_, new)) => push(out, key, new),
+            Some(Edit::Remove(_)) => {}
+        }
+    }
+    for edit in edits {
+        if let Edit::Set(key, new) = edit
+            && !fields.clone().any(|(k, _)| k == *key)
+        {
+            push(out, key, new);
+        }
+    }
+    out.push(b'}');
 }
 
 impl<'de> Deserialize<'de> for RawObject {
@@ -116,6 +187,35 @@ impl<'de> Deserialize<'de> for RawObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_that_need_escapes_are_written_escaped() {
+        let text = r#"{"a\"b":1,"c\\d":2,"e\nf":3,"plain":4}"#;
+        let obj: RawObject = serde_json::from_str(text).unwrap();
+        let out = String::from_utf8(obj.render(&[])).unwrap();
+        assert_eq!(out, text);
+    }
+
+    #[test]
+    fn a_borrowed_object_renders_as_the_owned_one_and_refuses_what_it_cannot_borrow() {
+        let text = r#"{"z": 1,"messages":[{"role":"user","content":"h\u00e9  llo"}] ,"model":"a"}"#;
+        let edits = [
+            Edit::Set("model", "\"b\"".into()),
+            Edit::Set("stream_options", r#"{"include_usage":true}"#.into()),
+            Edit::Remove("z"),
+        ];
+        let owned: RawObject = serde_json::from_str(text).unwrap();
+        let borrowed = BorrowedObject::parse(text).unwrap();
+        let mut out = Vec::new();
+        borrowed.render_into(&edits, &mut out);
+        assert_eq!(out, owned.render(&edits));
+        assert_eq!(borrowed.get("model").unwrap().get(), "\"a\"");
+        assert_eq!(borrowed.fields().count(), 3);
+        assert!(BorrowedObject::parse(r#"{"mod\u0065l":1}"#).is_none());
+        assert!(BorrowedObject::parse(r#"{"a":1,"a":2}"#).is_none());
+        assert!(BorrowedObject::parse("[1]").is_none());
+        assert!(BorrowedObject::parse("null").is_none());
+    }
 
     #[test]
     fn untouched_fields_keep_their_bytes_and_order() {

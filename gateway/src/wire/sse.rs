@@ -20,21 +20,37 @@ pub struct SseParser {
 }
 
 impl SseParser {
-    /// Feeds bytes and returns the events they complete.
+    /// Feeds bytes and returns the events they complete. Whole lines are read where they
+    /// arrived; only an unfinished line is kept (a provider's chunk usually ends on an event).
     pub fn push(&mut self, chunk: &[u8]) -> Vec<Event> {
-        self.buffer.extend_from_slice(chunk);
         let mut events = Vec::new();
-        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
-            let line = self.buffer.split_to(end + 1);
-            let mut line = &line[..end];
+        if self.buffer.is_empty() {
+            let used = self.lines(chunk, &mut events);
+            self.buffer.extend_from_slice(&chunk[used..]);
+        } else {
+            self.buffer.extend_from_slice(chunk);
+            let buffer = std::mem::take(&mut self.buffer);
+            let used = self.lines(&buffer, &mut events);
+            self.buffer = buffer;
+            self.buffer.advance(used);
+        }
+        events
+    }
+
+    /// Reads every whole line of `text` into `events`; returns how many bytes they took.
+    fn lines(&mut self, text: &[u8], events: &mut Vec<Event>) -> usize {
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', text) {
+            let mut line = &text[start..end];
             if line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
             }
             if let Some(event) = self.line(line) {
                 events.push(event);
             }
+            start = end + 1;
         }
-        events
+        start
     }
 
     /// True when bytes of an unfinished event are buffered (a stream ending now was cut).
@@ -60,7 +76,11 @@ impl SseParser {
             }
             None => (line, &[][..]),
         };
-        let value = String::from_utf8_lossy(value);
+        // Valid UTF-8 is checked a word at a time; only a broken sequence takes the lossy path.
+        let value = match std::str::from_utf8(value) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(value),
+        };
         match field {
             b"data" => match &mut self.data {
                 Some(data) => {
@@ -104,6 +124,16 @@ mod tests {
             assert_eq!(out[0].data, "hello\nworld");
             assert_eq!(out[1].data, "{\"b\":2}");
         }
+    }
+
+    #[test]
+    fn broken_utf8_is_replaced_and_a_line_split_after_a_whole_one_is_kept() {
+        let mut p = SseParser::default();
+        let out = p.push(b"data: a\xffb\n\ndata: par");
+        assert_eq!(data(out), ["a\u{fffd}b"]);
+        assert!(p.has_partial());
+        assert_eq!(data(p.push(b"tial\n\n")), ["partial"]);
+        assert!(!p.has_partial());
     }
 
     #[test]

@@ -136,6 +136,13 @@ impl Priced {
         self.cost.to_json(&self.currency)
     }
 
+    /// [`Priced::to_json`] as text.
+    pub fn json_text(&self) -> String {
+        let mut text = String::with_capacity(128);
+        self.cost.write_json(&self.currency, &mut text);
+        text
+    }
+
     pub fn headers(&self) -> [(HeaderName, String); 5] {
         self.cost.headers(&self.currency)
     }
@@ -208,13 +215,27 @@ pub fn parse_amount(text: &str) -> Option<u64> {
 impl Cost {
     /// The `usage.dsgw_cost` object: exact decimal strings (OpenAI SDKs keep unknown fields).
     pub fn to_json(&self, currency: &str) -> serde_json::Value {
-        serde_json::json!({
-            "currency": currency,
-            "total": Money(self.total()).to_string(),
-            "cache_hit": Money(self.cache_hit).to_string(),
-            "cache_miss": Money(self.cache_miss).to_string(),
-            "output": Money(self.output).to_string(),
-        })
+        let mut text = String::new();
+        self.write_json(currency, &mut text);
+        serde_json::from_str(&text).expect("the cost object is JSON")
+    }
+
+    /// [`Cost::to_json`]'s text, written straight into `out`: every answer carries it, and a
+    /// `json!` map with its five keys cost a dozen allocations.
+    pub fn write_json(&self, currency: &str, out: &mut String) {
+        use std::fmt::Write;
+        out.push_str("{\"currency\":");
+        out.push_str(&serde_json::to_string(currency).expect("a string serialises"));
+        let parts = [
+            ("total", self.total()),
+            ("cache_hit", self.cache_hit),
+            ("cache_miss", self.cache_miss),
+            ("output", self.output),
+        ];
+        for (name, pico) in parts {
+            let _ = write!(out, ",\"{name}\":\"{}\"", Money(pico));
+        }
+        out.push('}');
     }
 
     /// Response headers with the total and its parts.
@@ -255,6 +276,28 @@ mod tests {
         fn money_prints_as_the_reference(pico in any::<u64>(), small in 0u64..10_000_000_000_000) {
             prop_assert_eq!(Money(pico).to_string(), reference(pico));
             prop_assert_eq!(Money(small).to_string(), reference(small));
+        }
+    }
+
+    #[test]
+    fn the_cost_object_is_written_as_serde_json_would_write_it() {
+        let cost = Cost {
+            cache_hit: 1,
+            cache_miss: 2_500_000_000_000,
+            output: 70_000_000,
+        };
+        for currency in ["USD", "CN\"Y\\"] {
+            let reference = serde_json::json!({
+                "currency": currency,
+                "total": Money(cost.total()).to_string(),
+                "cache_hit": Money(cost.cache_hit).to_string(),
+                "cache_miss": Money(cost.cache_miss).to_string(),
+                "output": Money(cost.output).to_string(),
+            });
+            let mut text = String::new();
+            cost.write_json(currency, &mut text);
+            assert_eq!(text, reference.to_string());
+            assert_eq!(cost.to_json(currency), reference);
         }
     }
 

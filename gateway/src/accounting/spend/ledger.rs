@@ -360,13 +360,13 @@ fn write_loop(mut file: File, rx: Receiver<Record>, downstream: Option<Arc<dyn D
         let mut batch = vec![first];
         std::thread::sleep(COMMIT_WINDOW);
         batch.extend(rx.try_iter());
-        let mut text = String::new();
+        let mut text = Vec::with_capacity(batch.len() * 384);
         for r in &batch {
-            text.push_str(&serde_json::to_string(r).expect("a record serialises"));
-            text.push('\n');
+            serde_json::to_writer(&mut text, r).expect("a record serialises");
+            text.push(b'\n');
         }
         match file
-            .write_all(text.as_bytes())
+            .write_all(&text)
             .and_then(|()| file.sync_data())
             .and_then(|()| file.metadata())
         {

@@ -9,7 +9,7 @@ use crate::accounting::usage::Usage;
 use crate::providers::call::{Call, Effort, Strict};
 use crate::providers::reply::{Reply, ReplyUsage};
 use crate::support::config::ProviderKind;
-use crate::wire::raw_object::{Edit, RawObject};
+use crate::wire::raw_object::{BorrowedObject, Edit, RawObject};
 
 /// Sampling fields DeepSeek accepts and ignores in thinking mode; other providers would honour
 /// them, so the gateway removes them to behave like DeepSeek everywhere.
@@ -130,9 +130,10 @@ fn rename_reasoning(message: &mut Value) {
 /// The `choices` array with `reasoning` renamed inside each `message` / `delta`, or `None` when
 /// there is nothing to rename (the common case, decided without building a JSON tree).
 fn renamed_choices(choices: &RawValue, inner: &str) -> Option<String> {
-    if !choices.get().contains("\"reasoning\"") {
-        return None;
-    }
+    static REASONING: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new("\"reasoning\""));
+    // Nothing to rename (the common case): decided without building a JSON tree.
+    REASONING.find(choices.get().as_bytes())?;
     let mut choices: Value = serde_json::from_str(choices.get()).ok()?;
     for choice in choices.as_array_mut()? {
         if let Some(message) = choice.get_mut(inner) {
@@ -157,17 +158,28 @@ fn normalized_usage(usage: &RawValue) -> Option<ReplyUsage> {
         .flatten()
         .and_then(|f| f.cost)
         .and_then(|c| parse_amount(c.get()));
-    let value: Value = serde_json::from_str(usage.get()).ok()?;
-    let record = Usage::from_wire(&value)?;
-    let mut wire = match value {
-        Value::Object(map) => map,
-        _ => Map::new(),
+    let (record, wire) = match BorrowedObject::parse(usage.get()) {
+        Some(sent) => {
+            let record = Usage::from_object(&sent)?;
+            (record, record.wire_over(&sent))
+        }
+        // Not an object, or one with a key written with escapes (no provider does that): read
+        // the slow way, through a `Value`.
+        None => {
+            let value: Value = serde_json::from_str(usage.get()).ok()?;
+            let record = Usage::from_wire(&value)?;
+            let mut wire = match value {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            };
+            record.write_wire(&mut wire);
+            (record, Value::Object(wire).to_string())
+        }
     };
-    record.write_wire(&mut wire);
     Some(ReplyUsage {
         usage: record,
         provider_cost,
-        wire: Value::Object(wire).to_string(),
+        wire,
     })
 }
 

@@ -4,12 +4,15 @@
 
 pub mod dialect;
 pub mod relay;
+pub mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, header};
+use http::{HeaderValue, Method, Request, Response, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
 use super::ProviderError;
@@ -19,6 +22,7 @@ use crate::support::config::{ProviderConfig, ProviderKind};
 use crate::support::secret::Secret;
 use crate::wire::error::ApiError;
 use crate::wire::raw_object::{Edit, RawObject};
+use transport::{Failure, Transport};
 
 /// An upstream that speaks the OpenAI chat-completions API in one of its dialects.
 #[derive(Debug)]
@@ -26,18 +30,18 @@ pub struct HttpProvider {
     pub name: String,
     pub kind: ProviderKind,
     /// Parsed once: parsing (and IDNA-normalising) a URL string per request shows in profiles.
-    chat_url: reqwest::Url,
+    chat_url: Uri,
     /// Chat prefix completion and strict tools: DeepSeek serves them under `/beta`.
-    beta_chat_url: reqwest::Url,
+    beta_chat_url: Uri,
     /// Fill in the middle: DeepSeek's `/beta/completions`, a vLLM / SGLang `/completions`.
-    fim_url: reqwest::Url,
+    fim_url: Uri,
     auth: Option<HeaderValue>,
     /// The key itself, to scrub from anything the provider says back.
     key: Option<Secret>,
     /// Calls in flight at once (`max_connections`), and how long a call waits for a slot.
     slots: Arc<Semaphore>,
     pool_wait: Duration,
-    client: reqwest::Client,
+    transport: Transport,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
     request_timeout: Duration,
@@ -51,7 +55,7 @@ pub struct HttpProvider {
 const MAX_IDLE_CONNECTIONS: usize = 64;
 
 /// Selects rustls' ring backend once per process: it builds with a C compiler alone (aws-lc-rs,
-/// reqwest's default, wants cmake, which a fresh machine may lack).
+/// rustls' default, wants cmake, which a fresh machine may lack).
 pub fn install_tls() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
@@ -91,8 +95,11 @@ impl HttpProvider {
         install_tls();
         let base = config.base_url.trim_end_matches('/');
         let url = |path: &str| {
-            reqwest::Url::parse(&format!("{base}{path}"))
-                .map_err(|e| invalid(format!("`base_url` is not a valid URL: {e}")))
+            format!("{base}{path}")
+                .parse::<Uri>()
+                .ok()
+                .filter(|u| u.host().is_some_and(|h| !h.is_empty()))
+                .ok_or_else(|| invalid("`base_url` is not a valid URL".into()))
         };
         let chat_url = url("/chat/completions")?;
         let (beta_chat_url, fim_url) = if kind == ProviderKind::Deepseek {
@@ -100,14 +107,15 @@ impl HttpProvider {
         } else {
             (chat_url.clone(), url("/completions")?)
         };
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
-            .user_agent(concat!("dsgw/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| invalid(format!("cannot build HTTP client: {e}")))?;
+        let transport = Transport::new(
+            &chat_url,
+            &transport::Options {
+                connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+                idle_timeout: Duration::from_secs(90),
+                max_idle: MAX_IDLE_CONNECTIONS,
+            },
+        )
+        .map_err(|e| invalid(e.to_string()))?;
         let routing = config
             .routing
             .as_ref()
@@ -122,7 +130,7 @@ impl HttpProvider {
             key,
             slots: Arc::new(Semaphore::new(config.max_connections)),
             pool_wait: Duration::from_millis(config.pool_wait_ms),
-            client,
+            transport,
             first_byte_timeout: Duration::from_millis(config.first_byte_timeout_ms),
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
@@ -252,29 +260,30 @@ impl HttpProvider {
         body: Vec<u8>,
         stream: bool,
         endpoint: Endpoint,
-    ) -> Result<reqwest::Response, ApiError> {
+    ) -> Result<Response<Incoming>, ApiError> {
         let url = match endpoint {
             Endpoint::Chat => &self.chat_url,
             Endpoint::BetaChat => &self.beta_chat_url,
             Endpoint::Fim => &self.fim_url,
         };
-        let mut request = self
-            .client
-            .post(url.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(
-                header::ACCEPT,
-                if stream {
-                    "text/event-stream"
-                } else {
-                    "application/json"
-                },
-            )
-            .body(body);
+        let mut request = Request::new(Full::new(Bytes::from(body)));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = url.clone();
+        let headers = request.headers_mut();
+        headers.insert(header::CONTENT_TYPE, JSON.clone());
+        headers.insert(
+            header::ACCEPT,
+            if stream { &EVENT_STREAM } else { &JSON }.clone(),
+        );
+        headers.insert(header::USER_AGENT, USER_AGENT.clone());
         if let Some(auth) = &self.auth {
-            request = request.header(header::AUTHORIZATION, auth.clone());
+            headers.insert(header::AUTHORIZATION, auth.clone());
         }
-        let response = match tokio::time::timeout(self.first_byte_timeout, request.send()).await {
+        if let Some(auth) = &self.transport.proxy_authorization {
+            headers.insert(header::PROXY_AUTHORIZATION, auth.clone());
+        }
+        let sent = self.transport.client.request(request);
+        let response = match tokio::time::timeout(self.first_byte_timeout, sent).await {
             Err(_) => {
                 return Err(ApiError::upstream_timeout(
                     &self.name,
@@ -304,76 +313,43 @@ impl HttpProvider {
     }
 
     /// Reads a whole body, allowing at most the idle timeout between chunks.
-    async fn read_body(&self, mut response: reqwest::Response) -> Result<Bytes, ApiError> {
+    async fn read_body(&self, response: Response<Incoming>) -> Result<Bytes, ApiError> {
+        let mut incoming = response.into_body();
         let mut body = BytesMut::new();
         loop {
-            match tokio::time::timeout(self.idle_timeout, response.chunk()).await {
+            match tokio::time::timeout(self.idle_timeout, incoming.frame()).await {
                 Err(_) => return Err(ApiError::upstream_timeout(&self.name, "body idle")),
-                Ok(Err(e)) => return Err(self.transport_error(&e)),
-                Ok(Ok(None)) => return Ok(body.freeze()),
-                Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(provider = %self.name, error = %e, "upstream body error");
+                    return Err(ApiError::bad_gateway(
+                        &self.name,
+                        "response body interrupted",
+                    ));
+                }
+                Ok(None) => return Ok(body.freeze()),
+                Ok(Some(Ok(frame))) => {
+                    if let Some(chunk) = frame.data_ref() {
+                        body.extend_from_slice(chunk);
+                    }
+                }
             }
         }
     }
 
     /// Maps a transport error without its URL or headers (logged here, once, in full).
-    pub fn transport_error(&self, error: &reqwest::Error) -> ApiError {
-        tracing::warn!(provider = %self.name, error = %error, "upstream transport error");
-        if out_of_descriptors(error) {
+    fn transport_error(&self, error: &hyper_util::client::legacy::Error) -> ApiError {
+        tracing::warn!(provider = %self.name, error = ?error, "upstream transport error");
+        match transport::failure(error) {
             // This process cannot open a socket: its saturation, not the provider's fault.
-            return ApiError::saturated(&self.name);
+            Failure::OutOfDescriptors => ApiError::saturated(&self.name),
+            Failure::ConnectTimeout => ApiError::upstream_timeout(&self.name, "transport"),
+            Failure::Connect => ApiError::bad_gateway(&self.name, "connection failed"),
+            Failure::Other => ApiError::bad_gateway(&self.name, "request failed"),
         }
-        let what = if error.is_connect() {
-            "connection failed"
-        } else if error.is_timeout() {
-            return ApiError::upstream_timeout(&self.name, "transport");
-        } else if error.is_body() || error.is_decode() {
-            "response body interrupted"
-        } else {
-            "request failed"
-        };
-        ApiError::bad_gateway(&self.name, what)
     }
 }
 
-/// Whether `error` comes from this process running out of file descriptors (EMFILE, ENFILE).
-fn out_of_descriptors(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cause {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && matches!(io.raw_os_error(), Some(23 | 24))
-        {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
-}
-
-#[cfg(test)]
-mod descriptor_tests {
-    use super::out_of_descriptors;
-
-    #[test]
-    fn running_out_of_descriptors_is_told_apart_from_a_refused_connection() {
-        #[derive(Debug)]
-        struct Wrapped(std::io::Error);
-        impl std::fmt::Display for Wrapped {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("connect failed")
-            }
-        }
-        impl std::error::Error for Wrapped {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
-        assert!(out_of_descriptors(&Wrapped(
-            std::io::Error::from_raw_os_error(24)
-        )));
-        assert!(out_of_descriptors(&std::io::Error::from_raw_os_error(23)));
-        assert!(!out_of_descriptors(&Wrapped(std::io::Error::from(
-            std::io::ErrorKind::ConnectionRefused
-        ))));
-    }
-}
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+static EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
+static USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("dsgw/", env!("CARGO_PKG_VERSION")));

@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 
 use super::dialect::{self, Inner};
 use crate::providers::reply::{Event, Events};
@@ -16,13 +17,11 @@ use crate::wire::error::ApiError;
 use crate::wire::raw_object::RawObject;
 use crate::wire::sse::{Event as SseEvent, SseParser};
 
-type Body = std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
-
 /// How long the end of a body may take after its `[DONE]`.
 const DRAIN: Duration = Duration::from_millis(20);
 
 struct Relay {
-    upstream: Body,
+    upstream: Incoming,
     parser: SseParser,
     provider: String,
     /// The provider's key, scrubbed from the error events it relays.
@@ -40,7 +39,7 @@ struct Relay {
 
 /// The events of `response`'s body, from `provider`.
 pub fn events(
-    response: reqwest::Response,
+    response: http::Response<Incoming>,
     provider: String,
     key: Option<Secret>,
     idle_timeout: Duration,
@@ -48,7 +47,7 @@ pub fn events(
 ) -> Events {
     let relay = Relay {
         _slot: slot,
-        upstream: Box::pin(response.bytes_stream()),
+        upstream: response.into_body(),
         parser: SseParser::default(),
         provider,
         key,
@@ -78,9 +77,9 @@ impl Relay {
             // Before the first event the dispatcher's first-event deadline bounds the wait
             // (keep-alive comments while a provider queues must not count as progress).
             let read = if self.started {
-                tokio::time::timeout(self.idle_timeout, self.upstream.next()).await
+                tokio::time::timeout(self.idle_timeout, self.chunk()).await
             } else {
-                Ok(self.upstream.next().await)
+                Ok(self.chunk().await)
             };
             let failure = match read {
                 Ok(Some(Ok(bytes))) => {
@@ -110,8 +109,21 @@ impl Relay {
     /// (a TLS handshake, with a real provider). The end comes with `[DONE]` or right after; a
     /// provider slower than [`DRAIN`] costs its connection, never the client more than that.
     async fn drain(&mut self) {
-        let rest = async { while let Some(Ok(_)) = self.upstream.next().await {} };
+        let rest = async { while let Some(Ok(_)) = self.upstream.frame().await {} };
         let _ = tokio::time::timeout(DRAIN, rest).await;
+    }
+
+    /// The body's next bytes (trailers, which SSE has none of, are skipped).
+    async fn chunk(&mut self) -> Option<Result<Bytes, hyper::Error>> {
+        loop {
+            match self.upstream.frame().await? {
+                Ok(frame) => match frame.into_data() {
+                    Ok(bytes) => return Some(Ok(bytes)),
+                    Err(_trailers) => continue,
+                },
+                Err(e) => return Some(Err(e)),
+            }
+        }
     }
 
     /// One SSE event as a stream event.

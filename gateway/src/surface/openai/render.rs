@@ -11,7 +11,7 @@ use crate::wire::raw_object::Edit;
 fn usage_json(reply: &Reply, priced: Option<&Priced>) -> Option<String> {
     let usage = reply.usage()?;
     Some(match priced {
-        Some(priced) => usage.wire_with_cost(&priced.to_json()),
+        Some(priced) => usage.wire_with_cost(&priced.json_text()),
         None => usage.wire.clone(),
     })
 }

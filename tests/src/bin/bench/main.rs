@@ -62,6 +62,11 @@ struct Args {
     /// Interleaved rounds of the latency table (medians reported).
     #[arg(long, default_value_t = 1)]
     latency_rounds: usize,
+    /// CPUs the overload section's gateway is confined to (`taskset -c`), so that the load
+    /// generator and the fake, run elsewhere (`taskset -c 1 dsgw-bench ...`), can offer more
+    /// than the gateway serves; on two shared cores they otherwise saturate first.
+    #[arg(long)]
+    gateway_cpus: Option<String>,
     /// Requests counted per row of the instructions section.
     #[arg(long, default_value_t = 200)]
     instruction_requests: usize,
@@ -369,7 +374,12 @@ fn main() {
             instructions::run(&args, &base, &env).await;
         }
         if run("overload") {
-            let overloaded = Gateway::start(&args.dsgw, &harness::config(&base, ""), &env);
+            let pinned: Vec<&str> = match &args.gateway_cpus {
+                Some(cpus) => vec!["taskset", "-c", cpus],
+                None => Vec::new(),
+            };
+            let overloaded =
+                Gateway::start_under(&pinned, &args.dsgw, &harness::config(&base, ""), &env);
             overload::run(&pool, &overloaded, &args).await;
         }
         if run("memory") {
