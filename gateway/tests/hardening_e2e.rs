@@ -547,6 +547,78 @@ mod overload {
         }
     }
 
+    /// `clients` at once, each sending chat requests one after another (a connection each)
+    /// for `during`; every answer.
+    async fn sustained(s: &common::Setup, clients: usize, during: Duration) -> Vec<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = json!({"model": "deepseek-chat", "messages": user("hi")}).to_string();
+        // `connection: close`: each answer ends with its connection, read to the end.
+        let head =
+            super::chat_head(body.len()).replacen("\r\n\r\n", "\r\nconnection: close\r\n\r\n", 1);
+        let request = format!("{head}{body}");
+        let until = Instant::now() + during;
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| {
+                let (request, addr) = (request.clone(), s.gw.addr);
+                tokio::spawn(async move {
+                    let mut answers = Vec::new();
+                    while Instant::now() < until {
+                        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                        tcp.write_all(request.as_bytes()).await.unwrap();
+                        let mut answer = Vec::new();
+                        let _ = tcp.read_to_end(&mut answer).await;
+                        answers.push(String::from_utf8_lossy(&answer).into_owned());
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.extend(t.await.unwrap());
+        }
+        answers
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn while_ready_work_waits_past_the_queue_budget_new_requests_are_shed() {
+        let _ = rlimit::increase_nofile_limit(4096);
+        // A 1 ms budget: 200 clients without pause keep work waiting longer than that (a burst
+        // all at once would be admitted before the wait shows).
+        let s = common::setup_with(|c| {
+            c.replace(
+                "drain_timeout_secs = 5",
+                "drain_timeout_secs = 5\nqueue_budget_ms = 1",
+            )
+        })
+        .await;
+        s.until_served("a gateway at rest").await;
+        let answers = sustained(&s, 200, Duration::from_millis(1500)).await;
+        let shed: Vec<&String> = answers
+            .iter()
+            .filter(|a| a.starts_with("HTTP/1.1 503"))
+            .collect();
+        let served = answers
+            .iter()
+            .filter(|a| a.starts_with("HTTP/1.1 200"))
+            .count();
+        assert_eq!(
+            served + shed.len(),
+            answers.len(),
+            "every request is answered 200 or 503"
+        );
+        assert!(!shed.is_empty(), "nothing was shed");
+        let first = shed[0].to_ascii_lowercase();
+        assert!(first.contains("retry-after: 1"), "{first}");
+        assert!(
+            first.contains("\"code\":\"service_unavailable\""),
+            "{first}"
+        );
+        assert!(first.contains("queue budget"), "{first}");
+        // Once the burst is over, the runtime is punctual again and requests are served.
+        s.until_served("the queue to drain").await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_provider_pool_is_the_gateways_saturation_not_the_providers_fault() {
         let s = common::setup_with(|c| {

@@ -308,10 +308,9 @@ impl Load {
         let mut busy_since_trim = false;
         loop {
             let in_flight = self.max_in_flight - self.slots.available_permits();
-            // Busy: requests in flight, or work waiting its turn (tokio's timers fire up to
-            // about 2 ms late on an idle runtime, and a busy neighbour makes them later: with
-            // a 1 ms threshold calm never came, and RSS stayed at 76 MB after a burst that a
-            // trim takes to 22).
+            // Busy: requests in flight, or work waiting its turn (a busy neighbour delays the
+            // probe too: with a 1 ms threshold, before the timer's slack was left out, calm
+            // never came, and RSS stayed at 76 MB after a burst that a trim takes to 22).
             if in_flight > 32 || self.lag_us.load(Ordering::Relaxed) >= 50_000 {
                 busy_since_trim = true;
                 calm_ticks = 0;
@@ -327,7 +326,8 @@ impl Load {
             }
             let started = Instant::now();
             tokio::time::sleep(EVERY).await;
-            let late = started.elapsed().saturating_sub(EVERY);
+            // tokio's timers have a 1 ms tick: up to about 2 ms late on an idle runtime.
+            let late = started.elapsed().saturating_sub(EVERY + TIMER_SLACK);
             self.observe((late + turn_wait().await).as_micros() as u64);
         }
     }
@@ -346,6 +346,10 @@ impl Load {
             .is_some_and(|b| self.lag_us.load(Ordering::Relaxed) > b.as_micros() as u64)
     }
 }
+
+/// How late a timer fires on an idle runtime (its wheel ticks in milliseconds), not counted as
+/// waiting.
+const TIMER_SLACK: Duration = Duration::from_millis(2);
 
 /// How long a task ready now waits for its turn: a yielded task goes to the back of its
 /// worker's queue, behind every connection that became ready before it. A timer alone misses
@@ -375,19 +379,19 @@ pub async fn shed(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let slot = match load.slots.clone().try_acquire_owned() {
-        Ok(slot) if !load.overloaded() => slot,
-        _ => {
-            let mut e = crate::wire::error::ApiError::unavailable(
-                "The gateway is at its limit of requests in flight; retry shortly.",
-            );
-            e.retry_after = Some(1);
-            return axum::response::IntoResponse::into_response(e);
+    let why = match load.slots.clone().try_acquire_owned() {
+        Ok(slot) if !load.overloaded() => {
+            return next
+                .run(request)
+                .await
+                .map(|body| Body::new(Guarded::new(body, slot)));
         }
+        Ok(_) => "The gateway is behind: work waits longer than its queue budget; retry shortly.",
+        Err(_) => "The gateway is at its limit of requests in flight; retry shortly.",
     };
-    next.run(request)
-        .await
-        .map(|body| Body::new(Guarded::new(body, slot)))
+    let mut e = crate::wire::error::ApiError::unavailable(why);
+    e.retry_after = Some(1);
+    axum::response::IntoResponse::into_response(e)
 }
 
 /// What a connection beyond the cap is told before it is closed: a 503 in DeepSeek's envelope.
