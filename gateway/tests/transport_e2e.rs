@@ -73,6 +73,29 @@ async fn a_provider_over_https_is_trusted_only_through_the_platform_roots() {
 }
 
 #[tokio::test]
+async fn a_provider_that_negotiates_http2_is_spoken_to_in_http2() {
+    dsgw::providers::install_tls();
+    let fake = FakeUpstream::start(Some(UPSTREAM_KEY)).await;
+    let ca = TestCa::new("transport-h2");
+    let front = TlsFront::offering(&ca, fake.addr, &[b"h2", b"http/1.1"]).await;
+    let gw = gateway(
+        &format!("https://localhost:{}", front.addr.port()),
+        &[("SSL_CERT_FILE", ca.ca_cert.to_str().unwrap())],
+    );
+    let (status, body) = chat(&gw, false).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!content(&body).is_empty());
+    for _ in 0..3 {
+        let (status, body) = chat(&gw, true).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    }
+    assert_eq!(fake.http2_requests(), 4, "every call went over HTTP/2");
+    // Streams share the one multiplexed connection.
+    assert_eq!(fake.connections(), 1);
+}
+
+#[tokio::test]
 async fn https_goes_through_a_connect_tunnel_and_http_is_forwarded_by_the_proxy() {
     dsgw::providers::install_tls();
     let fake = FakeUpstream::start(Some(UPSTREAM_KEY)).await;

@@ -19,7 +19,14 @@ pub struct TlsFront {
 }
 
 impl TlsFront {
+    /// A front that offers no ALPN: clients speak HTTP/1.1.
     pub async fn start(ca: &TestCa, backend: SocketAddr) -> Self {
+        Self::offering(ca, backend, &[]).await
+    }
+
+    /// A front that offers `protocols` by ALPN (`h2` first: the HTTP/2 a CDN-fronted provider
+    /// negotiates); the backend must speak what is chosen.
+    pub async fn offering(ca: &TestCa, backend: SocketAddr, protocols: &[&[u8]]) -> Self {
         let certs = CertificateDer::pem_file_iter(&ca.server_cert)
             .unwrap()
             .collect::<Result<Vec<_>, _>>()
@@ -33,6 +40,8 @@ impl TlsFront {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
+        let mut config = config;
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

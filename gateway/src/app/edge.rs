@@ -322,6 +322,7 @@ impl Load {
             // Never during sustained load: a trim walks the whole heap.
             if busy_since_trim && calm_ticks >= 100 {
                 trim_heap();
+                tracing::debug!(target: "dsgw::edge", "a second of calm after load: freed heap returned to the system");
                 busy_since_trim = false;
             }
             let started = Instant::now();

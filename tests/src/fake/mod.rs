@@ -61,6 +61,8 @@ pub struct FakeState {
     pub disconnects: AtomicU64,
     /// Connections accepted.
     pub connections: AtomicU64,
+    /// Requests that came over HTTP/2 (`axum::serve` speaks both; over TLS, by ALPN).
+    pub http2_requests: AtomicU64,
     pub last_body: Mutex<Option<Bytes>>,
     /// Every request body, most recent last (bounded), for "this upstream never saw X" checks.
     pub bodies: Mutex<std::collections::VecDeque<Bytes>>,
@@ -166,9 +168,14 @@ impl FakeUpstream {
     pub fn connections(&self) -> u64 {
         self.state.connections.load(Ordering::SeqCst)
     }
+
+    pub fn http2_requests(&self) -> u64 {
+        self.state.http2_requests.load(Ordering::SeqCst)
+    }
 }
 
 pub fn router(state: Arc<FakeState>) -> Router {
+    let versions = state.clone();
     Router::new()
         .route("/chat/completions", post(deepseek))
         .route("/v1/chat/completions", post(deepseek))
@@ -180,6 +187,14 @@ pub fn router(state: Arc<FakeState>) -> Router {
         .route("/openai/v1/completions", post(fim))
         .route("/_fake/state", get(inspect))
         .with_state(state)
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                if request.version() == http::Version::HTTP_2 {
+                    versions.http2_requests.fetch_add(1, Ordering::SeqCst);
+                }
+                next.run(request)
+            },
+        ))
 }
 
 async fn deepseek(s: State<Arc<FakeState>>, h: HeaderMap, b: Bytes) -> Response {
