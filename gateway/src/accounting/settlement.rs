@@ -297,7 +297,7 @@ impl Settlement {
             cache_miss = u.cache_miss,
             output = u.output,
             reasoning = u.reasoning,
-            cost = %charge.map_or_else(|| "0".to_owned(), |c| Money(c.cost.total()).to_string()),
+            cost = %Money(charge.map_or(0, |c| c.cost.total())),
             tier = charge.map_or("-", |c| c.tier.as_str()),
             duration_ms = self.started.elapsed().as_millis() as u64,
         );
