@@ -300,13 +300,12 @@ impl Load {
         }
     }
 
-    /// Measures how long work waits to run, every 10 ms while requests are in flight and every
-    /// 100 ms at rest (a probe tick is a wake-up of the runtime: at 100 a second they were a
-    /// tenth of the wake-ups of a request at 1000 req/s), for as long as the server runs; and
-    /// once a burst is over, hands the memory it left free back to the system.
+    /// Measures how long work waits to run every 10 ms, for as long as the server runs; and
+    /// once a burst is over, hands the memory it left free back to the system. (Ticking every
+    /// 100 ms at rest saved wake-ups but missed bursts shorter than a tick, which then were
+    /// never followed by a trim.)
     pub async fn probe(self: Arc<Self>) {
         const EVERY: Duration = Duration::from_millis(10);
-        const AT_REST: Duration = Duration::from_millis(100);
         let mut calm_since: Option<Instant> = None;
         let mut busy_since_trim = false;
         loop {
@@ -329,11 +328,10 @@ impl Load {
                 tracing::debug!(target: "dsgw::edge", "a second of calm after load: freed heap returned to the system");
                 busy_since_trim = false;
             }
-            let every = if in_flight == 0 { AT_REST } else { EVERY };
             let started = Instant::now();
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(EVERY).await;
             // tokio's timers have a 1 ms tick: up to about 2 ms late on an idle runtime.
-            let late = started.elapsed().saturating_sub(every + TIMER_SLACK);
+            let late = started.elapsed().saturating_sub(EVERY + TIMER_SLACK);
             self.observe((late + turn_wait().await).as_micros() as u64);
         }
     }
