@@ -4,7 +4,7 @@
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use crate::wire::raw_object::{BorrowedObject, Edit, write_key};
+use crate::wire::raw_object::{BorrowedObject, Edit, ObjectWriter};
 
 /// Tokens of one request as DeepSeek bills them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -136,30 +136,19 @@ impl Usage {
     pub fn wire_over(&self, sent: &BorrowedObject) -> String {
         let fields = self.wire_fields();
         let mut out = Vec::with_capacity(256);
-        out.push(b'{');
-        let mut first = true;
-        let mut key = |out: &mut Vec<u8>, key: &str| {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            write_key(out, key);
-            out.push(b':');
-        };
+        let mut object = ObjectWriter::new(&mut out);
         for (name, value) in sent.fields() {
-            key(&mut out, name);
             match fields.iter().find(|f| f.key() == name) {
-                Some(field) => field.write_value(Some(value), &mut out),
-                None => out.extend_from_slice(value.get().as_bytes()),
+                Some(field) => field.write_value(Some(value), object.key(name)),
+                None => object.field(name, value.get()),
             }
         }
         for field in fields {
             if sent.get(field.key()).is_none() {
-                key(&mut out, field.key());
-                field.write_value(None, &mut out);
+                field.write_value(None, object.key(field.key()));
             }
         }
-        out.push(b'}');
+        object.finish();
         String::from_utf8(out).expect("JSON text is UTF-8")
     }
 

@@ -106,9 +106,42 @@ impl<'de: 'a, 'a> Deserialize<'de> for BorrowedObject<'a> {
     }
 }
 
+/// Writes a JSON object field by field: the braces, the commas between fields, the keys.
+pub struct ObjectWriter<'o> {
+    out: &'o mut Vec<u8>,
+    first: bool,
+}
+
+impl<'o> ObjectWriter<'o> {
+    pub fn new(out: &'o mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Self { out, first: true }
+    }
+
+    /// Starts a field named `key`; its value is to be written into what is returned.
+    pub fn key(&mut self, key: &str) -> &mut Vec<u8> {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        write_key(self.out, key);
+        self.out.push(b':');
+        self.out
+    }
+
+    /// A field whose value is JSON text already.
+    pub fn field(&mut self, key: &str, value: &str) {
+        self.key(key).extend_from_slice(value.as_bytes());
+    }
+
+    pub fn finish(self) {
+        self.out.push(b'}');
+    }
+}
+
 /// A key as a JSON string: plain keys (every key an API uses) are copied as they are, and
 /// only a key that needs escapes goes through serde_json's escaping.
-pub fn write_key(out: &mut Vec<u8>, key: &str) {
+fn write_key(out: &mut Vec<u8>, key: &str) {
     if key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push(b'"');
         out.extend_from_slice(key.as_bytes());
@@ -127,17 +160,7 @@ fn render_fields<'f>(
 ) {
     let size: usize = fields.clone().map(|(k, v)| k.len() + v.len() + 4).sum();
     out.reserve(size + 64);
-    out.push(b'{');
-    let mut first = true;
-    let mut push = |out: &mut Vec<u8>, key: &str, value: &str| {
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        write_key(out, key);
-        out.push(b':');
-        out.extend_from_slice(value.as_bytes());
-    };
+    let mut object = ObjectWriter::new(out);
     let edit_for = |key: &str| {
         edits.iter().find(|e| match e {
             Edit::Set(k, _) | Edit::Remove(k) => *k == key,
@@ -145,8 +168,8 @@ fn render_fields<'f>(
     };
     for (key, value) in fields.clone() {
         match edit_for(key) {
-            None => push(out, key, value),
-            Some(Edit::Set(_, new)) => push(out, key, new),
+            None => object.field(key, value),
+            Some(Edit::Set(_, new)) => object.field(key, new),
             Some(Edit::Remove(_)) => {}
         }
     }
@@ -154,10 +177,10 @@ fn render_fields<'f>(
         if let Edit::Set(key, new) = edit
             && !fields.clone().any(|(k, _)| k == *key)
         {
-            push(out, key, new);
+            object.field(key, new);
         }
     }
-    out.push(b'}');
+    object.finish();
 }
 
 impl<'de> Deserialize<'de> for RawObject {

@@ -145,35 +145,33 @@ fn renamed_choices(choices: &RawValue, inner: &str) -> Option<String> {
 
 /// The provider's usage read into the one record, and completed to DeepSeek's wire form.
 fn normalized_usage(usage: &RawValue) -> Option<ReplyUsage> {
-    #[derive(serde::Deserialize)]
-    struct CostField<'a> {
-        #[serde(borrow)]
-        cost: Option<&'a RawValue>,
-    }
-    // Only OpenRouter reports a cost; the others' usage is not parsed a second time for it.
-    let provider_cost = usage
-        .get()
-        .contains("\"cost\"")
-        .then(|| serde_json::from_str::<CostField>(usage.get()).ok())
-        .flatten()
-        .and_then(|f| f.cost)
-        .and_then(|c| parse_amount(c.get()));
-    let (record, wire) = match BorrowedObject::parse(usage.get()) {
+    // Only OpenRouter reports a cost (`usage.cost`).
+    let (record, wire, provider_cost) = match BorrowedObject::parse(usage.get()) {
         Some(sent) => {
             let record = Usage::from_object(&sent)?;
-            (record, record.wire_over(&sent))
+            let cost = sent.get("cost").and_then(|c| parse_amount(c.get()));
+            (record, record.wire_over(&sent), cost)
         }
         // Not an object, or one with a key written with escapes (no provider does that): read
         // the slow way, through a `Value`.
         None => {
             let value: Value = serde_json::from_str(usage.get()).ok()?;
             let record = Usage::from_wire(&value)?;
+            #[derive(serde::Deserialize)]
+            struct CostField<'a> {
+                #[serde(borrow)]
+                cost: Option<&'a RawValue>,
+            }
+            let cost = serde_json::from_str::<CostField>(usage.get())
+                .ok()
+                .and_then(|f| f.cost)
+                .and_then(|c| parse_amount(c.get()));
             let mut wire = match value {
                 Value::Object(map) => map,
                 _ => Map::new(),
             };
             record.write_wire(&mut wire);
-            (record, Value::Object(wire).to_string())
+            (record, Value::Object(wire).to_string(), cost)
         }
     };
     Some(ReplyUsage {
