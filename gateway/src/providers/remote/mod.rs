@@ -111,7 +111,7 @@ impl HttpProvider {
             &chat_url,
             &transport::Options {
                 connect_timeout: Duration::from_millis(config.connect_timeout_ms),
-                idle_timeout: Duration::from_secs(90),
+                pool_idle: Duration::from_secs(90),
                 max_idle: MAX_IDLE_CONNECTIONS,
             },
         )

@@ -34,7 +34,9 @@ pub struct Transport {
 /// How the connections are made, fixed per provider.
 pub struct Options {
     pub connect_timeout: Duration,
-    pub idle_timeout: Duration,
+    /// How long a pooled connection may stay idle.
+    pub pool_idle: Duration,
+    /// Idle connections kept at most.
     pub max_idle: usize,
 }
 
@@ -65,22 +67,13 @@ impl Transport {
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(options.connect_timeout));
         let (route, proxy_authorization) = route(base, proxies, &tcp)?;
-        let tls = rustls_platform_verifier::BuilderVerifierExt::with_platform_verifier(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(TransportError::Roots)?,
-        )
-        .map_err(TransportError::Roots)?
-        .with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config(tls_config()?)
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(Connector { tcp, route });
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(options.idle_timeout)
+            .pool_idle_timeout(options.pool_idle)
             .pool_max_idle_per_host(options.max_idle)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -93,6 +86,25 @@ impl Transport {
             }),
         })
     }
+}
+
+/// rustls with ring and the platform's roots, built once for every provider: each verifier
+/// would load the system's certificate store again at its first handshake.
+fn tls_config() -> Result<rustls::ClientConfig, TransportError> {
+    static SHARED: std::sync::OnceLock<rustls::ClientConfig> = std::sync::OnceLock::new();
+    if let Some(config) = SHARED.get() {
+        return Ok(config.clone());
+    }
+    let config = rustls_platform_verifier::BuilderVerifierExt::with_platform_verifier(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(TransportError::Roots)?,
+    )
+    .map_err(TransportError::Roots)?
+    .with_no_client_auth();
+    Ok(SHARED.get_or_init(|| config).clone())
 }
 
 /// How calls to `base` are carried, and the `Proxy-Authorization` each request needs.
@@ -245,30 +257,23 @@ pub fn failure(error: &hyper_util::client::legacy::Error) -> Failure {
     if !error.is_connect() {
         return Failure::Other;
     }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cause {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return Failure::ConnectTimeout;
-        }
-        cause = e.source();
+    if io_causes(error).any(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+        return Failure::ConnectTimeout;
     }
     Failure::Connect
 }
 
 /// Whether `error` comes from this process running out of file descriptors (EMFILE, ENFILE).
 fn out_of_descriptors(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cause {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && matches!(io.raw_os_error(), Some(23 | 24))
-        {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+    io_causes(error).any(|io| matches!(io.raw_os_error(), Some(23 | 24)))
+}
+
+/// The I/O errors among `error` and its sources.
+fn io_causes<'e>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'e std::io::Error> {
+    std::iter::successors(Some(error), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
 }
 
 #[cfg(test)]
@@ -278,7 +283,7 @@ mod tests {
     fn options() -> Options {
         Options {
             connect_timeout: Duration::from_millis(200),
-            idle_timeout: Duration::from_secs(90),
+            pool_idle: Duration::from_secs(90),
             max_idle: 4,
         }
     }
