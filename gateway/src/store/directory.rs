@@ -212,7 +212,8 @@ impl Store {
     }
 
     async fn read_snapshot(&self) -> Result<Snapshot, sqlx::Error> {
-        let mut tx = self.begin_write().await?;
+        // Reads only: a deferred transaction is one consistent snapshot and takes no write lock.
+        let mut tx = self.pool().begin().await?;
         let revision: i64 = sqlx::query("SELECT n FROM revision WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?
