@@ -444,6 +444,7 @@ mod edge {
 mod overload {
     use std::time::{Duration, Instant};
 
+    use dsgw_tests::process::rss_kib;
     use serde_json::json;
 
     use super::common::{self, user};
@@ -483,15 +484,6 @@ mod overload {
         drop(a);
         s.until_served("the slot").await;
         drop(b);
-    }
-
-    fn rss_kib(pid: u32) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-            .unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,6 +34,20 @@ async fn chat(gw: &Gateway, stream: bool) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// A whole answer with content, through `gw`.
+async fn answered(gw: &Gateway) {
+    let (status, body) = chat(gw, false).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!content(&body).is_empty(), "{body}");
+}
+
+/// A stream to its `[DONE]`, through `gw`.
+async fn streamed(gw: &Gateway) {
+    let (status, body) = chat(gw, true).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+}
+
 fn content(body: &str) -> String {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
     v["choices"][0]["message"]["content"]
@@ -51,12 +65,8 @@ async fn a_provider_over_https_is_trusted_only_through_the_platform_roots() {
     let base = format!("https://localhost:{}", front.addr.port());
 
     let trusting = gateway(&base, &[("SSL_CERT_FILE", ca.ca_cert.to_str().unwrap())]);
-    let (status, body) = chat(&trusting, false).await;
-    assert_eq!(status, 200, "{body}");
-    assert!(!content(&body).is_empty());
-    let (status, body) = chat(&trusting, true).await;
-    assert_eq!(status, 200, "{body}");
-    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    answered(&trusting).await;
+    streamed(&trusting).await;
 
     // The same provider without the CA among the roots: its certificate is refused, and the
     // client hears a gateway error, not the provider's answer.
@@ -82,13 +92,9 @@ async fn a_provider_that_negotiates_http2_is_spoken_to_in_http2() {
         &format!("https://localhost:{}", front.addr.port()),
         &[("SSL_CERT_FILE", ca.ca_cert.to_str().unwrap())],
     );
-    let (status, body) = chat(&gw, false).await;
-    assert_eq!(status, 200, "{body}");
-    assert!(!content(&body).is_empty());
+    answered(&gw).await;
     for _ in 0..3 {
-        let (status, body) = chat(&gw, true).await;
-        assert_eq!(status, 200, "{body}");
-        assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+        streamed(&gw).await;
     }
     assert_eq!(fake.http2_requests(), 4, "every call went over HTTP/2");
     // Streams share the one multiplexed connection.
@@ -113,9 +119,7 @@ async fn https_goes_through_a_connect_tunnel_and_http_is_forwarded_by_the_proxy(
             ("SSL_CERT_FILE", ca.ca_cert.to_str().unwrap()),
         ],
     );
-    let (status, body) = chat(&tunnelled, false).await;
-    assert_eq!(status, 200, "{body}");
-    assert!(!content(&body).is_empty());
+    answered(&tunnelled).await;
     let heads = proxy.heads();
     let connect = heads
         .iter()
@@ -129,9 +133,7 @@ async fn https_goes_through_a_connect_tunnel_and_http_is_forwarded_by_the_proxy(
     );
 
     let plain = gateway(&fake.base_url(), &[("HTTP_PROXY", &proxy_url)]);
-    let (status, body) = chat(&plain, false).await;
-    assert_eq!(status, 200, "{body}");
-    assert!(!content(&body).is_empty());
+    answered(&plain).await;
     let heads = proxy.heads();
     let forwarded = heads
         .iter()

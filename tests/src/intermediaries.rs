@@ -32,7 +32,7 @@ impl TlsFront {
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
         let key = PrivateKeyDer::from_pem_file(&ca.server_key).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
@@ -40,7 +40,6 @@ impl TlsFront {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
-        let mut config = config;
         config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

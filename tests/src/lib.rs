@@ -6,6 +6,7 @@ pub mod faults;
 pub mod harness;
 pub mod intermediaries;
 pub mod postgres_server;
+pub mod process;
 pub mod prometheus_server;
 pub mod redis_server;
 pub mod tls_ca;

@@ -1,4 +1,4 @@
-//! What the bench reads of a process it measures, from `/proc`.
+//! What the bench and the tests read of a process they measure, from `/proc`.
 
 /// Resident memory of `pid` (`VmRSS`), in KiB.
 pub fn rss_kib(pid: u32) -> u64 {

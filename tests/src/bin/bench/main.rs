@@ -20,11 +20,10 @@ use dsgw_tests::harness::{self, Gateway};
 
 mod instructions;
 mod overload;
-mod process;
+use dsgw_tests::process::rss_kib;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use process::rss_kib;
 
 #[derive(Parser)]
 struct Args {

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use dsgw_tests::harness::Gateway;
 use http_body_util::{BodyExt, Full};
 
-use super::process::{cpu_us, rss_kib};
 use super::{Args, HttpClient, chat_body, pct};
+use dsgw_tests::process::{cpu_us, rss_kib};
 
 /// How a request ended, within a deadline.
 enum Ending {
