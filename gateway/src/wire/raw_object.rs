@@ -12,7 +12,87 @@ use serde_json::value::RawValue;
 
 #[derive(Debug)]
 pub struct RawObject {
-    fields: Vec<(String, Box<RawValue>)>,
+    fields: Vec<(Key, Box<RawValue>)>,
+}
+
+/// A field's name: the names the APIs use are borrowed from [`KNOWN_KEYS`], so a parsed request,
+/// answer or stream chunk allocates once per field (its value) instead of twice.
+type Key = Cow<'static, str>;
+
+/// Every top-level field of the chat, completion and chunk objects the gateway parses on each
+/// request and each streamed chunk (any other name is owned); sorted, for a binary search.
+const KNOWN_KEYS: &[&str] = &[
+    "choices",
+    "created",
+    "echo",
+    "error",
+    "frequency_penalty",
+    "id",
+    "logit_bias",
+    "logprobs",
+    "max_completion_tokens",
+    "max_tokens",
+    "messages",
+    "metadata",
+    "model",
+    "n",
+    "object",
+    "parallel_tool_calls",
+    "presence_penalty",
+    "prompt",
+    "reasoning_effort",
+    "response_format",
+    "seed",
+    "service_tier",
+    "stop",
+    "store",
+    "stream",
+    "stream_options",
+    "suffix",
+    "system_fingerprint",
+    "temperature",
+    "thinking",
+    "tool_choice",
+    "tools",
+    "top_logprobs",
+    "top_p",
+    "usage",
+    "user",
+];
+
+fn key(name: &str) -> Key {
+    match KNOWN_KEYS.binary_search(&name) {
+        Ok(at) => Cow::Borrowed(KNOWN_KEYS[at]),
+        Err(_) => Cow::Owned(name.to_owned()),
+    }
+}
+
+/// Deserialises a field name into a [`Key`] without an intermediate `String`.
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Key, E> {
+        Ok(key(name))
+    }
+    fn visit_string<E: de::Error>(self, name: String) -> Result<Key, E> {
+        Ok(match key(&name) {
+            Cow::Borrowed(known) => Cow::Borrowed(known),
+            Cow::Owned(_) => Cow::Owned(name),
+        })
+    }
+}
+
+struct KeySeed;
+
+impl<'de> de::DeserializeSeed<'de> for KeySeed {
+    type Value = Key;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Key, D::Error> {
+        deserializer.deserialize_str(KeyVisitor)
+    }
 }
 
 /// One change to a top-level field; a new value is JSON text, borrowed when it can be.
@@ -36,7 +116,7 @@ impl RawObject {
     pub fn get(&self, key: &str) -> Option<&RawValue> {
         self.fields
             .iter()
-            .find(|(k, _)| k == key)
+            .find(|(k, _)| k.as_ref() == key)
             .map(|(_, v)| v.as_ref())
     }
 
@@ -49,7 +129,7 @@ impl RawObject {
 
     /// [`RawObject::render`], appended to `out`.
     pub fn render_into(&self, edits: &[Edit], out: &mut Vec<u8>) {
-        let fields = self.fields.iter().map(|(k, v)| (k.as_str(), v.get()));
+        let fields = self.fields.iter().map(|(k, v)| (k.as_ref(), v.get()));
         render_fields(fields, edits, out);
     }
 }
@@ -192,8 +272,8 @@ impl<'de> Deserialize<'de> for RawObject {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject, A::Error> {
-                let mut fields: Vec<(String, Box<RawValue>)> = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
+                let mut fields: Vec<(Key, Box<RawValue>)> = Vec::with_capacity(8);
+                while let Some(key) = map.next_key_seed(KeySeed)? {
                     if fields.iter().any(|(k, _)| *k == key) {
                         return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
                     }
@@ -252,6 +332,31 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"messages":[{"role":"user","content":"h\u00e9  llo"}],"model":"b","x":{"b":2,"a":1},"stream_options":{"include_usage":true}}"#
+        );
+    }
+
+    #[test]
+    fn known_names_are_borrowed_and_others_owned_even_when_escaped() {
+        let text = r#"{"model":"a","mod\u0065l2":1,"x-custom":2,"str\u0065am":true}"#;
+        let obj: RawObject = serde_json::from_str(text).unwrap();
+        let kinds: Vec<(&str, bool)> = obj
+            .fields
+            .iter()
+            .map(|(k, _)| (k.as_ref(), matches!(k, Cow::Borrowed(_))))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("model", true),
+                ("model2", false),
+                ("x-custom", false),
+                ("stream", true)
+            ]
+        );
+        assert_eq!(obj.get("stream").unwrap().get(), "true");
+        assert!(
+            KNOWN_KEYS.windows(2).all(|w| w[0] < w[1]),
+            "the list stays sorted"
         );
     }
 

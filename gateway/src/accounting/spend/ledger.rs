@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::record::{Record, Totals, counters_for, day_of};
+use super::record::{Record, Totals, day_of, each_counter};
 use super::shared::SharedSpend;
 use crate::support::redis_link::AfterWrites;
 
@@ -36,26 +36,45 @@ struct Book {
     aggregates: Aggregates,
     counters: HashMap<String, u64>,
     stored: HashMap<String, u64>,
+    /// Where each counter's name is written to look it up.
+    scratch: String,
 }
 
 impl Book {
     fn add(&mut self, r: &Record) {
         let day = day_of(r.ts);
-        for counter in counters_for(&r.team, &r.key_id, &day) {
-            *self.counters.entry(counter).or_default() += r.cost;
-        }
+        let counters = &mut self.counters;
+        each_counter(
+            &mut self.scratch,
+            &r.team,
+            &r.key_id,
+            &day,
+            |name| match counters.get_mut(name) {
+                Some(spent) => *spent += r.cost,
+                None => {
+                    counters.insert(name.to_owned(), r.cost);
+                }
+            },
+        );
         self.aggregates.entry(group(r, day)).or_default().add(r);
     }
 
     fn confirmed(&mut self, r: &Record) {
-        for counter in counters_for(&r.team, &r.key_id, &day_of(r.ts)) {
-            if let Some(pending) = self.counters.get_mut(&counter) {
-                *pending = pending.saturating_sub(r.cost);
-                if *pending == 0 {
-                    self.counters.remove(&counter);
+        let counters = &mut self.counters;
+        each_counter(
+            &mut self.scratch,
+            &r.team,
+            &r.key_id,
+            &day_of(r.ts),
+            |name| {
+                if let Some(pending) = counters.get_mut(name) {
+                    *pending = pending.saturating_sub(r.cost);
+                    if *pending == 0 {
+                        counters.remove(name);
+                    }
                 }
-            }
-        }
+            },
+        );
     }
 }
 
@@ -467,6 +486,37 @@ mod tests {
         assert_eq!(usage.len(), 1);
         assert_eq!(usage[0].3.requests, 3);
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn every_counter_adds_each_record_and_a_confirmed_one_leaves_only_the_rest_pending() {
+        let l = Ledger::in_memory();
+        l.append(record(1_795_883_817, "alice", 1000));
+        l.append(record(1_795_883_818, "alice", 30));
+        l.append(record(1_795_883_819, "bob", 5));
+        let names = [
+            counter("team", "research", "2026-11-28"),
+            counter("team", "research", "2026-11"),
+            counter("team", "research", "total"),
+            counter("key", "alice", "2026-11-28"),
+            counter("key", "alice", "2026-11"),
+            counter("key", "alice", "total"),
+            counter("key", "bob", "total"),
+        ];
+        assert_eq!(l.spent(&names), [1035, 1035, 1035, 1030, 1030, 1030, 5]);
+        let first = record(1_795_883_817, "alice", 1000);
+        l.confirmed([&first], HashMap::new());
+        assert_eq!(l.spent(&names), [35, 35, 35, 30, 30, 30, 5]);
+        let rest = [
+            record(1_795_883_818, "alice", 30),
+            record(1_795_883_819, "bob", 5),
+        ];
+        l.confirmed(&rest, HashMap::new());
+        assert_eq!(l.spent(&names), [0; 7]);
+        assert!(
+            l.book.lock().unwrap().counters.is_empty(),
+            "a counter confirmed to zero is dropped"
+        );
     }
 
     #[test]

@@ -105,27 +105,52 @@ impl Totals {
 
 /// `dsgw:{team}:spend:<scope>:<name>:<period>`.
 pub fn counter(team: &str, scope: &str, name: &str, period: &str) -> String {
-    // Six of these per request: pushed into one exact allocation, without format!'s machinery.
+    let mut out = String::new();
+    write_counter(&mut out, team, scope, name, period);
+    out
+}
+
+/// [`counter`], written over `out`: its parts pushed into one allocation, without format!'s
+/// machinery.
+fn write_counter(out: &mut String, team: &str, scope: &str, name: &str, period: &str) {
     let parts = ["dsgw:{", team, "}:spend:", scope, ":", name, ":", period];
-    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    out.clear();
+    out.reserve(parts.iter().map(|p| p.len()).sum());
     for part in parts {
         out.push_str(part);
     }
-    out
 }
 
 /// The six counters one request adds to: its key's and its team's, for its day, its month and
 /// all time.
 pub fn counters_for(team: &str, key_id: &str, day: &str) -> [String; 6] {
+    let mut all: [String; 6] = Default::default();
+    let mut next = all.iter_mut();
+    each_counter(&mut String::new(), team, key_id, day, |c| {
+        if let Some(slot) = next.next() {
+            c.clone_into(slot);
+        }
+    });
+    all
+}
+
+/// Calls `f` with each of [`counters_for`]'s names, each written in turn into `scratch`: the
+/// ledger adds every request to six counters that almost always exist already, and needs no
+/// new name for them.
+pub fn each_counter(
+    scratch: &mut String,
+    team: &str,
+    key_id: &str,
+    day: &str,
+    mut f: impl FnMut(&str),
+) {
     let month = &day[..7];
-    [
-        counter(team, "team", team, day),
-        counter(team, "team", team, month),
-        counter(team, "team", team, "total"),
-        counter(team, "key", key_id, day),
-        counter(team, "key", key_id, month),
-        counter(team, "key", key_id, "total"),
-    ]
+    for (scope, name) in [("team", team), ("key", key_id)] {
+        for period in [day, month, "total"] {
+            write_counter(scratch, team, scope, name, period);
+            f(scratch);
+        }
+    }
 }
 
 /// Days since 1970-01-01 -> `YYYY-MM-DD` (proleptic Gregorian, UTC).
