@@ -327,16 +327,12 @@ impl Metrics {
 
     pub fn completion(&self, e: &CompletionEvent<'_>) {
         let base = [e.model, e.deployment, e.provider, e.team, e.key_id];
-        let status = e.status.to_string();
+        // The status's digits from http's static table, not a new string per request.
+        let code = http::StatusCode::from_u16(e.status).ok();
+        let status = code.as_ref().map_or("other", http::StatusCode::as_str);
         self.requests
             .with_label_values(&[
-                base[0],
-                base[1],
-                base[2],
-                base[3],
-                base[4],
-                status.as_str(),
-                e.outcome,
+                base[0], base[1], base[2], base[3], base[4], status, e.outcome,
             ])
             .inc();
         if let Some(u) = e.usage {
