@@ -60,11 +60,12 @@ const KNOWN_KEYS: &[&str] = &[
     "user",
 ];
 
-fn key(name: &str) -> Key {
-    match KNOWN_KEYS.binary_search(&name) {
-        Ok(at) => Cow::Borrowed(KNOWN_KEYS[at]),
-        Err(_) => Cow::Owned(name.to_owned()),
-    }
+/// `name` from [`KNOWN_KEYS`], when it is one.
+fn known(name: &str) -> Option<&'static str> {
+    KNOWN_KEYS
+        .binary_search(&name)
+        .ok()
+        .map(|at| KNOWN_KEYS[at])
 }
 
 /// Deserialises a field name into a [`Key`] without an intermediate `String`.
@@ -76,13 +77,10 @@ impl<'de> Visitor<'de> for KeyVisitor {
         f.write_str("a field name")
     }
     fn visit_str<E: de::Error>(self, name: &str) -> Result<Key, E> {
-        Ok(key(name))
+        Ok(known(name).map_or_else(|| Cow::Owned(name.to_owned()), Cow::Borrowed))
     }
     fn visit_string<E: de::Error>(self, name: String) -> Result<Key, E> {
-        Ok(match key(&name) {
-            Cow::Borrowed(known) => Cow::Borrowed(known),
-            Cow::Owned(_) => Cow::Owned(name),
-        })
+        Ok(known(&name).map_or(Cow::Owned(name), Cow::Borrowed))
     }
 }
 
