@@ -540,6 +540,40 @@ mod overload {
         }
     }
 
+    /// A request of megabytes leaves nothing held once answered, with no burst after it to set
+    /// off the heap trim: glibc's default raises its mmap threshold to the size of the first
+    /// large buffer freed, and every such buffer after it then stayed in the heap (an 8 MB
+    /// body kept RSS 24 MB up until the next burst).
+    #[tokio::test]
+    async fn a_request_of_megabytes_gives_its_memory_back_at_once() {
+        let s = common::setup_with(|c| {
+            c.replace("max_body_bytes = 65536", "max_body_bytes = 33554432")
+        })
+        .await;
+        let (status, _) = s
+            .post(
+                "sk-alice",
+                &json!({"model": "deepseek-chat", "messages": user("hi")}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let pid = s.gw.pid();
+        let idle = rss_kib(pid);
+        let big = json!({"model": "deepseek-chat", "messages": user(&"x".repeat(8 << 20))});
+        let mut peak = 0;
+        for _ in 0..2 {
+            // What the answer is (the fake refuses bodies this large) does not matter here.
+            s.request("sk-alice", &big).await.bytes().await.unwrap();
+            peak = peak.max(rss_kib(pid));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = rss_kib(pid);
+        assert!(
+            after < idle + 6 * 1024,
+            "RSS {idle} KiB before two 8 MB requests, {after} KiB after them (highest seen {peak})"
+        );
+    }
+
     /// `clients` at once, each sending chat requests one after another (a connection each)
     /// for `during`; every answer.
     async fn sustained(s: &common::Setup, clients: usize, during: Duration) -> Vec<String> {

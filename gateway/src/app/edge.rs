@@ -324,7 +324,7 @@ impl Load {
             // Never during sustained load: a trim walks the whole heap.
             if busy_since_trim && calm_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(1))
             {
-                trim_heap();
+                crate::support::heap::trim();
                 tracing::debug!(
                     target: "dsgw::edge",
                     "a second of calm after load: freed heap returned to the system"
@@ -365,16 +365,6 @@ async fn turn_wait() -> Duration {
     let asked = Instant::now();
     tokio::task::yield_now().await;
     asked.elapsed()
-}
-
-/// Returns free heap pages to the system (glibc's `malloc_trim`).
-#[allow(unsafe_code)]
-fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointers and only releases memory the allocator holds free.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Sheds load: beyond `[server] max_in_flight` requests at once, or while work waits longer

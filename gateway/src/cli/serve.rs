@@ -9,6 +9,8 @@ use dsgw::app::AppState;
 use dsgw::support::config::Config;
 
 pub fn serve(path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    // Before any other thread allocates.
+    dsgw::support::heap::hand_back_large_buffers();
     init_tracing();
     dsgw::providers::install_tls();
     // Each open stream holds two sockets; a default soft limit of 1024 would cap a replica at

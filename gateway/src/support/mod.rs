@@ -1,8 +1,9 @@
 //! What every layer leans on: the configuration, the Redis link, the caller's identity, hashes,
-//! randomness and secrets. Nothing here knows about requests.
+//! randomness, secrets and the heap's settings. Nothing here knows about requests.
 
 pub mod config;
 pub mod hashing;
+pub mod heap;
 pub mod principal;
 pub mod random;
 pub mod redis_link;
