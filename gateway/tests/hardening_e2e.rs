@@ -566,12 +566,17 @@ mod overload {
             s.request("sk-alice", &big).await.bytes().await.unwrap();
             peak = peak.max(rss_kib(pid));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let after = rss_kib(pid);
-        assert!(
-            after < idle + 6 * 1024,
-            "RSS {idle} KiB before two 8 MB requests, {after} KiB after them (highest seen {peak})"
-        );
+        // Within 0.8 s, before the trim that follows load could run (it waits for a second
+        // of calm): only what is handed back as it is freed counts.
+        let deadline = Instant::now() + Duration::from_millis(800);
+        while rss_kib(pid) >= idle + 6 * 1024 {
+            assert!(
+                Instant::now() < deadline,
+                "RSS {idle} KiB before two 8 MB requests, {} KiB 0.8 s after them (highest seen {peak})",
+                rss_kib(pid)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// `clients` at once, each sending chat requests one after another (a connection each)
