@@ -4,9 +4,9 @@
 //! glibc serves a large allocation (128 KiB and more) with its own mapping, returned when freed,
 //! but by default it raises that threshold to the size of each such buffer it frees, up to
 //! 32 MiB, and lets the heap keep twice as much free at its top: after one request of a few
-//! megabytes every later buffer of that size came from the heap and stayed there (an 8 MB body
-//! kept 24 MB resident). [`hand_back_large_buffers`] fixes the threshold instead; [`trim`] returns
-//! what smaller allocations leave free after a burst.
+//! megabytes every later buffer of that size came from the heap and stayed there (an 8 MB
+//! body kept 8 - 24 MB resident). [`hand_back_large_buffers`] fixes the threshold instead;
+//! [`trim`] returns what smaller allocations leave free after a burst.
 
 /// Keeps glibc's mmap threshold at its default, so large buffers (request bodies of megabytes,
 /// their parsed and re-encoded copies) go back to the system as soon as they are freed. Call it
