@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{setup, setup_with, user};
+use common::{JsonBody, setup, setup_with, user};
 use dsgw_tests::harness::UPSTREAM_KEY;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -570,4 +570,49 @@ async fn streams_one_after_another_reuse_one_upstream_connection() {
     // the pool instead of being closed (five streams, five connections, before).
     assert_eq!(s.fake.requests(), 5);
     assert_eq!(s.fake.connections(), 1);
+}
+
+/// The threads named as the gateway's lanes.
+fn lane_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("dsgw-lane-"))
+        .count()
+}
+
+#[tokio::test]
+async fn connections_are_spread_over_the_lanes_and_each_lane_pools_its_own_upstream_connections() {
+    for (workers, upstream) in [(3, 3), (1, 1)] {
+        let s = setup_with(|c| {
+            c.replacen("[server]\n", &format!("[server]\nworkers = {workers}\n"), 1)
+        })
+        .await;
+        // Three keep-alive connections, all open before the first chat request: each goes to
+        // the lane with the fewest open.
+        let clients: Vec<reqwest::Client> = (0..3).map(|_| reqwest::Client::new()).collect();
+        for c in &clients {
+            let r = c.get(s.gw.url("/healthz")).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        // One request at a time, round the connections: one shared pool would carry them all
+        // over a single upstream connection; a pool per lane opens one per lane.
+        let body = json!({"model": "deepseek-chat", "messages": user("Hello")});
+        for _ in 0..3 {
+            for c in &clients {
+                let r = c
+                    .post(s.gw.url("/v1/chat/completions"))
+                    .bearer_auth("sk-alice")
+                    .json_body(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+            }
+        }
+        assert_eq!(s.fake.requests(), 9);
+        assert_eq!(s.fake.connections(), upstream, "workers = {workers}");
+        assert_eq!(lane_threads(s.gw.pid()), workers);
+    }
 }

@@ -14,11 +14,19 @@ use dsgw_tests::tls_ca::TestCa;
 use serde_json::{Value, json};
 
 fn gateway(base: &str, extra_env: &[(&str, &str)]) -> Gateway {
+    gateway_with(base, extra_env, |config| config)
+}
+
+fn gateway_with(
+    base: &str,
+    extra_env: &[(&str, &str)],
+    edit: impl FnOnce(String) -> String,
+) -> Gateway {
     let mut env = harness::env();
     env.extend_from_slice(extra_env);
     Gateway::start(
         Path::new(env!("CARGO_BIN_EXE_dsgw")),
-        &harness::config(base, ""),
+        &edit(harness::config(base, "")),
         &env,
     )
 }
@@ -88,16 +96,19 @@ async fn a_provider_that_negotiates_http2_is_spoken_to_in_http2() {
     let fake = FakeUpstream::start(Some(UPSTREAM_KEY)).await;
     let ca = TestCa::new("transport-h2");
     let front = TlsFront::offering(&ca, fake.addr, &[b"h2", b"http/1.1"]).await;
-    let gw = gateway(
+    // One lane: each lane keeps connections of its own, and each call here comes on a new
+    // client connection, which may meet the last one still open and go to another lane.
+    let gw = gateway_with(
         &format!("https://localhost:{}", front.addr.port()),
         &[("SSL_CERT_FILE", ca.ca_cert.to_str().unwrap())],
+        |config| config.replacen("[server]\n", "[server]\nworkers = 1\n", 1),
     );
     answered(&gw).await;
     for _ in 0..3 {
         streamed(&gw).await;
     }
     assert_eq!(fake.http2_requests(), 4, "every call went over HTTP/2");
-    // Streams share the one multiplexed connection.
+    // Streams share the lane's one multiplexed connection.
     assert_eq!(fake.connections(), 1);
 }
 

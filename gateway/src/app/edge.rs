@@ -274,123 +274,6 @@ impl Drop for InService {
     }
 }
 
-/// What the shedder reads: slots for requests in flight, and how long work waits to run.
-#[derive(Debug)]
-pub struct Load {
-    pub slots: Arc<Semaphore>,
-    max_in_flight: usize,
-    /// How long the probe waited (microseconds), the lesser of its last two waits: its timer's
-    /// lateness plus its wait for a turn behind the tasks ready before it, the queueing a new
-    /// request meets before its first line of code runs.
-    lag_us: AtomicU64,
-    /// The probe's last wait alone.
-    last_us: AtomicU64,
-    /// Shed while the lag is above this; `None`: never for lag.
-    budget: Option<Duration>,
-}
-
-impl Load {
-    pub fn new(max_in_flight: usize, queue_budget: Option<Duration>) -> Self {
-        Self {
-            slots: Arc::new(Semaphore::new(max_in_flight)),
-            max_in_flight,
-            lag_us: AtomicU64::new(0),
-            last_us: AtomicU64::new(0),
-            budget: queue_budget,
-        }
-    }
-
-    /// Measures how long work waits to run every 10 ms, for as long as the server runs; and
-    /// once a burst is over, hands the memory it left free back to the system. (Ticking every
-    /// 100 ms at rest saved wake-ups but missed bursts shorter than a tick, which then were
-    /// never followed by a trim.)
-    pub async fn probe(self: Arc<Self>) {
-        const EVERY: Duration = Duration::from_millis(10);
-        let mut calm_since: Option<Instant> = None;
-        let mut busy_since_trim = false;
-        loop {
-            let in_flight = self.max_in_flight - self.slots.available_permits();
-            // Busy: requests in flight, or work waiting its turn (a busy neighbour delays the
-            // probe too: with a 1 ms threshold, before the timer's slack was left out, calm
-            // never came, and RSS stayed at 76 MB after a burst that a trim takes to 22).
-            if in_flight > 32 || self.lag_us.load(Ordering::Relaxed) >= 50_000 {
-                busy_since_trim = true;
-                calm_since = None;
-            } else {
-                calm_since.get_or_insert_with(Instant::now);
-            }
-            // A second of calm (few requests, a punctual runtime) after load: glibc keeps
-            // freed heap in its arenas otherwise (RSS stayed at its overload peak for minutes).
-            // Never during sustained load: a trim walks the whole heap.
-            if busy_since_trim && calm_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(1))
-            {
-                crate::support::heap::trim();
-                tracing::debug!(
-                    target: "dsgw::edge",
-                    "a second of calm after load: freed heap returned to the system"
-                );
-                busy_since_trim = false;
-            }
-            let started = Instant::now();
-            tokio::time::sleep(EVERY).await;
-            // tokio's timers have a 1 ms tick: up to about 2 ms late on an idle runtime.
-            let late = started.elapsed().saturating_sub(EVERY + TIMER_SLACK);
-            self.observe((late + turn_wait().await).as_micros() as u64);
-        }
-    }
-
-    /// Takes one probe's wait: only two waits in a row over the budget shed, so a lone stall (a
-    /// page-fault burst, a first connection, a descheduled process) sheds nothing, and a
-    /// runtime that stays behind sheds from its second probe, whose ticks are as slow as the
-    /// wait (an average over ticks took seconds to react to waits of 400 ms).
-    fn observe(&self, wait_us: u64) {
-        let previous = self.last_us.swap(wait_us, Ordering::Relaxed);
-        self.lag_us.store(previous.min(wait_us), Ordering::Relaxed);
-    }
-
-    fn overloaded(&self) -> bool {
-        self.budget
-            .is_some_and(|b| self.lag_us.load(Ordering::Relaxed) > b.as_micros() as u64)
-    }
-}
-
-/// How late a timer fires on an idle runtime (its wheel ticks in milliseconds), not counted as
-/// waiting.
-const TIMER_SLACK: Duration = Duration::from_millis(2);
-
-/// How long a task ready now waits for its turn: a yielded task goes to the back of its
-/// worker's queue, behind every connection that became ready before it. A timer alone misses
-/// this queue: the runtime checks timers every few dozen polls however long the queue is.
-async fn turn_wait() -> Duration {
-    let asked = Instant::now();
-    tokio::task::yield_now().await;
-    asked.elapsed()
-}
-
-/// Sheds load: beyond `[server] max_in_flight` requests at once, or while work waits longer
-/// than `queue_budget_ms` to run (two probes in a row), a new request is answered 503 with `Retry-After`
-/// at once, before any key is checked or body read.
-/// A request holds its slot until its response (a stream included) is done.
-pub async fn shed(
-    axum::extract::State(load): axum::extract::State<Arc<Load>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let why = match load.slots.clone().try_acquire_owned() {
-        Ok(slot) if !load.overloaded() => {
-            return next
-                .run(request)
-                .await
-                .map(|body| Body::new(Guarded::new(body, slot)));
-        }
-        Ok(_) => "The gateway is behind: work waits longer than its queue budget; retry shortly.",
-        Err(_) => "The gateway is at its limit of requests in flight; retry shortly.",
-    };
-    let mut e = crate::wire::error::ApiError::unavailable(why);
-    e.retry_after = Some(1);
-    axum::response::IntoResponse::into_response(e)
-}
-
 /// What a connection beyond the cap is told before it is closed: a 503 in DeepSeek's envelope.
 fn over_capacity() -> &'static [u8] {
     static RESPONSE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
@@ -419,21 +302,40 @@ pub fn admit(slots: &Arc<Semaphore>, tcp: &TcpStream) -> Option<OwnedSemaphorePe
     }
 }
 
+/// What serves a connection's requests: the application, cloned into each connection.
+pub trait App:
+    Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Serves one connection with `app` until it ends, its head is overdue, or `graceful` shuts
 /// it down.
-pub async fn serve_connection<S>(
+pub async fn serve_connection(
     tcp: TcpStream,
-    app: S,
+    app: impl App,
     limits: EdgeLimits,
     graceful: Watcher,
     permit: OwnedSemaphorePermit,
-) where
-    S: Service<Request<Body>, Response = Response<Body>, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+) {
     let watch = Arc::new(Watch {
         opened: Instant::now(),
         // A new connection is awaiting its first head from now.
@@ -480,46 +382,6 @@ pub async fn serve_connection<S>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_lone_stall_sheds_nothing_and_a_runtime_that_stays_behind_does() {
-        let load = Load::new(8, Some(Duration::from_millis(250)));
-        for calm_then_stall in [100, 3_000_000, 100, 100] {
-            load.observe(calm_then_stall);
-            assert!(!load.overloaded());
-        }
-        // Waits over the budget probe after probe: shed from the second...
-        load.observe(400_000);
-        assert!(!load.overloaded());
-        load.observe(300_000);
-        assert!(load.overloaded());
-        load.observe(500_000);
-        assert!(load.overloaded());
-        // ...and no longer from the first calm one.
-        load.observe(100);
-        assert!(!load.overloaded());
-    }
-
-    #[tokio::test]
-    async fn a_turn_waits_behind_every_task_ready_before_it() {
-        assert!(turn_wait().await < Duration::from_millis(20));
-        for _ in 0..3 {
-            tokio::spawn(async { std::thread::sleep(Duration::from_millis(15)) });
-        }
-        assert!(turn_wait().await >= Duration::from_millis(45));
-    }
-
-    #[test]
-    fn lag_sheds_only_with_a_budget_and_above_it() {
-        let load = Load::new(4, Some(Duration::from_millis(10)));
-        load.lag_us.store(9_000, Ordering::Relaxed);
-        assert!(!load.overloaded());
-        load.lag_us.store(11_000, Ordering::Relaxed);
-        assert!(load.overloaded());
-        let unbudgeted = Load::new(4, None);
-        unbudgeted.lag_us.store(10_000_000, Ordering::Relaxed);
-        assert!(!unbudgeted.overloaded());
-    }
 
     #[test]
     fn only_client_error_heads_are_taken_for_rejections() {

@@ -1,11 +1,14 @@
 //! The application: its state, built once from the configuration ([`AppState`]), the routes and
 //! the middleware stack ([`router`]), the edge's request ids ([`request_id`]) and
-//! authentication ([`authenticate`]), the operational endpoints ([`ops`]) and the server's
-//! life: serving, reloading, draining ([`serve`]).
+//! authentication ([`authenticate`]), the operational endpoints ([`ops`]), the edge's bounds
+//! ([`edge`], [`load`]), the threads that serve connections ([`lanes`]) and the server's life:
+//! serving, reloading, draining ([`serve`]).
 
 pub mod authenticate;
 pub mod browsers;
 pub mod edge;
+pub mod lanes;
+pub mod load;
 pub mod ops;
 pub mod request_id;
 pub mod router;
@@ -106,7 +109,7 @@ pub struct AppState {
     /// The longest wait for a request body's next bytes.
     pub body_timeout: std::time::Duration,
     /// Requests in flight and the runtime's lateness, for shedding load.
-    pub load: Arc<edge::Load>,
+    pub load: Arc<load::Load>,
 }
 
 impl FromRef<AppState> for Arc<Pipeline> {
@@ -289,11 +292,12 @@ impl AppState {
                 .map(|o| http::HeaderValue::from_str(o).expect("validated origin"))
                 .collect(),
             body_timeout: std::time::Duration::from_millis(config.server.body_timeout_ms),
-            load: Arc::new(edge::Load::new(
+            load: Arc::new(load::Load::new(
                 config.server.max_in_flight,
                 Some(config.server.queue_budget_ms)
                     .filter(|&ms| ms > 0)
                     .map(std::time::Duration::from_millis),
+                crate::support::lane::count(),
             )),
         })
     }

@@ -17,7 +17,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use super::request_id::{self, FreshIds};
-use super::{AppState, authenticate, browsers, edge, ops};
+use super::{AppState, authenticate, browsers, load, ops};
 use crate::surface::{account, anthropic, openai, responses};
 use crate::wire::error::ApiError;
 
@@ -60,7 +60,7 @@ pub fn app(
         // Shed load first: an overloaded gateway answers 503 before doing anything else.
         .layer(middleware::from_fn_with_state(
             state.load.clone(),
-            edge::shed,
+            load::shed,
         ))
         // Preflights are answered here, before any key is asked for.
         .option_layer(cors)

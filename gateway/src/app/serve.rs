@@ -1,6 +1,6 @@
-//! The server's life: accept connections, reload policies on SIGHUP, and on SIGTERM or SIGINT
-//! stop accepting, let in-flight requests and streams finish, and exit when they are done or
-//! when the drain deadline has passed, whichever is first.
+//! The server's life: accept connections and hand them to the lanes, reload policies on
+//! SIGHUP, and on SIGTERM or SIGINT stop accepting, let in-flight requests and streams finish,
+//! and exit when they are done or when the drain deadline has passed, whichever is first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,18 +11,23 @@ use tokio::sync::Semaphore;
 
 use super::AppState;
 use super::edge::{self, EdgeLimits};
+use super::lanes::Lanes;
 use super::router::app;
 
+/// Serves until SIGTERM or SIGINT and the drain after it; returns the lanes still running, for
+/// the caller to stop once the last records are committed (their connections may still be
+/// writing settlements).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     drain: Duration,
     limits: EdgeLimits,
-) -> std::io::Result<()> {
+    workers: usize,
+) -> std::io::Result<Lanes> {
     tokio::spawn(reload_on_sighup(state.clone()));
-    let probe = tokio::spawn(state.load.clone().probe());
     let pipeline = state.pipeline.clone();
-    let app = app(state);
+    let load = state.load.clone();
+    let lanes = Lanes::start(workers, app(state), limits, &load)?;
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let shutdown = shutdown_signal();
@@ -50,28 +55,23 @@ pub async fn serve(
                 if let Err(e) = tcp.set_nodelay(true) {
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
-                let app = app.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    edge::serve_connection(tcp, app, limits, watcher, permit).await;
-                });
+                lanes.hand(tcp, permit, graceful.watcher());
             }
         }
     }
     drop(listener);
-    probe.abort();
     tracing::info!(
         drain_secs = drain.as_secs(),
         "shutting down: draining in-flight requests"
     );
     pipeline.start_draining();
     tokio::select! {
-        () = graceful.shutdown() => Ok(()),
+        () = graceful.shutdown() => {},
         () = tokio::time::sleep(drain) => {
             tracing::warn!("drain deadline passed with requests still open; exiting");
-            Ok(())
         }
     }
+    Ok(lanes)
 }
 
 /// SIGHUP re-reads the policy directory and the prices file and swaps each in whole; a policy

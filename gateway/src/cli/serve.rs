@@ -26,22 +26,28 @@ pub fn serve(path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Resul
         config.server.listen = addr;
     }
     let drain = Duration::from_secs(config.server.drain_timeout_secs);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let workers = config.server.workers();
+    // Before the providers' pools are built: one per lane.
+    dsgw::support::lane::set_count(workers);
+    // This runtime accepts connections and runs the background work (the store, signals, the
+    // Redis links); the lanes serve the connections, each on a runtime of its own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let lanes = runtime.block_on(async move {
         let (state, store_tasks) = AppState::open(&config).await?;
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
         let addr = listener.local_addr()?;
         announce(&config, path.is_none(), &state, addr);
-        dsgw::app::serve::serve(
+        let lanes = dsgw::app::serve::serve(
             listener,
             state.clone(),
             drain,
             dsgw::app::edge::EdgeLimits::from_config(&config.server),
+            workers,
         )
         .await?;
         // Commit what the last requests queued before the process goes.
@@ -49,9 +55,11 @@ pub fn serve(path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Resul
         if let Some(tasks) = store_tasks {
             tasks.finish().await;
         }
-        tracing::info!("stopped");
-        Ok(())
-    })
+        anyhow::Ok(lanes)
+    })?;
+    lanes.stop();
+    tracing::info!("stopped");
+    Ok(())
 }
 
 fn announce(config: &Config, embedded: bool, state: &AppState, addr: SocketAddr) {

@@ -282,7 +282,7 @@ impl HttpProvider {
         if let Some(auth) = &self.transport.proxy_authorization {
             headers.insert(header::PROXY_AUTHORIZATION, auth.clone());
         }
-        let sent = self.transport.client.request(request);
+        let sent = self.transport.client().request(request);
         let response = match tokio::time::timeout(self.first_byte_timeout, sent).await {
             Err(_) => {
                 return Err(ApiError::upstream_timeout(

@@ -23,11 +23,16 @@ use tower::Service;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A provider's client, with the `Proxy-Authorization` its requests carry when they go
-/// through a forwarding proxy (a tunnel carries it in its `CONNECT` instead).
+type Pooled = Client<hyper_rustls::HttpsConnector<Connector>, Full<Bytes>>;
+
+/// A provider's clients, one per lane, with the `Proxy-Authorization` their requests carry when
+/// they go through a forwarding proxy (a tunnel carries it in its `CONNECT` instead).
+///
+/// Each lane has a pool of its own: a connection's task runs on the runtime that opened it, so a
+/// connection shared between lanes would wake the other thread for every read and write.
 #[derive(Clone, Debug)]
 pub struct Transport {
-    pub client: Client<hyper_rustls::HttpsConnector<Connector>, Full<Bytes>>,
+    clients: Arc<[Pooled]>,
     pub proxy_authorization: Option<HeaderValue>,
 }
 
@@ -36,7 +41,7 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// How long a pooled connection may stay idle.
     pub pool_idle: Duration,
-    /// Idle connections kept at most.
+    /// Idle connections kept at most, over all lanes.
     pub max_idle: usize,
 }
 
@@ -72,19 +77,31 @@ impl Transport {
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(Connector { tcp, route });
-        let client = Client::builder(TokioExecutor::new())
+        let lanes = crate::support::lane::count();
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(options.pool_idle)
-            .pool_max_idle_per_host(options.max_idle)
+            .pool_max_idle_per_host(options.max_idle.div_ceil(lanes))
             .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+            .timer(TokioTimer::new());
+        let clients = (0..lanes)
+            .map(|_| builder.build(connector.clone()))
+            .collect();
         Ok(Self {
-            client,
+            clients,
             proxy_authorization: proxy_authorization.map(|mut v| {
                 v.set_sensitive(true);
                 v
             }),
         })
+    }
+}
+
+impl Transport {
+    /// The client of the lane this runs on.
+    pub fn client(&self) -> &Pooled {
+        let lane = crate::support::lane::current();
+        &self.clients[lane.min(self.clients.len() - 1)]
     }
 }
 

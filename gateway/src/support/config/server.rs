@@ -36,6 +36,9 @@ pub struct ServerConfig {
     /// Client connections held at once; one beyond is answered 503 and closed at once.
     /// Default: from the open-files limit (each client connection may need an upstream one).
     pub max_connections: Option<usize>,
+    /// Threads serving connections (lanes), each with its own runtime and upstream connection
+    /// pools. Default: one per CPU the process may run on.
+    pub workers: Option<usize>,
 }
 
 impl ServerConfig {
@@ -48,8 +51,9 @@ impl ServerConfig {
             || s.keepalive_idle_ms == 0
             || s.max_connections == Some(0)
             || s.max_in_flight == 0
+            || s.workers == Some(0)
         {
-            return Err("[server]: `header_timeout_ms`, `body_timeout_ms`, `keepalive_idle_ms`, `max_in_flight` and `max_connections` must be greater than 0".into());
+            return Err("[server]: `header_timeout_ms`, `body_timeout_ms`, `keepalive_idle_ms`, `max_in_flight`, `max_connections` and `workers` must be greater than 0".into());
         }
         for (i, origin) in self.cors_origins.iter().enumerate() {
             let rest = origin
@@ -67,6 +71,14 @@ impl ServerConfig {
             }
         }
         Ok(())
+    }
+
+    /// The lanes to run: the configured number, or one per CPU this process may use (its
+    /// affinity mask and cgroup quota counted).
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
     }
 
     /// The connection cap in force: the configured one, or half the open-files limit (after
@@ -93,6 +105,7 @@ impl Default for ServerConfig {
             max_in_flight: 4096,
             queue_budget_ms: 250,
             max_connections: None,
+            workers: None,
         }
     }
 }
@@ -115,6 +128,8 @@ mod tests {
         assert_eq!(ok.queue_budget_ms, 250);
         assert_eq!(server("queue_budget_ms = 0").unwrap().queue_budget_ms, 0);
         assert_eq!(server("max_connections = 7").unwrap().connection_cap(), 7);
+        assert_eq!(server("workers = 3").unwrap().workers(), 3);
+        assert!(server("").unwrap().workers() >= 1);
         for (text, why) in [
             ("cors_origins = [\"https://a.example/path\"]", "no path"),
             ("cors_origins = [\"*\"]", "no wildcard"),
@@ -122,6 +137,7 @@ mod tests {
             ("cors_origins = [\"ftp://a.example\"]", "https://host"),
             ("header_timeout_ms = 0", "greater than 0"),
             ("max_in_flight = 0", "greater than 0"),
+            ("workers = 0", "`workers`"),
         ] {
             let e = server(text).unwrap_err();
             assert!(e.contains(why), "{text}: {e}");
