@@ -540,6 +540,60 @@ mod overload {
         }
     }
 
+    /// Streams held open at a steady count are calm: what opening them left free is handed
+    /// back while they stay open (counting every request in flight as load, the trim waited
+    /// for them to end, and RSS with a thousand streams open kept the peak of opening them).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_heap_is_trimmed_while_many_streams_stay_open() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = rlimit::increase_nofile_limit(4096);
+        // Held streams must outlive the test's wait, not end at the provider's idle timeout.
+        let s =
+            common::setup_with(|c| c.replace("idle_timeout_ms = 2000", "idle_timeout_ms = 60000"))
+                .await;
+        let body = json!({"model": "deepseek-chat", "messages": user("__hold__"), "stream": true})
+            .to_string();
+        let request = format!("{}{body}", super::chat_head(body.len()));
+        let opened = std::sync::Arc::new(tokio::sync::Barrier::new(401));
+        let streams: Vec<_> = (0..400)
+            .map(|_| {
+                let (request, addr, opened) = (request.clone(), s.gw.addr, opened.clone());
+                tokio::spawn(async move {
+                    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    tcp.write_all(request.as_bytes()).await.unwrap();
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !seen.windows(5).any(|w| w == b"data:") {
+                        let n = tcp.read(&mut buf).await.unwrap();
+                        assert!(n > 0, "closed before the first chunk");
+                        seen.extend_from_slice(&buf[..n]);
+                    }
+                    opened.wait().await;
+                    // Held until the test ends.
+                    let _ = tcp.read(&mut buf).await;
+                })
+            })
+            .collect();
+        opened.wait().await;
+        let trimmed = "freed heap returned to the system";
+        let before = s.gw.logs().matches(trimmed).count();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.gw.logs().matches(trimmed).count() == before {
+            assert!(
+                Instant::now() < deadline,
+                "no heap trim within 10 s of 400 streams settling open"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            streams.iter().all(|t| !t.is_finished()),
+            "the streams were still open at the trim"
+        );
+        for t in streams {
+            t.abort();
+        }
+    }
+
     /// A request of megabytes leaves nothing held once answered, with no burst after it to set
     /// off the heap trim: glibc's default raises its mmap threshold to the size of the first
     /// large buffer freed, and every such buffer after it then stayed in the heap (an 8 MB
