@@ -447,7 +447,20 @@ mod overload {
     use dsgw_tests::process::rss_kib;
     use serde_json::json;
 
-    use super::common::{self, user};
+    use super::common::{self, Setup, user};
+
+    /// The gateway's pid and its RSS once it has served a request (its lazy start-up done).
+    async fn served_once(s: &Setup) -> (u32, u64) {
+        let (status, _) = s
+            .post(
+                "sk-alice",
+                &json!({"model": "deepseek-chat", "messages": user("hi")}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let pid = s.gw.pid();
+        (pid, rss_kib(pid))
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn beyond_max_in_flight_requests_are_shed_at_once() {
@@ -492,15 +505,7 @@ mod overload {
         // The burst's sockets are this process's too.
         let _ = rlimit::increase_nofile_limit(4096);
         let s = common::setup().await;
-        let (status, _) = s
-            .post(
-                "sk-alice",
-                &json!({"model": "deepseek-chat", "messages": user("hi")}),
-            )
-            .await;
-        assert_eq!(status, 200);
-        let pid = s.gw.pid();
-        let idle = rss_kib(pid);
+        let (pid, idle) = served_once(&s).await;
         let body = json!({"model": "deepseek-chat", "messages": user("hi")}).to_string();
         let request = format!("{}{body}", super::chat_head(body.len()));
         // 600 clients at once, each holding its connection until all have their answer.
@@ -604,15 +609,7 @@ mod overload {
             c.replace("max_body_bytes = 65536", "max_body_bytes = 33554432")
         })
         .await;
-        let (status, _) = s
-            .post(
-                "sk-alice",
-                &json!({"model": "deepseek-chat", "messages": user("hi")}),
-            )
-            .await;
-        assert_eq!(status, 200);
-        let pid = s.gw.pid();
-        let idle = rss_kib(pid);
+        let (pid, idle) = served_once(&s).await;
         let big = json!({"model": "deepseek-chat", "messages": user(&"x".repeat(8 << 20))});
         let mut peak = 0;
         for _ in 0..2 {

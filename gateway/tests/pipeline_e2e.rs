@@ -29,7 +29,6 @@ async fn in_process(config: &str) -> (AppState, String) {
         served,
         Duration::from_secs(1),
         dsgw::app::edge::EdgeLimits::from_config(&config.server),
-        config.server.workers(),
     ));
     (state, url)
 }

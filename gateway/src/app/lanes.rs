@@ -42,14 +42,12 @@ impl Drop for Open {
 }
 
 impl Lanes {
-    /// Starts `count` lanes serving `app`; each also runs its queue probe for `load`.
-    pub fn start(
-        count: usize,
-        app: impl App,
-        limits: EdgeLimits,
-        load: &Arc<Load>,
-    ) -> std::io::Result<Self> {
-        let open: Arc<[AtomicUsize]> = (0..count.max(1)).map(|_| AtomicUsize::new(0)).collect();
+    /// Starts the lanes (`support::lane::count()`, the number the upstream pools and the
+    /// probe's readings were sized by) serving `app`; each also runs its queue probe for `load`.
+    pub fn start(app: impl App, limits: EdgeLimits, load: &Arc<Load>) -> std::io::Result<Self> {
+        let open: Arc<[AtomicUsize]> = (0..crate::support::lane::count())
+            .map(|_| AtomicUsize::new(0))
+            .collect();
         let mut lanes = Self {
             doors: Vec::with_capacity(open.len()),
             open: open.clone(),

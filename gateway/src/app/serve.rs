@@ -22,12 +22,11 @@ pub async fn serve(
     state: AppState,
     drain: Duration,
     limits: EdgeLimits,
-    workers: usize,
 ) -> std::io::Result<Lanes> {
     tokio::spawn(reload_on_sighup(state.clone()));
     let pipeline = state.pipeline.clone();
     let load = state.load.clone();
-    let lanes = Lanes::start(workers, app(state), limits, &load)?;
+    let lanes = Lanes::start(app(state), limits, &load)?;
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let shutdown = shutdown_signal();

@@ -26,9 +26,8 @@ pub fn serve(path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Resul
         config.server.listen = addr;
     }
     let drain = Duration::from_secs(config.server.drain_timeout_secs);
-    let workers = config.server.workers();
     // Before the providers' pools are built: one per lane.
-    dsgw::support::lane::set_count(workers);
+    dsgw::support::lane::set_count(config.server.workers());
     // This runtime accepts connections and runs the background work (the store, signals, the
     // Redis links); the lanes serve the connections, each on a runtime of its own.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -47,7 +46,6 @@ pub fn serve(path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Resul
             state.clone(),
             drain,
             dsgw::app::edge::EdgeLimits::from_config(&config.server),
-            workers,
         )
         .await?;
         // Commit what the last requests queued before the process goes.
