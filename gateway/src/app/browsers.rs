@@ -8,38 +8,48 @@
 
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use http::{HeaderName, HeaderValue, Method, header};
+use axum::body::Body;
+use axum::response::IntoResponse;
+use http::{HeaderName, HeaderValue, Method, Request, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::AppState;
+use super::gate::{Check, Verdict};
 use crate::wire::error::ApiError;
 
-pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if state.keys.current().is_open() {
+/// Without keys: loopback hosts only, and cross-site origins only where listed.
+#[derive(Clone, Debug)]
+pub struct Guard(pub AppState);
+
+impl Check for Guard {
+    type Pass = ();
+
+    fn check(&self, request: &mut Request<Body>) -> Verdict<()> {
+        let state = &self.0;
+        if !state.keys.current().is_open() {
+            return Verdict::Pass(());
+        }
         let host = request
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| request.uri().authority().map(|a| a.as_str()));
         if !host.is_some_and(is_loopback_host) {
-            return ApiError::forbidden(
+            return Verdict::Answer(ApiError::forbidden(
                 "Without configured keys this gateway serves only loopback hosts (127.0.0.1, [::1], localhost).",
             )
-            .into_response();
+            .into_response());
         }
         if let Some(origin) = request.headers().get(header::ORIGIN)
             && !state.cors_origins.iter().any(|o| o == origin)
         {
-            return ApiError::forbidden(
+            return Verdict::Answer(ApiError::forbidden(
                 "Cross-site browser requests are refused without configured keys; list the origin in [server] cors_origins to allow it.",
             )
-            .into_response();
+            .into_response());
         }
+        Verdict::Pass(())
     }
-    next.run(request).await
 }
 
 /// `127.0.0.1`, `[::1]` or `localhost`, with or without a port.

@@ -8,9 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use tokio::sync::Semaphore;
+use axum::response::Response;
+use http::Request;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::edge::Guarded;
+use super::gate::{Check, Pass, Verdict};
 
 /// What the shedder reads: slots for requests in flight, and how long work waits to run.
 #[derive(Debug)]
@@ -142,25 +145,36 @@ async fn turn_wait() -> Duration {
 /// than `queue_budget_ms` to run on this request's lane (two probes in a row), a new request is
 /// answered 503 with `Retry-After` at once, before any key is checked or body read.
 /// A request holds its slot until its response (a stream included) is done.
-pub async fn shed(
-    axum::extract::State(load): axum::extract::State<Arc<Load>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let lane = crate::support::lane::current();
-    let why = match load.slots.clone().try_acquire_owned() {
-        Ok(slot) if !load.overloaded(lane) => {
-            return next
-                .run(request)
-                .await
-                .map(|body| Body::new(Guarded::new(body, slot)));
-        }
-        Ok(_) => "The gateway is behind: work waits longer than its queue budget; retry shortly.",
-        Err(_) => "The gateway is at its limit of requests in flight; retry shortly.",
-    };
-    let mut e = crate::wire::error::ApiError::unavailable(why);
-    e.retry_after = Some(1);
-    axum::response::IntoResponse::into_response(e)
+/// Sheds load before anything else is done for a request: a 503 with `Retry-After` when every
+/// slot is taken or the lane it is on stays behind its queue budget.
+#[derive(Clone, Debug)]
+pub struct Shed(pub Arc<Load>);
+
+/// A request's slot, held until its response body is done.
+pub struct Slot(OwnedSemaphorePermit);
+
+impl Pass for Slot {
+    fn finish(self, response: Response) -> Response {
+        response.map(|body| Body::new(Guarded::new(body, self.0)))
+    }
+}
+
+impl Check for Shed {
+    type Pass = Slot;
+
+    fn check(&self, _: &mut Request<Body>) -> Verdict<Slot> {
+        let lane = crate::support::lane::current();
+        let why = match self.0.slots.clone().try_acquire_owned() {
+            Ok(slot) if !self.0.overloaded(lane) => return Verdict::Pass(Slot(slot)),
+            Ok(_) => {
+                "The gateway is behind: work waits longer than its queue budget; retry shortly."
+            }
+            Err(_) => "The gateway is at its limit of requests in flight; retry shortly.",
+        };
+        let mut e = crate::wire::error::ApiError::unavailable(why);
+        e.retry_after = Some(1);
+        Verdict::Answer(axum::response::IntoResponse::into_response(e))
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 pub mod authenticate;
 pub mod browsers;
 pub mod edge;
+pub mod gate;
 pub mod lanes;
 pub mod load;
 pub mod ops;

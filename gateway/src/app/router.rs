@@ -6,7 +6,6 @@ use std::convert::Infallible;
 use crate::surface::admin;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::middleware;
 use axum::response::Response;
 use axum::routing::{get, post};
 use http::{HeaderName, Request, Uri, header};
@@ -16,8 +15,10 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use super::authenticate::Authenticate;
+use super::gate::GateLayer;
 use super::request_id::{self, FreshIds};
-use super::{AppState, authenticate, browsers, load, ops};
+use super::{AppState, browsers, load, ops};
 use crate::surface::{account, anthropic, openai, responses};
 use crate::wire::error::ApiError;
 
@@ -58,16 +59,10 @@ pub fn app(
             request_id::HEADER,
         )))
         // Shed load first: an overloaded gateway answers 503 before doing anything else.
-        .layer(middleware::from_fn_with_state(
-            state.load.clone(),
-            load::shed,
-        ))
+        .layer(GateLayer(load::Shed(state.load.clone())))
         // Preflights are answered here, before any key is asked for.
         .option_layer(cors)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            browsers::guard,
-        ))
+        .layer(GateLayer(browsers::Guard(state.clone())))
         // A body must keep arriving; handlers see a stall as a rejected body (408).
         .layer(RequestBodyTimeoutLayer::new(state.body_timeout))
         // One body limit for every route; handlers see a 413 as a rejected body.
@@ -142,10 +137,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/admin/spend", get(admin::spend::spend))
         .route("/v1/admin/audit", get(admin::audit))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            authenticate::deepseek,
-        ));
+        .route_layer(GateLayer(Authenticate::deepseek(state.clone())));
     // Anthropic's Messages API: the same keys (`x-api-key` or Bearer), its own error shape.
     let anthropic = Router::new()
         .route("/anthropic/v1/messages", post(anthropic::messages))
@@ -153,10 +145,7 @@ pub fn router(state: AppState) -> Router {
             "/anthropic/v1/messages/count_tokens",
             post(anthropic::count_tokens),
         )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            authenticate::anthropic,
-        ));
+        .route_layer(GateLayer(Authenticate::anthropic(state.clone())));
 
     public
         .merge(deepseek)
