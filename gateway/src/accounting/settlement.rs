@@ -237,13 +237,18 @@ impl Settlement {
         attempt: Option<u32>,
         outcome: Outcome,
     ) -> Record {
+        let mut uid = String::with_capacity(32);
+        crate::support::random::push_random_hex(&mut uid);
+        crate::support::random::push_random_hex(&mut uid);
+        let mut deployment =
+            String::with_capacity(served.provider.len() + 1 + served.upstream_model.len());
+        deployment.push_str(&served.provider);
+        deployment.push('/');
+        deployment.push_str(&served.upstream_model);
+        // `String::from` of the `Arc<str>`s: `to_string` would go through `Display`.
         Record {
-            uid: format!(
-                "{:016x}{:016x}",
-                crate::support::random::random_u64(),
-                crate::support::random::random_u64()
-            ),
-            request_id: self.request_id.to_string(),
+            uid,
+            request_id: String::from(&*self.request_id),
             outcome: match attempt {
                 Some(_) => "timed_out".to_owned(),
                 None => outcome.as_str().to_owned(),
@@ -252,10 +257,10 @@ impl Settlement {
             cost_cache_miss: charge.cost.cache_miss,
             cost_output: charge.cost.output,
             ts: now(),
-            key_id: self.principal.key_id.to_string(),
-            team: self.principal.team.to_string(),
-            model: self.model.to_string(),
-            deployment: format!("{}/{}", served.provider, served.upstream_model),
+            key_id: String::from(&*self.principal.key_id),
+            team: String::from(&*self.principal.team),
+            model: String::from(&*self.model),
+            deployment,
             cache_hit: usage.cache_hit,
             cache_miss: usage.cache_miss,
             output: usage.output,

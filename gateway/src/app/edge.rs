@@ -350,8 +350,10 @@ pub async fn serve_connection(
     });
     let on_response = watch.clone();
     let service = service.map_response(move |response: Response<Body>| {
+        // Handed to hyper as it is: boxed again into a `Body`, every frame would go through
+        // one more dynamic call.
         let guard = InService(on_response.clone());
-        response.map(|inner| Body::new(Guarded::new(inner, guard)))
+        response.map(|inner| Guarded::new(inner, guard))
     });
     let io = TokioIo::new(WatchedIo {
         inner: tcp,

@@ -58,11 +58,19 @@ pub enum Started {
 impl ReplyUsage {
     /// The wire form with dsgw's cost (a JSON object's text) appended as `dsgw_cost`.
     pub fn wire_with_cost(&self, cost: &str) -> String {
+        let mut out = String::with_capacity(self.wire.len() + cost.len() + 14);
         match self.wire.strip_suffix('}') {
             // `{}` has no field to follow.
-            Some(open) if open.trim_end() != "{" => format!("{open},\"dsgw_cost\":{cost}}}"),
-            _ => format!("{{\"dsgw_cost\":{cost}}}"),
+            Some(open) if open.trim_end() != "{" => {
+                out.push_str(open);
+                out.push(',');
+            }
+            _ => out.push('{'),
         }
+        out.push_str("\"dsgw_cost\":");
+        out.push_str(cost);
+        out.push('}');
+        out
     }
 }
 

@@ -8,7 +8,7 @@ mod schedule;
 
 use std::fmt;
 
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 
 use crate::accounting::usage::Usage;
 use crate::support::config::prices::RatesConfig;
@@ -143,7 +143,7 @@ impl Priced {
         text
     }
 
-    pub fn headers(&self) -> [(HeaderName, String); 5] {
+    pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
         self.cost.headers(&self.currency)
     }
 }
@@ -151,12 +151,11 @@ impl Priced {
 /// Formats picodollars as a decimal amount with 12 places, trailing zeros removed.
 pub struct Money(pub u64);
 
-impl fmt::Display for Money {
-    /// Digits written into a stack buffer by hand: an answer formats nine amounts (headers,
+impl Money {
+    /// The amount's text, written by hand into `buf`: an answer formats nine amounts (headers,
     /// usage, the log line), and `format!` with padding cost ~1.5 K instructions each.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    pub fn text(self, buf: &mut [u8; 24]) -> &str {
         // u64::MAX picodollars is 18446744.073709551615: 8 + 1 + 12 bytes.
-        let mut buf = [0u8; 24];
         let mut at = buf.len();
         let mut frac = self.0 % 1_000_000_000_000;
         if frac != 0 {
@@ -182,7 +181,13 @@ impl fmt::Display for Money {
                 break;
             }
         }
-        f.write_str(std::str::from_utf8(&buf[at..]).expect("ASCII digits"))
+        std::str::from_utf8(&buf[at..]).expect("ASCII digits")
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(Money(self.0).text(&mut [0; 24]))
     }
 }
 
@@ -223,7 +228,6 @@ impl Cost {
     /// [`Cost::to_json`]'s text, written straight into `out`: every answer carries it, and a
     /// `json!` map with its five keys cost a dozen allocations.
     pub fn write_json(&self, currency: &str, out: &mut String) {
-        use std::fmt::Write;
         out.push_str("{\"currency\":");
         out.push_str(&serde_json::to_string(currency).expect("a string serialises"));
         let parts = [
@@ -232,28 +236,30 @@ impl Cost {
             ("cache_miss", self.cache_miss),
             ("output", self.output),
         ];
+        let mut buf = [0; 24];
         for (name, pico) in parts {
-            let _ = write!(out, ",\"{name}\":\"{}\"", Money(pico));
+            out.push_str(",\"");
+            out.push_str(name);
+            out.push_str("\":\"");
+            out.push_str(Money(pico).text(&mut buf));
+            out.push('"');
         }
         out.push('}');
     }
 
-    /// Response headers with the total and its parts.
-    pub fn headers(&self, currency: &str) -> [(HeaderName, String); 5] {
-        let name = HeaderName::from_static;
+    /// Response headers with the total and its parts (a currency that is no header value is
+    /// left out).
+    pub fn headers(&self, currency: &str) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
+        let amount = |pico: u64| HeaderValue::from_str(Money(pico).text(&mut [0; 24])).ok();
         [
-            (name("x-dsgw-cost"), Money(self.total()).to_string()),
-            (
-                name("x-dsgw-cost-cache-hit"),
-                Money(self.cache_hit).to_string(),
-            ),
-            (
-                name("x-dsgw-cost-cache-miss"),
-                Money(self.cache_miss).to_string(),
-            ),
-            (name("x-dsgw-cost-output"), Money(self.output).to_string()),
-            (name("x-dsgw-cost-currency"), currency.to_owned()),
+            ("x-dsgw-cost", amount(self.total())),
+            ("x-dsgw-cost-cache-hit", amount(self.cache_hit)),
+            ("x-dsgw-cost-cache-miss", amount(self.cache_miss)),
+            ("x-dsgw-cost-output", amount(self.output)),
+            ("x-dsgw-cost-currency", HeaderValue::from_str(currency).ok()),
         ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((HeaderName::from_static(name), value?)))
     }
 }
 

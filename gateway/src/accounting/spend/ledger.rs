@@ -25,6 +25,50 @@ pub type Group = (String, String, String, String, String);
 /// Each group's totals.
 type Aggregates = BTreeMap<Group, Totals>;
 
+/// A group's fields, owned or borrowed, so a record finds its group without building a key.
+trait GroupFields {
+    fn fields(&self) -> (&str, &str, &str, &str, &str);
+}
+
+impl GroupFields for Group {
+    fn fields(&self) -> (&str, &str, &str, &str, &str) {
+        (&self.0, &self.1, &self.2, &self.3, &self.4)
+    }
+}
+
+impl GroupFields for (&str, &str, &str, &str, &str) {
+    fn fields(&self) -> (&str, &str, &str, &str, &str) {
+        *self
+    }
+}
+
+// Ordered as the owned tuple is (field by field), as `Borrow` requires.
+impl<'a> std::borrow::Borrow<dyn GroupFields + 'a> for Group {
+    fn borrow(&self) -> &(dyn GroupFields + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn GroupFields + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.fields() == other.fields()
+    }
+}
+
+impl Eq for dyn GroupFields + '_ {}
+
+impl PartialOrd for dyn GroupFields + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn GroupFields + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.fields().cmp(&other.fields())
+    }
+}
+
 /// What the ledger keeps in memory: the usage aggregates, and spend counters (picodollars)
 /// named like the shared ones ([`super::record::counter`]), so a budget check is one lookup
 /// however long the ledger grows.
@@ -56,7 +100,18 @@ impl Book {
                 }
             },
         );
-        self.aggregates.entry(group(r, day)).or_default().add(r);
+        let fields = (
+            day.as_str(),
+            r.key_id.as_str(),
+            r.team.as_str(),
+            r.model.as_str(),
+            r.deployment.as_str(),
+        );
+        // Looked up borrowed: a group's five strings are copied once, when it first appears.
+        match self.aggregates.get_mut(&fields as &dyn GroupFields) {
+            Some(totals) => totals.add(r),
+            None => self.aggregates.entry(group(r, day)).or_default().add(r),
+        }
     }
 
     fn confirmed(&mut self, r: &Record) {
@@ -445,6 +500,50 @@ mod tests {
         assert_eq!(day_of(0), "1970-01-01");
         assert_eq!(day_of(951_782_400), "2000-02-29");
         assert_eq!(day_of(1_795_883_817), "2026-11-28");
+    }
+
+    #[test]
+    fn records_find_their_group_by_every_field() {
+        let mut book = Book::default();
+        let base = record(1_795_883_817, "alice", 10);
+        book.add(&base);
+        book.add(&record(1_795_883_818, "alice", 5));
+        // Each differs from the first group in one field only.
+        let others = [
+            record(1_795_883_817 + 86_400, "alice", 1),
+            record(1_795_883_817, "bob", 1),
+            Record {
+                team: "ops".into(),
+                cost: 1,
+                ..base.clone()
+            },
+            Record {
+                model: "deepseek-reasoner".into(),
+                cost: 1,
+                ..base.clone()
+            },
+            Record {
+                deployment: "vllm/deepseek-chat".into(),
+                cost: 1,
+                ..base.clone()
+            },
+        ];
+        for r in &others {
+            book.add(r);
+            book.add(r);
+        }
+        assert_eq!(book.aggregates.len(), 6);
+        let first = &book.aggregates[&(
+            "2026-11-28".to_owned(),
+            "alice".to_owned(),
+            "research".to_owned(),
+            "deepseek-chat".to_owned(),
+            "deepseek/deepseek-chat".to_owned(),
+        )];
+        assert_eq!((first.requests, first.cost), (2, 15));
+        for totals in book.aggregates.values().filter(|t| t.cost != 15) {
+            assert_eq!((totals.requests, totals.cost), (2, 2));
+        }
     }
 
     #[test]

@@ -165,7 +165,18 @@ pub fn day_of(ts: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    // Written digit by digit: a budget check and each record's counters ask for it.
+    if !(0..=9999).contains(&y) {
+        return format!("{y:04}-{m:02}-{d:02}");
+    }
+    let digit = |n: i64| char::from(b'0' + n as u8);
+    let mut day = String::with_capacity(10);
+    day.extend([y / 1000, y / 100 % 10, y / 10 % 10, y % 10].map(digit));
+    day.push('-');
+    day.extend([m / 10, m % 10].map(digit));
+    day.push('-');
+    day.extend([d / 10, d % 10].map(digit));
+    day
 }
 
 /// Unix seconds now (UTC).
@@ -178,6 +189,16 @@ pub fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn days_are_the_calendar_days_of_utc() {
+        // Every day from 1970 to past 2500, against jiff's calendar.
+        for days in 0..200_000u64 {
+            let ts = days * 86_400 + 86_399;
+            let utc = jiff::Timestamp::from_second(ts as i64).unwrap().to_string();
+            assert_eq!(day_of(ts), utc[..10], "{ts}");
+        }
+    }
 
     #[test]
     fn counter_names_are_the_shared_format() {

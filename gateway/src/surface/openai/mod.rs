@@ -15,7 +15,6 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::HeaderValue;
 
 use crate::pipeline::Pipeline;
 use crate::pipeline::context::Caller;
@@ -62,9 +61,7 @@ async fn serve(
         Ok(Answer::Whole(whole)) => {
             let mut response = super::json_response(render::whole(&whole));
             for (name, value) in whole.priced.iter().flat_map(|p| p.headers()) {
-                if let Ok(v) = HeaderValue::from_str(&value) {
-                    response.headers_mut().insert(name, v);
-                }
+                response.headers_mut().insert(name, value);
             }
             response
         }
