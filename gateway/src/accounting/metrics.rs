@@ -2,14 +2,15 @@
 //! and deployment names from the config, team names and key ids (never a secret), statuses.
 //! Money is counted in integer nanodollars, so no float accumulation creeps into spend.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
     TextEncoder,
 };
 
-use crate::accounting::pricing::Charge;
+use crate::accounting::pricing::{Charge, Tier};
 use crate::accounting::usage::Usage;
 
 /// The series of one deployment (a model name and a provider), resolved on first use so a
@@ -23,6 +24,9 @@ pub struct Series {
     inter_token: OnceLock<Histogram>,
     overhead: OnceLock<Histogram>,
     calls: [OnceLock<IntCounter>; 4],
+    /// Each key's counters on this deployment, by key id: as many as the key ids and
+    /// deployments the config and the store name, like the series themselves.
+    keys: RwLock<HashMap<String, Arc<KeySeries>>>,
 }
 
 impl Series {
@@ -35,9 +39,78 @@ impl Series {
             inter_token: OnceLock::new(),
             overhead: OnceLock::new(),
             calls: std::array::from_fn(|_| OnceLock::new()),
+            keys: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The counters of the key `e` is for, made at its first request here (again if the
+    /// key moved to another team).
+    fn key(&self, e: &CompletionEvent<'_>) -> Arc<KeySeries> {
+        let found = self
+            .keys
+            .read()
+            .expect("series lock")
+            .get(e.key_id)
+            .cloned();
+        match found {
+            Some(key) if key.labels_match(e) => key,
+            _ => {
+                let key = Arc::new(KeySeries::new(e));
+                self.keys
+                    .write()
+                    .expect("series lock")
+                    .insert(e.key_id.to_owned(), key.clone());
+                key
+            }
         }
     }
 }
+
+/// One key's counters on one deployment. Each is made when first counted, so the exposition
+/// shows the same series as when every update looked its labels up (a key that never had a
+/// peak-hour request has no peak series).
+#[derive(Debug)]
+struct KeySeries {
+    /// The labels besides the key id, as they were when these were made.
+    model: String,
+    deployment: String,
+    team: String,
+    /// `dsgw_requests_total` for status 200, outcome `completed`: nearly every request.
+    completed: OnceLock<IntCounter>,
+    /// `dsgw_tokens_total` by kind: cache hit, cache miss, output, reasoning.
+    tokens: OnceLock<[IntCounter; 4]>,
+    /// Savings, the off-peak figure and the cost by tier (flat, peak, off-peak) and part
+    /// (cache hit, cache miss, output), in the first currency this key was charged in.
+    money: OnceLock<KeyMoney>,
+}
+
+#[derive(Debug)]
+struct KeyMoney {
+    currency: String,
+    savings: IntCounter,
+    off_peak: IntCounter,
+    cost: [OnceLock<[IntCounter; 3]>; 3],
+}
+
+impl KeySeries {
+    fn new(e: &CompletionEvent<'_>) -> Self {
+        Self {
+            model: e.model.to_owned(),
+            deployment: e.deployment.to_owned(),
+            team: e.team.to_owned(),
+            completed: OnceLock::new(),
+            tokens: OnceLock::new(),
+            money: OnceLock::new(),
+        }
+    }
+
+    fn labels_match(&self, e: &CompletionEvent<'_>) -> bool {
+        self.team == e.team && self.deployment == e.deployment && self.model == e.model
+    }
+}
+
+const TOKEN_KINDS: [&str; 4] = ["cache_hit", "cache_miss", "output", "reasoning"];
+const COST_PARTS: [&str; 3] = ["cache_hit", "cache_miss", "output"];
 
 /// How one provider call went, as `dsgw_upstream_calls_total` counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,60 +399,143 @@ impl Metrics {
     }
 
     pub fn completion(&self, e: &CompletionEvent<'_>) {
+        match e.series {
+            Some(series) => self.count_for_key(&series.key(e), e),
+            None => self.count_by_labels(e),
+        }
+        self.observe(e);
+    }
+
+    /// The request's counters through its key's resolved series.
+    fn count_for_key(&self, key: &KeySeries, e: &CompletionEvent<'_>) {
         let base = [e.model, e.deployment, e.provider, e.team, e.key_id];
-        // The status's digits from http's static table, not a new string per request.
-        let code = http::StatusCode::from_u16(e.status).ok();
-        let status = code.as_ref().map_or("other", http::StatusCode::as_str);
-        self.requests
-            .with_label_values(&[
-                base[0], base[1], base[2], base[3], base[4], status, e.outcome,
-            ])
-            .inc();
+        if e.status == 200 && e.outcome == "completed" {
+            key.completed
+                .get_or_init(|| self.request_counter(&base, e))
+                .inc();
+        } else {
+            self.request_counter(&base, e).inc();
+        }
         if let Some(u) = e.usage {
-            for (kind, n) in [
-                ("cache_hit", u.cache_hit),
-                ("cache_miss", u.cache_miss),
-                ("output", u.output),
-                ("reasoning", u.reasoning),
-            ] {
+            let tokens = key.tokens.get_or_init(|| {
+                TOKEN_KINDS.map(|kind| {
+                    self.tokens
+                        .with_label_values(&[base[0], base[1], base[2], base[3], base[4], kind])
+                })
+            });
+            for (counter, n) in
+                tokens
+                    .iter()
+                    .zip([u.cache_hit, u.cache_miss, u.output, u.reasoning])
+            {
+                counter.inc_by(n);
+            }
+        }
+        if let Some(c) = e.charge {
+            let money = key.money.get_or_init(|| {
+                let labels = [base[0], base[1], base[2], base[3], base[4], &c.currency];
+                KeyMoney {
+                    currency: c.currency.clone(),
+                    savings: self.savings.with_label_values(&labels),
+                    off_peak: self.off_peak.with_label_values(&labels),
+                    cost: std::array::from_fn(|_| OnceLock::new()),
+                }
+            });
+            if money.currency == c.currency {
+                money.savings.inc_by(c.savings / 1000);
+                money.off_peak.inc_by(c.off_peak.total() / 1000);
+                let tier = match c.tier {
+                    Tier::Flat => 0,
+                    Tier::Peak => 1,
+                    Tier::OffPeak => 2,
+                };
+                let cost = money.cost[tier].get_or_init(|| {
+                    COST_PARTS.map(|part| self.cost_counter(&base, &c.currency, part, c.tier))
+                });
+                for (counter, pico) in
+                    cost.iter()
+                        .zip([c.cost.cache_hit, c.cost.cache_miss, c.cost.output])
+                {
+                    counter.inc_by(pico / 1000);
+                }
+            } else {
+                self.count_money_by_labels(&base, c);
+            }
+            self.count_disagreement(e, c);
+        }
+    }
+
+    /// The request's counters, each found by its labels (no deployment served it).
+    fn count_by_labels(&self, e: &CompletionEvent<'_>) {
+        let base = [e.model, e.deployment, e.provider, e.team, e.key_id];
+        self.request_counter(&base, e).inc();
+        if let Some(u) = e.usage {
+            for (kind, n) in
+                TOKEN_KINDS
+                    .into_iter()
+                    .zip([u.cache_hit, u.cache_miss, u.output, u.reasoning])
+            {
                 self.tokens
                     .with_label_values(&[base[0], base[1], base[2], base[3], base[4], kind])
                     .inc_by(n);
             }
         }
         if let Some(c) = e.charge {
-            let money = [base[0], base[1], base[2], base[3], base[4], &c.currency];
-            self.savings
-                .with_label_values(&money)
-                .inc_by(c.savings / 1000);
-            self.off_peak
-                .with_label_values(&money)
-                .inc_by(c.off_peak.total() / 1000);
-            let tier = c.tier.as_str();
-            for (part, pico) in [
-                ("cache_hit", c.cost.cache_hit),
-                ("cache_miss", c.cost.cache_miss),
-                ("output", c.cost.output),
-            ] {
-                self.cost
-                    .with_label_values(&[
-                        base[0],
-                        base[1],
-                        base[2],
-                        base[3],
-                        base[4],
-                        &c.currency,
-                        part,
-                        tier,
-                    ])
-                    .inc_by(pico / 1000);
-            }
-            if c.disagrees() {
-                self.disagreements
-                    .with_label_values(&[e.model, e.provider, e.deployment])
-                    .inc();
-            }
+            self.count_money_by_labels(&base, c);
+            self.count_disagreement(e, c);
         }
+    }
+
+    fn request_counter(&self, base: &[&str; 5], e: &CompletionEvent<'_>) -> IntCounter {
+        // The status's digits from http's static table, not a new string per request.
+        let code = http::StatusCode::from_u16(e.status).ok();
+        let status = code.as_ref().map_or("other", http::StatusCode::as_str);
+        self.requests.with_label_values(&[
+            base[0], base[1], base[2], base[3], base[4], status, e.outcome,
+        ])
+    }
+
+    fn cost_counter(&self, base: &[&str; 5], currency: &str, part: &str, tier: Tier) -> IntCounter {
+        self.cost.with_label_values(&[
+            base[0],
+            base[1],
+            base[2],
+            base[3],
+            base[4],
+            currency,
+            part,
+            tier.as_str(),
+        ])
+    }
+
+    fn count_money_by_labels(&self, base: &[&str; 5], c: &Charge) {
+        let money = [base[0], base[1], base[2], base[3], base[4], &c.currency];
+        self.savings
+            .with_label_values(&money)
+            .inc_by(c.savings / 1000);
+        self.off_peak
+            .with_label_values(&money)
+            .inc_by(c.off_peak.total() / 1000);
+        for (part, pico) in
+            COST_PARTS
+                .into_iter()
+                .zip([c.cost.cache_hit, c.cost.cache_miss, c.cost.output])
+        {
+            self.cost_counter(base, &c.currency, part, c.tier)
+                .inc_by(pico / 1000);
+        }
+    }
+
+    fn count_disagreement(&self, e: &CompletionEvent<'_>, c: &Charge) {
+        if c.disagrees() {
+            self.disagreements
+                .with_label_values(&[e.model, e.provider, e.deployment])
+                .inc();
+        }
+    }
+
+    /// The request's durations.
+    fn observe(&self, e: &CompletionEvent<'_>) {
         let pair = [e.model, e.provider];
         let series = |h: &HistogramVec, cell: Option<&OnceLock<Histogram>>| match cell {
             Some(cell) => cell.get_or_init(|| h.with_label_values(&pair)).clone(),
@@ -469,5 +625,98 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounting::pricing::Cost;
+
+    fn charge(currency: &str, tier: Tier, pico: u64) -> Charge {
+        let cost = Cost {
+            cache_hit: pico,
+            cache_miss: 2 * pico,
+            output: 3 * pico,
+        };
+        Charge {
+            cost,
+            currency: currency.to_owned(),
+            price: "deepseek-v4-flash".to_owned(),
+            era: None,
+            tier,
+            off_peak: cost,
+            savings: pico,
+            computed: None,
+        }
+    }
+
+    /// The durations are left out: they are the same code either way, and not reproducible.
+    fn counters(metrics: &Metrics) -> Vec<String> {
+        metrics
+            .render()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.contains("_seconds"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_keys_resolved_series_count_what_labelled_lookups_count() {
+        let usage = Usage {
+            cache_hit: 64,
+            cache_miss: 10,
+            output: 5,
+            reasoning: 2,
+            estimated: false,
+        };
+        let charges = [
+            charge("USD", Tier::Peak, 1_000_000),
+            charge("USD", Tier::OffPeak, 7_000),
+            charge("CNY", Tier::Flat, 5_000),
+            charge("USD", Tier::Flat, 3_000),
+        ];
+        // (team, key, status, outcome, usage, charge)
+        let requests = [
+            ("research", "alice", 200, "completed", true, Some(0)),
+            ("research", "alice", 200, "completed", true, Some(1)),
+            ("research", "alice", 500, "failed", false, None),
+            ("research", "alice", 200, "completed", true, Some(2)),
+            ("ops", "bob", 200, "stream_failed", true, Some(3)),
+            // The key moved to another team.
+            ("ops", "alice", 200, "completed", true, Some(0)),
+            ("research", "alice", 200, "client_disconnected", true, None),
+        ];
+        let (resolved, labelled) = (Metrics::new(), Metrics::new());
+        let series = Series::new("deepseek-chat", "deepseek");
+        for (team, key_id, status, outcome, with_usage, charge) in requests {
+            for (metrics, series) in [(&resolved, Some(&series)), (&labelled, None)] {
+                metrics.completion(&CompletionEvent {
+                    model: "deepseek-chat",
+                    provider: "deepseek",
+                    deployment: "deepseek-v4-flash",
+                    team,
+                    key_id,
+                    status,
+                    outcome,
+                    usage: with_usage.then_some(&usage),
+                    charge: charge.map(|i| &charges[i]),
+                    duration_s: 0.5,
+                    ttft_s: None,
+                    overhead_s: Some(0.001),
+                    series,
+                });
+            }
+        }
+        let counted = counters(&resolved);
+        assert!(
+            counted
+                .iter()
+                .any(|l| l.starts_with("dsgw_cost_nanodollars_total")
+                    && l.contains("tier=\"off_peak\"")
+                    && l.contains("team=\"research\"")),
+            "{counted:#?}"
+        );
+        assert_eq!(counted, counters(&labelled));
     }
 }
