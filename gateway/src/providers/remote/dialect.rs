@@ -63,11 +63,12 @@ pub fn request_edits(
     let effort = call.effort.filter(|_| thinking).map(Effort::as_str);
     match kind {
         ProviderKind::Deepseek | ProviderKind::Local => {
-            let mode = if thinking { "enabled" } else { "disabled" };
-            edits.push(Edit::Set(
-                "thinking",
-                format!(r#"{{"type":"{mode}"}}"#).into(),
-            ));
+            let mode = if thinking {
+                r#"{"type":"enabled"}"#
+            } else {
+                r#"{"type":"disabled"}"#
+            };
+            edits.push(Edit::Set("thinking", mode.into()));
             match effort {
                 Some(e) if kind == ProviderKind::Deepseek => {
                     edits.push(Edit::Set("reasoning_effort", json(&Value::from(e)).into()));
@@ -196,7 +197,11 @@ pub fn normalize(raw: RawObject, inner: Inner) -> Reply {
         Inner::Delta => "delta",
     };
     let choices = raw.get("choices").and_then(|c| renamed_choices(c, field));
-    let usage = raw.get("usage").and_then(normalized_usage);
+    // Chunks before the last carry `"usage":null`.
+    let usage = raw
+        .get("usage")
+        .filter(|u| u.get() != "null")
+        .and_then(normalized_usage);
     Reply::new(raw, choices, usage)
 }
 

@@ -81,7 +81,9 @@ impl Counted {
 }
 
 pub async fn run(args: &Args, base: &str, env: &[(&str, &str)]) {
-    let out = std::env::temp_dir().join(format!("dsgw-bench-callgrind-{}", std::process::id()));
+    let out = args.callgrind_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("dsgw-bench-callgrind-{}", std::process::id()))
+    });
     std::fs::create_dir_all(&out).unwrap();
     let wrapper = Counted::wrapper(&out);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
@@ -135,5 +137,9 @@ pub async fn run(args: &Args, base: &str, env: &[(&str, &str)]) {
     drop(gw);
     let _ = proxy_child.kill();
     let _ = proxy_child.wait();
-    let _ = std::fs::remove_dir_all(&out);
+    if args.callgrind_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&out);
+    } else {
+        println!("\ncallgrind dumps kept in {}", out.display());
+    }
 }

@@ -69,6 +69,10 @@ struct Args {
     /// Requests counted per row of the instructions section.
     #[arg(long, default_value_t = 200)]
     instruction_requests: usize,
+    /// Where the instructions section's callgrind dumps are kept, for `callgrind_annotate`
+    /// (by default they go to a temporary folder removed at the end).
+    #[arg(long)]
+    callgrind_dir: Option<PathBuf>,
     /// Sections to run: latency, surfaces, limits, store, accounting, sequential, memory,
     /// overload, instructions (valgrind's callgrind; not in the default set, it takes minutes).
     #[arg(
