@@ -7,11 +7,10 @@ use std::pin::Pin;
 
 use futures_util::Stream;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::accounting::usage::Usage;
 use crate::wire::error::ApiError;
-use crate::wire::raw_object::{Edit, RawObject};
+use crate::wire::raw_object::{Edit, Raw, RawObject};
 
 /// A completion, or one chunk of a streamed one (`choices[].message` or `choices[].delta`).
 /// Fields keep the provider's bytes; only `choices` may have been re-encoded, when reasoning had
@@ -84,7 +83,7 @@ impl Reply {
     }
 
     /// A top-level field as the provider sent it (`id`, `created`, ...).
-    pub fn get(&self, key: &str) -> Option<&RawValue> {
+    pub fn get(&self, key: &str) -> Option<Raw<'_>> {
         self.raw.get(key)
     }
 
@@ -96,7 +95,7 @@ impl Reply {
     pub fn choices_json(&self) -> Option<&str> {
         self.choices
             .as_deref()
-            .or_else(|| self.raw.get("choices").map(RawValue::get))
+            .or_else(|| self.raw.get("choices").map(Raw::get))
     }
 
     /// Replaces `choices` (re-identified text, renamed fields).
@@ -224,7 +223,7 @@ mod tests {
     use super::*;
 
     fn reply(text: &str) -> Reply {
-        Reply::new(serde_json::from_str(text).unwrap(), None, None)
+        Reply::new(RawObject::parse(text).unwrap(), None, None)
     }
 
     #[test]

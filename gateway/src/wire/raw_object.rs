@@ -6,13 +6,28 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+/// The object's text, and where each field's value lies in it: one allocation for the text and
+/// one for the list, where a box per value cost an allocation, a copy and a free per field of
+/// every request, answer and stream chunk.
 #[derive(Debug)]
 pub struct RawObject {
-    fields: Vec<(Key, Box<RawValue>)>,
+    text: String,
+    fields: Vec<(Key, Range<usize>)>,
+}
+
+/// A field's value as JSON text, checked when its object was parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Raw<'a>(&'a str);
+
+impl<'a> Raw<'a> {
+    pub fn get(self) -> &'a str {
+        self.0
+    }
 }
 
 /// A field's name: the names the APIs use are borrowed ([`known`]), so a parsed request,
@@ -120,11 +135,42 @@ impl Edit<'_> {
 }
 
 impl RawObject {
-    pub fn get(&self, key: &str) -> Option<&RawValue> {
+    /// `text` as an object (whitespace around it allowed, as serde_json allows it).
+    pub fn from_string(text: String) -> Result<Self, serde_json::Error> {
+        let fields = spans(
+            &mut serde_json::Deserializer::from_str(&text),
+            text.as_ptr(),
+        )?;
+        Ok(Self { text, fields })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        Self::from_string(text.to_owned())
+    }
+
+    /// Bytes as an object, copied once they parsed.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        let fields = spans(
+            &mut serde_json::Deserializer::from_slice(bytes),
+            bytes.as_ptr(),
+        )?;
+        // Parsed, the bytes are UTF-8: serde_json checked every string, and allows nothing
+        // but JSON's ASCII outside them.
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| <serde_json::Error as de::Error>::custom("invalid UTF-8"))?;
+        Ok(Self { text, fields })
+    }
+
+    /// The object's whole text, as it was parsed.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn get(&self, key: &str) -> Option<Raw<'_>> {
         self.fields
             .iter()
             .find(|(k, _)| k.as_ref() == key)
-            .map(|(_, v)| v.as_ref())
+            .map(|(_, at)| Raw(&self.text[at.clone()]))
     }
 
     /// The object's text with the edits applied; untouched fields keep their exact bytes.
@@ -136,9 +182,42 @@ impl RawObject {
 
     /// [`RawObject::render`], appended to `out`.
     pub fn render_into(&self, edits: &[Edit], out: &mut Vec<u8>) {
-        let fields = self.fields.iter().map(|(k, v)| (k.as_ref(), v.get()));
+        let fields = self
+            .fields
+            .iter()
+            .map(|(k, at)| (k.as_ref(), &self.text[at.clone()]));
         render_fields(fields, edits, out);
     }
+}
+
+/// The fields of the object `de` reads, each value as its span in the text that starts at
+/// `base` (serde_json lends a value's text out of its input, so where it lies is known).
+fn spans<'de, R: serde_json::de::Read<'de>>(
+    de: &mut serde_json::Deserializer<R>,
+    base: *const u8,
+) -> Result<Vec<(Key, Range<usize>)>, serde_json::Error> {
+    struct ObjectVisitor(*const u8);
+    impl<'de> Visitor<'de> for ObjectVisitor {
+        type Value = Vec<(Key, Range<usize>)>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut fields: Self::Value = Vec::with_capacity(8);
+            while let Some(key) = map.next_key_seed(KeySeed)? {
+                if fields.iter().any(|(k, _)| *k == key) {
+                    return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
+                }
+                let value = map.next_value::<&'de RawValue>()?.get();
+                let start = value.as_ptr() as usize - self.0 as usize;
+                fields.push((key, start..start + value.len()));
+            }
+            Ok(fields)
+        }
+    }
+    let fields = de.deserialize_map(ObjectVisitor(base))?;
+    de.end()?;
+    Ok(fields)
 }
 
 /// A JSON object's fields borrowed from its text: read and re-rendered with one allocation
@@ -275,30 +354,6 @@ fn render_fields<'f>(
     object.finish();
 }
 
-impl<'de> Deserialize<'de> for RawObject {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ObjectVisitor;
-        impl<'de> Visitor<'de> for ObjectVisitor {
-            type Value = RawObject;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject, A::Error> {
-                let mut fields: Vec<(Key, Box<RawValue>)> = Vec::with_capacity(8);
-                while let Some(key) = map.next_key_seed(KeySeed)? {
-                    if fields.iter().any(|(k, _)| *k == key) {
-                        return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
-                    }
-                    let value = map.next_value::<Box<RawValue>>()?;
-                    fields.push((key, value));
-                }
-                Ok(RawObject { fields })
-            }
-        }
-        deserializer.deserialize_map(ObjectVisitor)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,7 +361,7 @@ mod tests {
     #[test]
     fn keys_that_need_escapes_are_written_escaped() {
         let text = r#"{"a\"b":1,"c\\d":2,"e\nf":3,"plain":4}"#;
-        let obj: RawObject = serde_json::from_str(text).unwrap();
+        let obj = RawObject::parse(text).unwrap();
         let out = String::from_utf8(obj.render(&[])).unwrap();
         assert_eq!(out, text);
     }
@@ -319,7 +374,7 @@ mod tests {
             Edit::Set("stream_options", r#"{"include_usage":true}"#.into()),
             Edit::Remove("z"),
         ];
-        let owned: RawObject = serde_json::from_str(text).unwrap();
+        let owned = RawObject::parse(text).unwrap();
         let borrowed = BorrowedObject::parse(text).unwrap();
         let mut out = Vec::new();
         borrowed.render_into(&edits, &mut out);
@@ -335,7 +390,7 @@ mod tests {
     #[test]
     fn untouched_fields_keep_their_bytes_and_order() {
         let text = r#"{"z": 1,"messages":[{"role":"user","content":"h\u00e9  llo"}] ,"model":"a","x":{"b":2,"a":1}}"#;
-        let obj: RawObject = serde_json::from_str(text).unwrap();
+        let obj = RawObject::parse(text).unwrap();
         let out = obj.render(&[
             Edit::Set("model", "\"b\"".into()),
             Edit::Set("stream_options", r#"{"include_usage":true}"#.into()),
@@ -350,7 +405,7 @@ mod tests {
     #[test]
     fn known_names_are_borrowed_and_others_owned_even_when_escaped() {
         let text = r#"{"model":"a","mod\u0065l2":1,"x-custom":2,"str\u0065am":true}"#;
-        let obj: RawObject = serde_json::from_str(text).unwrap();
+        let obj = RawObject::parse(text).unwrap();
         let kinds: Vec<(&str, bool)> = obj
             .fields
             .iter()
@@ -372,13 +427,31 @@ mod tests {
     }
 
     #[test]
+    fn values_are_found_where_they_lie_in_the_text_however_it_is_spaced() {
+        let text = " {\"a\" : [1, {\"b\":\"\\u00e9\"}] ,\n\"c\":\"x\", \"d\":{}}\n";
+        for obj in [
+            RawObject::parse(text).unwrap(),
+            RawObject::from_slice(text.as_bytes()).unwrap(),
+        ] {
+            assert_eq!(obj.get("a").unwrap().get(), r#"[1, {"b":"\u00e9"}]"#);
+            assert_eq!(obj.get("c").unwrap().get(), r#""x""#);
+            assert_eq!(obj.get("d").unwrap().get(), "{}");
+            assert_eq!(obj.get("b"), None);
+            assert_eq!(obj.text(), text);
+        }
+        assert!(RawObject::parse(r#"{"a":1} x"#).is_err());
+        assert!(RawObject::from_slice(b"{\"a\":\"\xff\"}").is_err());
+        assert!(RawObject::from_slice(b"{\"a\":1}\xff").is_err());
+    }
+
+    #[test]
     fn rejects_duplicate_fields() {
-        let err = serde_json::from_str::<RawObject>(r#"{"a":1,"a":2}"#).unwrap_err();
+        let err = RawObject::parse(r#"{"a":1,"a":2}"#).unwrap_err();
         assert!(err.to_string().contains("duplicate field `a`"));
     }
 
     #[test]
     fn rejects_non_objects() {
-        assert!(serde_json::from_str::<RawObject>("[1]").is_err());
+        assert!(RawObject::parse("[1]").is_err());
     }
 }

@@ -58,7 +58,7 @@ mod tests {
     use super::*;
 
     fn raw(text: &str) -> RawObject {
-        serde_json::from_str(text).unwrap()
+        RawObject::parse(text).unwrap()
     }
 
     #[test]

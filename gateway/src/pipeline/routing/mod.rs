@@ -128,7 +128,7 @@ deployments = [{deployments}]
 
     fn request(first_user: &str, later: &str) -> RawObject {
         let system = "x".repeat(400);
-        serde_json::from_str(&format!(
+        RawObject::parse(&format!(
             r#"{{"messages":[{{"role":"system","content":"{system}"}},{{"role":"user","content":"{first_user}"}}{later}]}}"#
         ))
         .unwrap()

@@ -215,8 +215,7 @@ mod tests {
     #[test]
     fn fim_wraps_the_hole_in_v3_markers() {
         let body: RawObject =
-            serde_json::from_str(r#"{"model":"m","prompt":"def f(","suffix":"    return x"}"#)
-                .unwrap();
+            RawObject::parse(r#"{"model":"m","prompt":"def f(","suffix":"    return x"}"#).unwrap();
         let call = Call {
             body: &body,
             endpoint: Endpoint::Fim,

@@ -15,6 +15,7 @@ use crate::accounting::usage::Usage;
 use crate::providers::reply::{Event, Events, Reply, ReplyUsage};
 use crate::support::random::random_hex;
 use crate::wire::error::ApiError;
+use crate::wire::raw_object::RawObject;
 
 /// A generation in progress.
 pub(super) struct Run {
@@ -193,7 +194,7 @@ impl Run {
 
 /// A rendered object as a reply (local objects are small; one parse keeps one reply type).
 fn reply(body: &Value, usage: Option<Usage>) -> Reply {
-    let raw = serde_json::from_str(&body.to_string()).expect("a JSON object parses");
+    let raw = RawObject::from_string(body.to_string()).expect("a JSON object parses");
     let usage = usage.map(|usage| ReplyUsage {
         usage,
         provider_cost: None,

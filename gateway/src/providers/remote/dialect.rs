@@ -9,7 +9,7 @@ use crate::accounting::usage::Usage;
 use crate::providers::call::{Call, Effort, Strict};
 use crate::providers::reply::{Reply, ReplyUsage};
 use crate::support::config::ProviderKind;
-use crate::wire::raw_object::{BorrowedObject, Edit, RawObject};
+use crate::wire::raw_object::{BorrowedObject, Edit, Raw, RawObject};
 
 /// Sampling fields DeepSeek accepts and ignores in thinking mode; other providers would honour
 /// them, so the gateway removes them to behave like DeepSeek everywhere.
@@ -130,7 +130,7 @@ fn rename_reasoning(message: &mut Value) {
 
 /// The `choices` array with `reasoning` renamed inside each `message` / `delta`, or `None` when
 /// there is nothing to rename (the common case, decided without building a JSON tree).
-fn renamed_choices(choices: &RawValue, inner: &str) -> Option<String> {
+fn renamed_choices(choices: Raw<'_>, inner: &str) -> Option<String> {
     static REASONING: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new("\"reasoning\""));
     // Nothing to rename (the common case): decided without building a JSON tree.
@@ -145,7 +145,7 @@ fn renamed_choices(choices: &RawValue, inner: &str) -> Option<String> {
 }
 
 /// The provider's usage read into the one record, and completed to DeepSeek's wire form.
-fn normalized_usage(usage: &RawValue) -> Option<ReplyUsage> {
+fn normalized_usage(usage: Raw<'_>) -> Option<ReplyUsage> {
     // Only OpenRouter reports a cost (`usage.cost`).
     let (record, wire, provider_cost) = match BorrowedObject::parse(usage.get()) {
         Some(sent) => {
@@ -211,7 +211,7 @@ mod tests {
     use serde_json::json;
 
     fn body(text: &str) -> RawObject {
-        serde_json::from_str(text).unwrap()
+        RawObject::parse(text).unwrap()
     }
 
     fn rendered(kind: ProviderKind, text: &str, thinking: bool, stream: bool) -> Value {

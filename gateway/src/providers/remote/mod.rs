@@ -176,7 +176,7 @@ impl HttpProvider {
     /// A whole completion, parsed; a malformed one is a provider fault.
     fn json_answer(&self, body: &[u8]) -> Result<RawObject, ApiError> {
         // DeepSeek sends blank lines while a request is queued; serde_json skips leading whitespace.
-        let raw: RawObject = serde_json::from_slice(body)
+        let raw = RawObject::from_slice(body)
             .map_err(|_| ApiError::bad_gateway(&self.name, "response is not a JSON object"))?;
         if raw.get("choices").is_none() {
             return Err(ApiError::bad_gateway(

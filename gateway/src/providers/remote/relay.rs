@@ -66,7 +66,7 @@ impl Relay {
     async fn next(&mut self) -> Option<Event> {
         while !self.ended {
             if let Some(sse) = self.pending.next() {
-                let event = self.event(&sse);
+                let event = self.event(sse);
                 self.ended = !matches!(event, Event::Reply(_));
                 self.started = true;
                 if matches!(event, Event::Done) {
@@ -127,11 +127,13 @@ impl Relay {
     }
 
     /// One SSE event as a stream event.
-    fn event(&self, sse: &SseEvent) -> Event {
+    fn event(&self, sse: SseEvent) -> Event {
         if sse.data == "[DONE]" {
             return Event::Done;
         }
-        let Ok(chunk) = serde_json::from_str::<RawObject>(&sse.data) else {
+        let error_event = sse.name.as_deref() == Some("error");
+        // The chunk keeps the event's text: parsed where it arrived, never copied.
+        let Ok(chunk) = RawObject::from_string(sse.data) else {
             let what = if self.started {
                 "malformed stream chunk"
             } else {
@@ -139,9 +141,9 @@ impl Relay {
             };
             return Event::Failed(ApiError::bad_gateway(&self.provider, what));
         };
-        if sse.name.as_deref() == Some("error") || chunk.get("error").is_some() {
+        if error_event || chunk.get("error").is_some() {
             return Event::Failed(if self.started {
-                ApiError::from_stream_error(&self.provider, sse.data.as_bytes())
+                ApiError::from_stream_error(&self.provider, chunk.text().as_bytes())
                     .scrubbed(&self.key.iter().map(Secret::expose).collect::<Vec<_>>())
             } else {
                 ApiError::bad_gateway(&self.provider, "error event before the first chunk")

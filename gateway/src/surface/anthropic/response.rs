@@ -104,7 +104,7 @@ mod tests {
 
     fn reply(chat: &Value) -> Reply {
         crate::providers::remote::dialect::normalize(
-            serde_json::from_str(&chat.to_string()).unwrap(),
+            crate::wire::raw_object::RawObject::parse(&chat.to_string()).unwrap(),
             crate::providers::remote::dialect::Inner::Message,
         )
     }

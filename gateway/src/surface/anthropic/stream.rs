@@ -218,7 +218,7 @@ mod tests {
     fn chunk(value: &Value) -> Event {
         Event::Chunk {
             reply: crate::providers::remote::dialect::normalize(
-                serde_json::from_str(&value.to_string()).unwrap(),
+                crate::wire::raw_object::RawObject::parse(&value.to_string()).unwrap(),
                 crate::providers::remote::dialect::Inner::Delta,
             ),
             priced: None,

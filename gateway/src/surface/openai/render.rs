@@ -95,7 +95,10 @@ mod tests {
     use serde_json::{Value, json};
 
     fn reply(text: &str, inner: Inner) -> Reply {
-        normalize(serde_json::from_str(text).unwrap(), inner)
+        normalize(
+            crate::wire::raw_object::RawObject::parse(text).unwrap(),
+            inner,
+        )
     }
 
     fn value(bytes: &[u8]) -> Value {

@@ -5,12 +5,11 @@
 
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::pipeline::request::Request;
 use crate::providers::call::{Effort, Endpoint, Mode, Strict};
 use crate::wire::error::ApiError;
-use crate::wire::raw_object::RawObject;
+use crate::wire::raw_object::{Raw, RawObject};
 
 use super::fields::{field, include_usage, sampling_ranges, stop_sequences};
 
@@ -91,7 +90,7 @@ struct Function {
 /// Parses a body that came in on `endpoint`. Mode-dependent checks happen in
 /// [`Request::check_against`], once the model is known.
 pub fn parse(body: Bytes, endpoint: Endpoint) -> Result<Request, ApiError> {
-    let raw: RawObject = serde_json::from_slice(&body).map_err(|e| match e.classify() {
+    let raw = RawObject::from_slice(&body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::invalid_parameter(
             "body",
             format!("Failed to deserialize the JSON body into the target type: {e}"),
@@ -320,7 +319,7 @@ fn validate_messages(messages: &[Message]) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate_tool_choice(choice: &RawValue) -> Result<(), ApiError> {
+fn validate_tool_choice(choice: Raw<'_>) -> Result<(), ApiError> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum ToolChoice {

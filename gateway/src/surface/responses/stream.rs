@@ -376,7 +376,7 @@ mod tests {
     fn chunk(value: Value) -> Event {
         Event::Chunk {
             reply: normalize(
-                serde_json::from_str(&value.to_string()).unwrap(),
+                crate::wire::raw_object::RawObject::parse(&value.to_string()).unwrap(),
                 Inner::Delta,
             ),
             priced: None,
