@@ -131,6 +131,26 @@ impl Usage {
         ]
     }
 
+    /// [`Usage::wire_over`] the object `sent`, parsed from `text`: the text itself when it
+    /// holds every field already, with these counts (DeepSeek's own usage always does), so
+    /// nothing is written anew.
+    pub fn wire_for(&self, sent: &BorrowedObject, text: &str) -> String {
+        let complete = self.wire_fields().into_iter().all(|field| match field {
+            WireField::Top(key, n) => sent.get(key).and_then(count_text) == Some(n),
+            WireField::Detail(object, key, n) => {
+                sent.get(object)
+                    .and_then(|v| BorrowedObject::parse(v.get()))
+                    .and_then(|details| details.get(key).and_then(count_text))
+                    == Some(n)
+            }
+        });
+        if complete {
+            text.to_owned()
+        } else {
+            self.wire_over(sent)
+        }
+    }
+
     /// The provider's `usage` object with every field DeepSeek clients read written in; its
     /// other fields keep their place and bytes (what [`Usage::write_wire`] does to a `Value`).
     pub fn wire_over(&self, sent: &BorrowedObject) -> String {
@@ -197,6 +217,8 @@ mod tests {
             r#"{"prompt_tokens": 7, "cost": 0.00012, "is_byok": false, "completion_tokens_details": null}"#,
             r#"{"prompt_tokens":5,"prompt_tokens_details":[1],"extra":{"nested":[1,2,{"a":"\u00e9"}]}}"#,
             r#"{"prompt_cache_hit_tokens":3,"prompt_cache_miss_tokens":4,"completion_tokens":2}"#,
+            // Every field, one count that does not add up: written anew.
+            r#"{"prompt_tokens":100,"completion_tokens":50,"total_tokens":149,"prompt_tokens_details":{"cached_tokens":64},"prompt_cache_hit_tokens":64,"prompt_cache_miss_tokens":36,"completion_tokens_details":{"reasoning_tokens":30}}"#,
         ];
         for text in cases {
             let sent = BorrowedObject::parse(text).unwrap();
@@ -208,7 +230,10 @@ mod tests {
                 unreachable!()
             };
             slow.write_wire(&mut map);
-            let written: Value = serde_json::from_str(&fast.wire_over(&sent)).unwrap();
+            let wire = fast.wire_for(&sent, text);
+            // Complete as sent (DeepSeek's own form), the text is kept byte for byte.
+            assert_eq!(wire == text, text == cases[0], "{text}");
+            let written: Value = serde_json::from_str(&wire).unwrap();
             assert_eq!(
                 written.to_string(),
                 Value::Object(map).to_string(),

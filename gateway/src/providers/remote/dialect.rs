@@ -151,7 +151,7 @@ fn normalized_usage(usage: Raw<'_>) -> Option<ReplyUsage> {
         Some(sent) => {
             let record = Usage::from_object(&sent)?;
             let cost = sent.get("cost").and_then(|c| parse_amount(c.get()));
-            (record, record.wire_over(&sent), cost)
+            (record, record.wire_for(&sent, usage.get()), cost)
         }
         // Not an object, or one with a key written with escapes (no provider does that): read
         // the slow way, through a `Value`.
