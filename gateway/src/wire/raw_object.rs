@@ -31,7 +31,7 @@ impl<'a> Raw<'a> {
 }
 
 /// A field's name: the names the APIs use are borrowed ([`known`]), so a parsed request,
-/// answer or stream chunk allocates once per field (its value) instead of twice.
+/// answer or stream chunk allocates for a name only when it is not one of them.
 type Key = Cow<'static, str>;
 
 /// Every top-level field of the chat, completion and chunk objects the gateway parses on each
