@@ -86,7 +86,7 @@ struct KeySeries {
 
 #[derive(Debug)]
 struct KeyMoney {
-    currency: String,
+    currency: Arc<str>,
     savings: IntCounter,
     off_peak: IntCounter,
     cost: [OnceLock<[IntCounter; 3]>; 3],
@@ -641,8 +641,8 @@ mod tests {
         };
         Charge {
             cost,
-            currency: currency.to_owned(),
-            price: "deepseek-v4-flash".to_owned(),
+            currency: currency.into(),
+            price: "deepseek-v4-flash".into(),
             era: None,
             tier,
             off_peak: cost,

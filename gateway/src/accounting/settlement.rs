@@ -47,8 +47,7 @@ impl Outcome {
 /// The deployment that served (or last answered) a request.
 #[derive(Debug, Clone)]
 pub struct Served {
-    pub provider: String,
-    pub upstream_model: String,
+    pub deployment: DeploymentName,
     /// Its price when the request was routed.
     pub price: Arc<Schedule>,
     /// The provider's own cost figure, when it reports one, is the truth (OpenRouter).
@@ -57,6 +56,39 @@ pub struct Served {
     pub sent_at: jiff::Timestamp,
     /// Its metric series.
     pub series: Arc<Series>,
+}
+
+/// `provider/upstream_model`, made once per deployment and shared by every record it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentName {
+    text: Arc<str>,
+    provider_len: usize,
+}
+
+impl DeploymentName {
+    pub fn new(provider: &str, upstream_model: &str) -> Self {
+        let mut text = String::with_capacity(provider.len() + 1 + upstream_model.len());
+        text.push_str(provider);
+        text.push('/');
+        text.push_str(upstream_model);
+        Self {
+            text: text.into(),
+            provider_len: provider.len(),
+        }
+    }
+
+    pub fn provider(&self) -> &str {
+        &self.text[..self.provider_len]
+    }
+
+    /// The model name the provider knows (which may itself hold a `/`).
+    pub fn upstream_model(&self) -> &str {
+        &self.text[self.provider_len + 1..]
+    }
+
+    pub fn shared(&self) -> &Arc<str> {
+        &self.text
+    }
 }
 
 /// One request's record, filled in as it goes and written by [`Settlement::write`].
@@ -90,14 +122,14 @@ pub struct Settlement {
 impl Settlement {
     pub fn new(
         principal: Principal,
-        model: &str,
+        model: Arc<str>,
         request_id: Arc<str>,
         metrics: Option<Arc<Metrics>>,
         ledger: Option<Arc<Ledger>>,
     ) -> Self {
         Self {
             principal,
-            model: Arc::from(model),
+            model,
             request_id,
             started: Instant::now(),
             first_token: None,
@@ -240,27 +272,21 @@ impl Settlement {
         let mut uid = String::with_capacity(32);
         crate::support::random::push_random_hex(&mut uid);
         crate::support::random::push_random_hex(&mut uid);
-        let mut deployment =
-            String::with_capacity(served.provider.len() + 1 + served.upstream_model.len());
-        deployment.push_str(&served.provider);
-        deployment.push('/');
-        deployment.push_str(&served.upstream_model);
-        // `String::from` of the `Arc<str>`s: `to_string` would go through `Display`.
         Record {
             uid,
-            request_id: String::from(&*self.request_id),
+            request_id: self.request_id.clone(),
             outcome: match attempt {
-                Some(_) => "timed_out".to_owned(),
-                None => outcome.as_str().to_owned(),
+                Some(_) => "timed_out".into(),
+                None => outcome.as_str().into(),
             },
             cost_cache_hit: charge.cost.cache_hit,
             cost_cache_miss: charge.cost.cache_miss,
             cost_output: charge.cost.output,
             ts: now(),
-            key_id: String::from(&*self.principal.key_id),
-            team: String::from(&*self.principal.team),
-            model: String::from(&*self.model),
-            deployment,
+            key_id: self.principal.key_id.clone(),
+            team: self.principal.team.clone(),
+            model: self.model.clone(),
+            deployment: served.deployment.shared().clone(),
             cache_hit: usage.cache_hit,
             cache_miss: usage.cache_miss,
             output: usage.output,
@@ -270,7 +296,7 @@ impl Settlement {
             estimated: usage.estimated,
             price: charge.price.clone(),
             era: charge.era.map(|t| t.to_string()),
-            tier: charge.tier.as_str().to_owned(),
+            tier: charge.tier.as_str().into(),
             computed_cost: charge.computed.map(|c| c.total()),
             unanswered: attempt.map(|_| "timed_out".to_owned()),
             attempt,
@@ -279,7 +305,7 @@ impl Settlement {
 
     fn deployment(&self) -> (&str, &str) {
         self.served.as_ref().map_or(("-", "-"), |s| {
-            (s.provider.as_str(), s.upstream_model.as_str())
+            (s.deployment.provider(), s.deployment.upstream_model())
         })
     }
 
@@ -350,5 +376,23 @@ impl Settlement {
             },
             series: self.served.as_ref().map(|s| &*s.series),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deployment_name_splits_at_its_providers_end_not_at_the_models_slash() {
+        let name = DeploymentName::new("vllm", "deepseek-ai/DeepSeek-V3.2");
+        assert_eq!(&**name.shared(), "vllm/deepseek-ai/DeepSeek-V3.2");
+        assert_eq!(name.provider(), "vllm");
+        assert_eq!(name.upstream_model(), "deepseek-ai/DeepSeek-V3.2");
+        let clone = name.clone();
+        assert!(
+            Arc::ptr_eq(clone.shared(), name.shared()),
+            "shared, not copied"
+        );
     }
 }

@@ -134,10 +134,12 @@ impl Pipeline {
     pub async fn run(&self, caller: &Caller, request: Result<Request, ApiError>) -> Handled {
         // The record's model becomes a metric label: only a served name, never the client's
         // string (which could grow the exposition without bound).
-        let model = match &request {
-            Ok(r) if self.catalog.get(&r.model).is_some() => r.model.as_str(),
-            Ok(_) => "other",
-            Err(_) => "-",
+        let model: Arc<str> = match &request {
+            Ok(r) => match self.catalog.get(&r.model) {
+                Some(spec) => spec.name.clone(),
+                None => "other".into(),
+            },
+            Err(_) => "-".into(),
         };
         let mut ticket = Ticket::new(Settlement::new(
             caller.principal.clone(),
@@ -365,8 +367,7 @@ fn candidates<'a>(
 
 fn served(deployment: &Deployment, sent_at: jiff::Timestamp) -> Served {
     Served {
-        provider: deployment.provider.name.clone(),
-        upstream_model: deployment.upstream_model.clone(),
+        deployment: deployment.name.clone(),
         price: deployment.price.get(),
         provider_cost_is_truth: deployment.provider_cost_is_truth,
         sent_at,

@@ -122,15 +122,16 @@ impl Store {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for r in chunk {
                 let pico = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                let text = |s: &str| s.to_owned();
                 query = query
                     .bind(r.uid.clone())
-                    .bind(r.request_id.clone())
+                    .bind(text(&r.request_id))
                     .bind(pico(r.ts.saturating_mul(1000)))
                     .bind(day_of(r.ts))
-                    .bind(r.key_id.clone())
-                    .bind(r.team.clone())
-                    .bind(r.model.clone())
-                    .bind(r.deployment.clone())
+                    .bind(text(&r.key_id))
+                    .bind(text(&r.team))
+                    .bind(text(&r.model))
+                    .bind(text(&r.deployment))
                     .bind(r.deployment.split('/').next().unwrap_or("").to_owned())
                     .bind(pico(r.cache_hit))
                     .bind(pico(r.cache_miss))
@@ -141,16 +142,19 @@ impl Store {
                     .bind(pico(r.cost_output))
                     .bind(pico(r.cost))
                     .bind(r.computed_cost.map(pico))
-                    .bind(r.currency.clone())
+                    .bind(text(&r.currency))
                     .bind(i64::from(r.estimated))
-                    .bind(if r.outcome.is_empty() {
-                        "completed".to_owned()
-                    } else {
-                        r.outcome.clone()
-                    })
-                    .bind(r.price.clone())
+                    .bind(
+                        if r.outcome.is_empty() {
+                            "completed"
+                        } else {
+                            &r.outcome
+                        }
+                        .to_owned(),
+                    )
+                    .bind(text(&r.price))
                     .bind(r.era.clone())
-                    .bind(r.tier.clone())
+                    .bind(text(&r.tier))
                     .bind(r.unanswered.clone())
                     .bind(r.attempt.map(i64::from));
             }
@@ -162,7 +166,7 @@ impl Store {
         for r in records.iter().filter(|r| written.contains(&r.uid)) {
             let day = day_of(r.ts);
             let month = day[..7].to_owned();
-            for (scope, name) in [("team", r.team.as_str()), ("key", r.key_id.as_str())] {
+            for (scope, name) in [("team", &*r.team), ("key", &*r.key_id)] {
                 for period in [day.clone(), month.clone(), "total".to_owned()] {
                     *sums.entry((scope, name, &r.team, period)).or_default() +=
                         i64::try_from(r.cost).unwrap_or(i64::MAX);
@@ -297,7 +301,7 @@ pub(super) mod tests {
     pub(in crate::store) fn record(uid: &str, ts: u64, cost: u64) -> Record {
         Record {
             uid: uid.to_owned(),
-            request_id: format!("req-{uid}"),
+            request_id: format!("req-{uid}").into(),
             ts,
             key_id: "alice".into(),
             team: "research".into(),

@@ -7,6 +7,7 @@ mod book;
 mod schedule;
 
 use std::fmt;
+use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
@@ -93,9 +94,9 @@ pub struct Charge {
     /// What the request costs: the provider's own figure where it reports one and is trusted
     /// (OpenRouter), else the schedule's.
     pub cost: Cost,
-    pub currency: String,
+    pub currency: Arc<str>,
     /// The price's name, the era's start (`None`: from the beginning) and the tier in force.
-    pub price: String,
+    pub price: Arc<str>,
     pub era: Option<jiff::Timestamp>,
     pub tier: Tier,
     /// The same usage at the era's off-peak rates (its list rates when it has none).
@@ -128,7 +129,7 @@ impl Charge {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Priced {
     pub cost: Cost,
-    pub currency: String,
+    pub currency: Arc<str>,
 }
 
 impl Priced {
@@ -305,6 +306,30 @@ mod tests {
             assert_eq!(text, reference.to_string());
             assert_eq!(cost.to_json(currency), reference);
         }
+    }
+
+    #[test]
+    fn cost_headers_carry_each_amount_and_leave_out_a_currency_no_header_can_hold() {
+        let cost = Cost {
+            cache_hit: u64::MAX / 4,
+            cache_miss: 2_500_000_000_000,
+            output: 0,
+        };
+        let headers = |currency| {
+            cost.headers(currency)
+                .map(|(name, value)| format!("{name}={}", value.to_str().unwrap()))
+                .collect::<Vec<_>>()
+        };
+        let amounts = [
+            format!("x-dsgw-cost={}", Money(cost.total())),
+            format!("x-dsgw-cost-cache-hit={}", Money(cost.cache_hit)),
+            "x-dsgw-cost-cache-miss=2.5".to_owned(),
+            "x-dsgw-cost-output=0".to_owned(),
+        ];
+        let mut with_usd = amounts.to_vec();
+        with_usd.push("x-dsgw-cost-currency=USD".to_owned());
+        assert_eq!(headers("USD"), with_usd);
+        assert_eq!(headers("US\nD"), amounts);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! apply outside local peak hours and all day on holidays. A request is priced at the era and
 //! tier in force when the gateway sent it to the provider.
 
+use std::sync::Arc;
+
 use jiff::civil::Date;
 use jiff::{Timestamp, ToSpan};
 
@@ -143,8 +145,9 @@ impl Era {
 /// A price: its eras in order.
 #[derive(Debug, Clone)]
 pub struct Schedule {
-    pub name: String,
-    pub currency: String,
+    /// Shared with every charge and record priced by it.
+    pub name: Arc<str>,
+    pub currency: Arc<str>,
     eras: Vec<Era>,
 }
 
@@ -162,8 +165,8 @@ impl Schedule {
         let mut eras: Vec<Era> = entries.iter().map(|p| era(p)).collect();
         eras.sort_by_key(|e| e.from);
         Self {
-            name: entries[0].name.clone(),
-            currency: entries[0].currency.clone(),
+            name: entries[0].name.as_str().into(),
+            currency: entries[0].currency.as_str().into(),
             eras,
         }
     }

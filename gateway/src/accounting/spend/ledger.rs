@@ -102,10 +102,10 @@ impl Book {
         );
         let fields = (
             day.as_str(),
-            r.key_id.as_str(),
-            r.team.as_str(),
-            r.model.as_str(),
-            r.deployment.as_str(),
+            &*r.key_id,
+            &*r.team,
+            &*r.model,
+            &*r.deployment,
         );
         // Looked up borrowed: a group's five strings are copied once, when it first appears.
         match self.aggregates.get_mut(&fields as &dyn GroupFields) {
@@ -374,10 +374,10 @@ impl Ledger {
 fn group(r: &Record, day: String) -> Group {
     (
         day,
-        r.key_id.clone(),
-        r.team.clone(),
-        r.model.clone(),
-        r.deployment.clone(),
+        r.key_id.to_string(),
+        r.team.to_string(),
+        r.model.to_string(),
+        r.deployment.to_string(),
     )
 }
 

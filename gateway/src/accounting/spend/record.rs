@@ -2,9 +2,15 @@
 //! the names of the spend counters (per key and team, by day, month and in total) that the
 //! ledger keeps in memory and the shared store keeps in Redis alike.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
-/// One finished request.
+/// One finished request. Its names are shared with the request and the config (`Arc<str>`),
+/// or static: a record is made on a lane and dropped on the ledger's writer, and each string
+/// copied into it was an allocation freed on another thread, which glibc's per-thread cache
+/// does not take back.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// Unique to this record (128 random bits): what makes a retried store write land once.
@@ -12,18 +18,18 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub uid: String,
     /// The request's id (`x-request-id`); a client may reuse one, so it is no key.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub request_id: String,
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub request_id: Arc<str>,
     /// How the request ended (`completed`, `stream_failed`, `client_disconnected`, ...).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub outcome: String,
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub outcome: Cow<'static, str>,
     /// Unix seconds (UTC).
     pub ts: u64,
-    pub key_id: String,
-    pub team: String,
-    pub model: String,
+    pub key_id: Arc<str>,
+    pub team: Arc<str>,
+    pub model: Arc<str>,
     /// `provider/upstream_model`.
-    pub deployment: String,
+    pub deployment: Arc<str>,
     pub cache_hit: u64,
     pub cache_miss: u64,
     pub output: u64,
@@ -37,17 +43,17 @@ pub struct Record {
     pub cost_cache_miss: u64,
     #[serde(default)]
     pub cost_output: u64,
-    pub currency: String,
+    pub currency: Arc<str>,
     pub estimated: bool,
     /// How it was priced: the price's name, its era's start (RFC 3339; absent: the price's
     /// first era) and the tier (`peak`, `off_peak`, `flat`). Absent in records written before
     /// schedules.
     #[serde(default)]
-    pub price: String,
+    pub price: Arc<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub era: Option<String>,
     #[serde(default)]
-    pub tier: String,
+    pub tier: Cow<'static, str>,
     /// dsgw's own figure when `cost` is the provider's (OpenRouter), picodollars.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub computed_cost: Option<u64>,
@@ -198,6 +204,37 @@ mod tests {
             let utc = jiff::Timestamp::from_second(ts as i64).unwrap().to_string();
             assert_eq!(day_of(ts), utc[..10], "{ts}");
         }
+    }
+
+    #[test]
+    fn a_record_is_written_and_read_as_before_its_names_were_shared() {
+        let record = Record {
+            uid: "u1".into(),
+            outcome: "completed".into(),
+            ts: 1_764_547_200,
+            key_id: "alice".into(),
+            team: "research".into(),
+            model: "deepseek-chat".into(),
+            deployment: "deepseek/deepseek-ai/DeepSeek-V3.2".into(),
+            output: 3,
+            cost: 42,
+            currency: "USD".into(),
+            price: "deepseek-v3.2".into(),
+            tier: "off_peak".into(),
+            ..Record::default()
+        };
+        let line = serde_json::to_string(&record).unwrap();
+        // The line of a build whose records held `String`s: empty ids and outcomes left out,
+        // every other field in its place.
+        assert_eq!(
+            line,
+            r#"{"uid":"u1","outcome":"completed","ts":1764547200,"key_id":"alice","team":"research","model":"deepseek-chat","deployment":"deepseek/deepseek-ai/DeepSeek-V3.2","cache_hit":0,"cache_miss":0,"output":3,"reasoning":0,"cost":42,"cost_cache_hit":0,"cost_cache_miss":0,"cost_output":0,"currency":"USD","estimated":false,"price":"deepseek-v3.2","tier":"off_peak"}"#
+        );
+        assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), record);
+        // A line from before the store, ids and outcome absent, still reads.
+        let old: Record = serde_json::from_str(r#"{"ts":1,"key_id":"k","team":"t","model":"m","deployment":"p/m","cache_hit":0,"cache_miss":0,"output":0,"reasoning":0,"cost":0,"currency":"USD","estimated":true}"#).unwrap();
+        assert!(old.request_id.is_empty() && old.outcome.is_empty() && old.tier.is_empty());
+        assert_eq!(&*old.deployment, "p/m");
     }
 
     #[test]

@@ -39,7 +39,7 @@ impl SharedSpend {
     /// Adds a finished request to the shared counters (budgets) and usage tables, in the
     /// request's settlement round trip (`writes`, the team's slot).
     pub fn record(&self, r: &Record, writes: &mut AfterWrites) {
-        let (team, key_id, day) = (r.team.as_str(), r.key_id.as_str(), day_of(r.ts));
+        let (team, key_id, day) = (&*r.team, &*r.key_id, day_of(r.ts));
         let day = day.as_str();
         let nano = (r.cost / 1000) as i64;
         let pipe = writes.to(&self.link, &format!("{{{team}}}"));

@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::health::{BreakerPolicy, Health};
 use crate::accounting::metrics::Series;
 use crate::accounting::pricing::{PriceBook, PriceSlot};
+use crate::accounting::settlement::DeploymentName;
 use crate::providers::Provider;
 use crate::providers::call::Mode;
 use crate::support::config::{Config, DeploymentConfig, ModelConfig};
@@ -57,6 +58,8 @@ pub struct Deployment {
     pub provider: Arc<Provider>,
     /// The model name the provider knows.
     pub upstream_model: String,
+    /// `provider/upstream_model`, as its records name it.
+    pub name: DeploymentName,
     /// What it charges (reloadable).
     pub price: Arc<PriceSlot>,
     /// Its provider's own cost figure is the truth (OpenRouter reports one per request).
@@ -91,6 +94,7 @@ impl Deployment {
         let provider_cost_is_truth =
             provider.kind == crate::support::config::ProviderKind::Openrouter;
         Self {
+            name: DeploymentName::new(&provider.name, &d.model),
             provider,
             upstream_model: d.model.clone(),
             price: Arc::new(PriceSlot::new(name, schedule)),
@@ -109,7 +113,8 @@ impl Deployment {
 /// An exposed model name and how to serve it.
 #[derive(Debug)]
 pub struct ModelSpec {
-    pub name: String,
+    /// Shared with every record of a request for it.
+    pub name: Arc<str>,
     /// `name` as a JSON string, written into every response and chunk.
     pub name_json: String,
     pub mode: ModelMode,
@@ -131,7 +136,7 @@ impl ModelSpec {
     #[cfg(test)]
     pub fn for_tests(name: &str, mode: ModelMode, tools: bool) -> Self {
         Self {
-            name: name.to_owned(),
+            name: name.into(),
             name_json: serde_json::to_string(name).unwrap(),
             mode,
             tools,
@@ -174,7 +179,7 @@ impl Catalog {
             .iter()
             .map(|m| {
                 Arc::new(ModelSpec {
-                    name: m.name.clone(),
+                    name: m.name.as_str().into(),
                     name_json: serde_json::to_string(&m.name).expect("a string serialises"),
                     mode: ModelMode::of(m),
                     tools: m.tools,
@@ -196,7 +201,7 @@ impl Catalog {
         let by_name = models
             .iter()
             .enumerate()
-            .map(|(i, m)| (m.name.clone(), i))
+            .map(|(i, m)| (m.name.to_string(), i))
             .collect();
         Self { models, by_name }
     }
@@ -228,7 +233,7 @@ impl Catalog {
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.models.iter().map(|m| m.name.as_str())
+        self.models.iter().map(|m| &*m.name)
     }
 
     /// The `/v1/models` body in DeepSeek's shape.

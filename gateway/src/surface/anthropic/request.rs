@@ -181,7 +181,7 @@ pub fn to_chat<'m>(
     }
     let served = lookup(&request.model).or_else(|| lookup(default_model));
     let model = match served {
-        Some(spec) if spec.name == request.model => request.model.clone(),
+        Some(spec) if *spec.name == *request.model => request.model.clone(),
         _ => default_model.to_owned(),
     };
     let mode = match request.thinking {

@@ -238,7 +238,7 @@ impl Gate {
             request_id: self.request_id.to_string(),
             key_id: principal.key_id.to_string(),
             team: principal.team.to_string(),
-            model: model.name.clone(),
+            model: model.name.to_string(),
             classification: self.classification.as_str(),
             personal_data: self.personal_data,
             candidates,
