@@ -27,8 +27,10 @@ fn object_field(raw: &RawObject, key: &str) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
+/// `value` as JSON text: serde_json's writer, not `Display`, which goes through the format
+/// machinery.
 fn json(value: &Value) -> String {
-    value.to_string()
+    serde_json::to_string(value).expect("a Value serialises")
 }
 
 /// The edits that turn a client's body into this provider's request.
@@ -40,10 +42,14 @@ pub fn request_edits(
 ) -> Vec<Edit<'static>> {
     let raw = call.body;
     let thinking = call.mode.thinking();
-    let mut edits = vec![Edit::Set(
+    // Room for every edit a dialect makes (twelve at most), so pushing never grows it.
+    let mut edits = Vec::with_capacity(12);
+    edits.push(Edit::Set(
         "model",
-        json(&Value::from(upstream_model)).into(),
-    )];
+        serde_json::to_string(upstream_model)
+            .expect("a string serialises")
+            .into(),
+    ));
     if call.stream {
         // Always ask for usage: spend must be counted even when the client did not ask to see it.
         let mut options = object_field(raw, "stream_options");

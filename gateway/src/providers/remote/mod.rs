@@ -223,6 +223,9 @@ impl HttpProvider {
         if let Some(provider) = target.residency.and_then(|r| self.provider_object(r)) {
             overrides.push(Edit::Set("provider", provider.into()));
         }
+        if overrides.is_empty() {
+            return call.body.render(&edits);
+        }
         let overridden = |e: &Edit| overrides.iter().any(|o| o.key() == e.key());
         let kept: Vec<Edit> = edits.into_iter().filter(|e| !overridden(e)).collect();
         overrides.extend(kept);
