@@ -2,8 +2,7 @@
 //! and deployment names from the config, team names and key ids (never a secret), statuses.
 //! Money is counted in integer nanodollars, so no float accumulation creeps into spend.
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::OnceLock;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
@@ -13,101 +12,10 @@ use prometheus::{
 use crate::accounting::pricing::{Charge, Tier};
 use crate::accounting::usage::Usage;
 
-/// The series of one deployment (a model name and a provider), resolved on first use so a
-/// request updates them without looking labels up.
-#[derive(Debug)]
-pub struct Series {
-    model: String,
-    provider: String,
-    duration: OnceLock<Histogram>,
-    ttft: OnceLock<Histogram>,
-    inter_token: OnceLock<Histogram>,
-    overhead: OnceLock<Histogram>,
-    calls: [OnceLock<IntCounter>; 4],
-    /// Each key's counters on this deployment, by key id: as many as the key ids and
-    /// deployments the config and the store name, like the series themselves.
-    keys: RwLock<HashMap<String, Arc<KeySeries>>>,
-}
+mod series;
 
-impl Series {
-    pub fn new(model: &str, provider: &str) -> Self {
-        Self {
-            model: model.to_owned(),
-            provider: provider.to_owned(),
-            duration: OnceLock::new(),
-            ttft: OnceLock::new(),
-            inter_token: OnceLock::new(),
-            overhead: OnceLock::new(),
-            calls: std::array::from_fn(|_| OnceLock::new()),
-            keys: RwLock::new(HashMap::new()),
-        }
-    }
-
-    /// The counters of the key `e` is for, made at its first request here (again if the
-    /// key moved to another team).
-    fn key(&self, e: &CompletionEvent<'_>) -> Arc<KeySeries> {
-        let found = self
-            .keys
-            .read()
-            .expect("series lock")
-            .get(e.key_id)
-            .cloned();
-        match found {
-            Some(key) if key.labels_match(e) => key,
-            _ => {
-                let key = Arc::new(KeySeries::new(e));
-                self.keys
-                    .write()
-                    .expect("series lock")
-                    .insert(e.key_id.to_owned(), key.clone());
-                key
-            }
-        }
-    }
-}
-
-/// One key's counters on one deployment. Each is made when first counted, so the exposition
-/// shows the same series as when every update looked its labels up (a key that never had a
-/// peak-hour request has no peak series).
-#[derive(Debug)]
-struct KeySeries {
-    /// The labels besides the key id, as they were when these were made.
-    model: String,
-    deployment: String,
-    team: String,
-    /// `dsgw_requests_total` for status 200, outcome `completed`: nearly every request.
-    completed: OnceLock<IntCounter>,
-    /// `dsgw_tokens_total` by kind: cache hit, cache miss, output, reasoning.
-    tokens: OnceLock<[IntCounter; 4]>,
-    /// Savings, the off-peak figure and the cost by tier (flat, peak, off-peak) and part
-    /// (cache hit, cache miss, output), in the first currency this key was charged in.
-    money: OnceLock<KeyMoney>,
-}
-
-#[derive(Debug)]
-struct KeyMoney {
-    currency: Arc<str>,
-    savings: IntCounter,
-    off_peak: IntCounter,
-    cost: [OnceLock<[IntCounter; 3]>; 3],
-}
-
-impl KeySeries {
-    fn new(e: &CompletionEvent<'_>) -> Self {
-        Self {
-            model: e.model.to_owned(),
-            deployment: e.deployment.to_owned(),
-            team: e.team.to_owned(),
-            completed: OnceLock::new(),
-            tokens: OnceLock::new(),
-            money: OnceLock::new(),
-        }
-    }
-
-    fn labels_match(&self, e: &CompletionEvent<'_>) -> bool {
-        self.team == e.team && self.deployment == e.deployment && self.model == e.model
-    }
-}
+pub use series::Series;
+use series::{KeyMoney, KeySeries};
 
 const TOKEN_KINDS: [&str; 4] = ["cache_hit", "cache_miss", "output", "reasoning"];
 const COST_PARTS: [&str; 3] = ["cache_hit", "cache_miss", "output"];
