@@ -243,7 +243,7 @@ impl RawObject {
                 if kept {
                     out.push(b',');
                 }
-                write_key(out, key);
+                write_str(out, key);
                 out.push(b':');
                 out.extend_from_slice(new.as_bytes());
                 kept = true;
@@ -363,7 +363,7 @@ impl<'o> ObjectWriter<'o> {
             self.out.push(b',');
         }
         self.first = false;
-        write_key(self.out, key);
+        write_str(self.out, key);
         self.out.push(b':');
         self.out
     }
@@ -378,15 +378,15 @@ impl<'o> ObjectWriter<'o> {
     }
 }
 
-/// A key as a JSON string: plain keys (every key an API uses) are copied as they are, and
-/// only a key that needs escapes goes through serde_json's escaping.
-fn write_key(out: &mut Vec<u8>, key: &str) {
-    if key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+/// A string as JSON: plain text (every key an API uses, and nearly every name) is copied as it
+/// is, and only text that needs escapes goes through serde_json's escaping.
+pub fn write_str(out: &mut Vec<u8>, text: &str) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push(b'"');
-        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(text.as_bytes());
         out.push(b'"');
     } else {
-        serde_json::to_writer(&mut *out, key).expect("writing to a Vec cannot fail");
+        serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail");
     }
 }
 
@@ -420,6 +420,17 @@ fn render_fields<'f>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn text_is_written_as_serde_json_writes_it(
+            text in "[ -~\u{0}-\u{1f}\u{7f}-\u{ff}é😀\"\\\\]{0,40}"
+        ) {
+            let mut out = Vec::new();
+            write_str(&mut out, &text);
+            proptest::prop_assert_eq!(&out, &serde_json::to_vec(&text).unwrap());
+        }
+    }
 
     #[test]
     fn keys_that_need_escapes_are_written_escaped() {

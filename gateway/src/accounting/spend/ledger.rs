@@ -436,7 +436,7 @@ fn write_loop(mut file: File, rx: Receiver<Record>, downstream: Option<Arc<dyn D
         batch.extend(rx.try_iter());
         let mut text = Vec::with_capacity(batch.len() * 384);
         for r in &batch {
-            serde_json::to_writer(&mut text, r).expect("a record serialises");
+            r.write_line(&mut text);
             text.push(b'\n');
         }
         match file

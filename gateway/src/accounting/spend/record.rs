@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::wire::raw_object::{ObjectWriter, write_str};
+
 /// One finished request. Its names are shared with the request and the config (`Arc<str>`),
 /// or static: a record is made on a lane and dropped on the ledger's writer, and each string
 /// copied into it was an allocation freed on another thread, which glibc's per-thread cache
@@ -64,6 +66,67 @@ pub struct Record {
     pub unanswered: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+}
+
+impl Record {
+    /// The record as its ledger line (without the newline), the same text serde_json writes
+    /// for it: written field by field with the names as literals, where serde's derive escaped
+    /// each name and went through its serializer per field (~6.7 K instructions a record, on
+    /// the ledger's thread).
+    pub fn write_line(&self, out: &mut Vec<u8>) {
+        let mut line = ObjectWriter::new(out);
+        let text = |line: &mut ObjectWriter<'_>, key: &str, value: &str| {
+            write_str(line.key(key), value);
+        };
+        for (key, value) in [
+            ("uid", &*self.uid),
+            ("request_id", &*self.request_id),
+            ("outcome", &*self.outcome),
+        ] {
+            if !value.is_empty() {
+                text(&mut line, key, value);
+            }
+        }
+        let mut digits = itoa::Buffer::new();
+        let mut number = |line: &mut ObjectWriter<'_>, key: &str, value: u64| {
+            line.key(key)
+                .extend_from_slice(digits.format(value).as_bytes());
+        };
+        number(&mut line, "ts", self.ts);
+        text(&mut line, "key_id", &self.key_id);
+        text(&mut line, "team", &self.team);
+        text(&mut line, "model", &self.model);
+        text(&mut line, "deployment", &self.deployment);
+        for (key, value) in [
+            ("cache_hit", self.cache_hit),
+            ("cache_miss", self.cache_miss),
+            ("output", self.output),
+            ("reasoning", self.reasoning),
+            ("cost", self.cost),
+            ("cost_cache_hit", self.cost_cache_hit),
+            ("cost_cache_miss", self.cost_cache_miss),
+            ("cost_output", self.cost_output),
+        ] {
+            number(&mut line, key, value);
+        }
+        text(&mut line, "currency", &self.currency);
+        line.field("estimated", if self.estimated { "true" } else { "false" });
+        text(&mut line, "price", &self.price);
+        if let Some(era) = &self.era {
+            text(&mut line, "era", era);
+        }
+        text(&mut line, "tier", &self.tier);
+        if let Some(computed) = self.computed_cost {
+            number(&mut line, "computed_cost", computed);
+        }
+        if let Some(unanswered) = &self.unanswered {
+            text(&mut line, "unanswered", unanswered);
+        }
+        if let Some(attempt) = self.attempt {
+            number(&mut line, "attempt", u64::from(attempt));
+        }
+        line.finish();
+    }
 }
 
 /// Sums of tokens and spend.
@@ -195,6 +258,51 @@ pub fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        // Empty, plain, and the characters JSON escapes, with some beyond ASCII.
+        prop_oneof![
+            Just(String::new()),
+            "[a-z/._-]{1,12}",
+            "[a\"\\\n\u{1}\u{7f}é😀]{0,6}"
+        ]
+    }
+
+    prop_compose! {
+        fn record()(
+            (uid, request_id, outcome, key_id, team, model) in
+                (text(), text(), text(), text(), text(), text()),
+            (deployment, currency, price, tier) in (text(), text(), text(), text()),
+            counts in proptest::array::uniform9(any::<u64>()),
+            estimated in any::<bool>(),
+            (era, unanswered) in (proptest::option::of(text()), proptest::option::of(text())),
+            computed_cost in proptest::option::of(any::<u64>()),
+            attempt in proptest::option::of(any::<u32>()),
+        ) -> Record {
+            let [ts, cache_hit, cache_miss, output, reasoning, cost, cost_cache_hit, cost_cache_miss, cost_output] = counts;
+            Record {
+                uid, request_id: request_id.into(), outcome: outcome.into(), ts,
+                key_id: key_id.into(), team: team.into(), model: model.into(),
+                deployment: deployment.into(), cache_hit, cache_miss, output, reasoning, cost,
+                cost_cache_hit, cost_cache_miss, cost_output, currency: currency.into(),
+                estimated, price: price.into(), era, tier: tier.into(), computed_cost,
+                unanswered, attempt,
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_ledger_line_is_what_serde_json_writes_for_the_record(record in record()) {
+            let mut line = Vec::new();
+            record.write_line(&mut line);
+            prop_assert_eq!(
+                String::from_utf8(line).unwrap(),
+                serde_json::to_string(&record).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn days_are_the_calendar_days_of_utc() {
