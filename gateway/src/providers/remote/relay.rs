@@ -56,8 +56,10 @@ pub fn events(
         started: false,
         ended: false,
     };
+    // Boxed, so each event's future moves a pointer into and out of the unfold, not the
+    // relay itself.
     Box::pin(futures_util::stream::unfold(
-        relay,
+        Box::new(relay),
         |mut relay| async move { relay.next().await.map(|event| (event, relay)) },
     ))
 }
