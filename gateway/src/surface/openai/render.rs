@@ -53,6 +53,9 @@ pub fn chunk_into(
 pub fn event(event: &Event, model_json: &str, include_usage: bool, out: &mut Vec<u8>) {
     match event {
         Event::Chunk { reply, priced } => {
+            // Room for the whole frame at once: grown by each part in turn, a frame took three
+            // allocations ("data: ", the chunk, the blank line).
+            out.reserve(b"data: \n\n".len() + reply.text_len() + model_json.len() + FRAME_SLACK);
             let start = out.len();
             out.extend_from_slice(b"data: ");
             let data = out.len();
@@ -67,6 +70,10 @@ pub fn event(event: &Event, model_json: &str, include_usage: bool, out: &mut Vec
         Event::Failed(error) => frame(out, error.envelope_json().as_bytes()),
     }
 }
+
+/// What a chunk's edits add besides the model name, most of the time (a usage chunk's cost
+/// object grows it past this, once a stream).
+const FRAME_SLACK: usize = 128;
 
 fn frame(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(b"data: ");
