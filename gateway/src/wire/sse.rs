@@ -2,6 +2,8 @@
 //! send: `: keep-alive` comments while queued, leading blank lines, CRLF line ends, and events split
 //! across reads at any byte.
 
+use std::collections::VecDeque;
+
 use bytes::{Buf, BytesMut};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -23,22 +25,28 @@ impl SseParser {
     /// Feeds bytes and returns the events they complete. Whole lines are read where they
     /// arrived; only an unfinished line is kept (a provider's chunk usually ends on an event).
     pub fn push(&mut self, chunk: &[u8]) -> Vec<Event> {
-        let mut events = Vec::new();
+        let mut events = VecDeque::new();
+        self.push_into(chunk, &mut events);
+        events.into()
+    }
+
+    /// [`SseParser::push`] onto the back of a queue the caller keeps: a stream reads its
+    /// events through one queue, not a new list each read.
+    pub fn push_into(&mut self, chunk: &[u8], events: &mut VecDeque<Event>) {
         if self.buffer.is_empty() {
-            let used = self.lines(chunk, &mut events);
+            let used = self.lines(chunk, events);
             self.buffer.extend_from_slice(&chunk[used..]);
         } else {
             self.buffer.extend_from_slice(chunk);
             let buffer = std::mem::take(&mut self.buffer);
-            let used = self.lines(&buffer, &mut events);
+            let used = self.lines(&buffer, events);
             self.buffer = buffer;
             self.buffer.advance(used);
         }
-        events
     }
 
     /// Reads every whole line of `text` into `events`; returns how many bytes they took.
-    fn lines(&mut self, text: &[u8], events: &mut Vec<Event>) -> usize {
+    fn lines(&mut self, text: &[u8], events: &mut VecDeque<Event>) -> usize {
         let mut start = 0;
         for end in memchr::memchr_iter(b'\n', text) {
             let mut line = &text[start..end];
@@ -46,7 +54,7 @@ impl SseParser {
                 line = &line[..line.len() - 1];
             }
             if let Some(event) = self.line(line) {
-                events.push(event);
+                events.push_back(event);
             }
             start = end + 1;
         }
@@ -102,6 +110,17 @@ mod tests {
 
     fn data(events: Vec<Event>) -> Vec<String> {
         events.into_iter().map(|e| e.data).collect()
+    }
+
+    #[test]
+    fn a_kept_queue_takes_each_reads_events_behind_those_not_yet_taken() {
+        let mut p = SseParser::default();
+        let mut queue = VecDeque::new();
+        p.push_into(b"data: 1\n\ndata: 2\n\ndata: 3", &mut queue);
+        assert_eq!(queue.pop_front().unwrap().data, "1");
+        p.push_into(b"\n\ndata: 4\n\n", &mut queue);
+        let rest: Vec<String> = queue.into_iter().map(|e| e.data).collect();
+        assert_eq!(rest, ["2", "3", "4"]);
     }
 
     #[test]

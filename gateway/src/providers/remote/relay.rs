@@ -2,6 +2,7 @@
 //! arrives, `[DONE]` as the clean end, and every way a stream breaks (cut, stalled past the idle
 //! timeout, garbled, an error event) as one failure event, after which nothing more is read.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
@@ -29,8 +30,8 @@ struct Relay {
     /// The provider connection slot this stream holds until it is dropped.
     _slot: OwnedSemaphorePermit,
     idle_timeout: Duration,
-    /// Events parsed from the last read, not yet handed on.
-    pending: std::vec::IntoIter<SseEvent>,
+    /// Events parsed and not yet handed on.
+    pending: VecDeque<SseEvent>,
     /// Whether an event has been handed on (the messages of failures differ before and after).
     started: bool,
     /// A `Done` or `Failed` was handed on: nothing follows.
@@ -52,7 +53,7 @@ pub fn events(
         provider,
         key,
         idle_timeout,
-        pending: Vec::new().into_iter(),
+        pending: VecDeque::new(),
         started: false,
         ended: false,
     };
@@ -67,7 +68,7 @@ pub fn events(
 impl Relay {
     async fn next(&mut self) -> Option<Event> {
         while !self.ended {
-            if let Some(sse) = self.pending.next() {
+            if let Some(sse) = self.pending.pop_front() {
                 let event = self.event(sse);
                 self.ended = !matches!(event, Event::Reply(_));
                 self.started = true;
@@ -85,7 +86,7 @@ impl Relay {
             };
             let failure = match read {
                 Ok(Some(Ok(bytes))) => {
-                    self.pending = self.parser.push(&bytes).into_iter();
+                    self.parser.push_into(&bytes, &mut self.pending);
                     continue;
                 }
                 Err(_) => ApiError::upstream_timeout(&self.provider, "stream idle"),
