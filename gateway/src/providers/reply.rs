@@ -140,12 +140,12 @@ impl Reply {
         out
     }
 
-    /// [`Reply::render`], appended to `out`.
     /// About how long the reply is as sent: what rendering it takes, before its edits.
     pub fn text_len(&self) -> usize {
         self.raw.text().len() + self.choices.as_ref().map_or(0, String::len)
     }
 
+    /// [`Reply::render`], appended to `out`.
     pub fn render_into(&self, edits: &[Edit], out: &mut Vec<u8>) {
         match &self.choices {
             None => self.raw.render_into(edits, out),
