@@ -44,7 +44,7 @@ pub async fn metrics(State(state): State<super::AppState>) -> Response {
     }
     for m in pipeline.catalog.models() {
         for d in &m.deployments {
-            let labels = [&*m.name, &d.provider.name, &d.upstream_model];
+            let labels = [&*m.name, &d.provider.name, d.name.upstream_model()];
             metrics.deployment_health(labels, &d.health.reading());
         }
     }

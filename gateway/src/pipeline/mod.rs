@@ -357,7 +357,7 @@ fn candidates<'a>(
         .map(|deployment| Candidate {
             deployment,
             target: Target {
-                upstream_model: &deployment.upstream_model,
+                upstream_model: deployment.name.upstream_model(),
                 redacted: gate.and_then(|g| g.redacted_fields(deployment.index)),
                 residency: residencies[deployment.index].as_ref(),
             },

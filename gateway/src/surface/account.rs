@@ -172,7 +172,7 @@ pub async fn deployments(
                 json!({
                     "model": m.name,
                     "provider": d.provider.name,
-                    "upstream_model": d.upstream_model,
+                    "upstream_model": d.name.upstream_model(),
                     "priority": d.priority,
                     "weight": d.weight,
                     "circuit": d.health.breaker.label(),

@@ -56,9 +56,8 @@ pub fn deployment_id(model: &str, provider: &str, upstream_model: &str) -> Strin
 #[derive(Debug, Clone)]
 pub struct Deployment {
     pub provider: Arc<Provider>,
-    /// The model name the provider knows.
-    pub upstream_model: String,
-    /// `provider/upstream_model`, as its records name it.
+    /// `provider/upstream_model`, as its records name it; `name.upstream_model()` is the
+    /// model name the provider knows.
     pub name: DeploymentName,
     /// What it charges (reloadable).
     pub price: Arc<PriceSlot>,
@@ -96,7 +95,6 @@ impl Deployment {
         Self {
             name: DeploymentName::new(&provider.name, &d.model),
             provider,
-            upstream_model: d.model.clone(),
             price: Arc::new(PriceSlot::new(name, schedule)),
             provider_cost_is_truth,
             index: position,
@@ -213,7 +211,9 @@ impl Catalog {
         if let Some(d) = deployments().find(|d| book.get(&d.price.name).is_none()) {
             return Err(format!(
                 "price {:?} (of {}/{}) is no longer defined",
-                d.price.name, d.provider.name, d.upstream_model
+                d.price.name,
+                d.provider.name,
+                d.name.upstream_model()
             ));
         }
         for d in deployments() {
