@@ -1,10 +1,9 @@
 //! The one normalised usage record every provider adapter produces, and its rendering back into
 //! DeepSeek's wire form. Pricing, limits, metrics and the ledger all read this record.
 
-use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use crate::wire::raw_object::{BorrowedObject, Edit, ObjectWriter};
+use crate::wire::raw_object::{BorrowedObject, Edit, ObjectWriter, Raw};
 
 /// Tokens of one request as DeepSeek bills them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,7 +25,7 @@ fn count(v: &Value, path: &[&str]) -> Option<u64> {
 }
 
 /// A count as JSON text: an unsigned integer, as `Value::as_u64` reads one.
-fn count_text(v: &RawValue) -> Option<u64> {
+fn count_text(v: Raw<'_>) -> Option<u64> {
     v.get().parse().ok()
 }
 
@@ -46,7 +45,7 @@ impl WireField {
 
     /// The field's value written into `out`; a details object the provider sent keeps its
     /// other fields.
-    fn write_value(self, sent: Option<&RawValue>, out: &mut Vec<u8>) {
+    fn write_value(self, sent: Option<Raw<'_>>, out: &mut Vec<u8>) {
         use std::io::Write;
         match self {
             Self::Top(_, n) => {

@@ -3,6 +3,7 @@
 //! envelope ([`error`]), and the scrubbing of text relayed from elsewhere ([`scrub`]).
 
 pub mod error;
+pub mod json_scan;
 pub mod raw_object;
 pub mod scrub;
 pub mod sse;

@@ -8,8 +8,10 @@ use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
+
+use super::json_scan::{string_end, value_end, whitespace_end};
 
 /// The object's text, and where each field's value lies in it: one allocation for the text and
 /// one for the list, where a box per value cost an allocation, a copy and a free per field of
@@ -92,6 +94,11 @@ known_keys! {
     "user",
 }
 
+/// `name` as a [`Key`]: borrowed when it is a known name.
+fn key_of(name: &str) -> Key {
+    known(name).map_or_else(|| Cow::Owned(name.to_owned()), Cow::Borrowed)
+}
+
 /// Deserialises a field name into a [`Key`] without an intermediate `String`.
 struct KeyVisitor;
 
@@ -101,7 +108,7 @@ impl<'de> Visitor<'de> for KeyVisitor {
         f.write_str("a field name")
     }
     fn visit_str<E: de::Error>(self, name: &str) -> Result<Key, E> {
-        Ok(known(name).map_or_else(|| Cow::Owned(name.to_owned()), Cow::Borrowed))
+        Ok(key_of(name))
     }
     fn visit_string<E: de::Error>(self, name: String) -> Result<Key, E> {
         Ok(known(&name).map_or(Cow::Owned(name), Cow::Borrowed))
@@ -137,10 +144,7 @@ impl Edit<'_> {
 impl RawObject {
     /// `text` as an object (whitespace around it allowed, as serde_json allows it).
     pub fn from_string(text: String) -> Result<Self, serde_json::Error> {
-        let fields = spans(
-            &mut serde_json::Deserializer::from_str(&text),
-            text.as_ptr(),
-        )?;
+        let fields = fields_of(&text)?;
         Ok(Self { text, fields })
     }
 
@@ -154,7 +158,7 @@ impl RawObject {
             // Checked once here, the text is parsed as a `str`: from bytes, serde_json checks
             // every string and every value's text again (~2 K instructions a request).
             Ok(text) => {
-                let fields = spans(&mut serde_json::Deserializer::from_str(text), text.as_ptr())?;
+                let fields = fields_of(text)?;
                 Ok(Self {
                     text: text.to_owned(),
                     fields,
@@ -260,6 +264,57 @@ fn edit_for<'e, 'a>(edits: &'e [Edit<'a>], key: &str) -> Option<&'e Edit<'a>> {
 
 /// The fields of the object `de` reads, each value as its span in the text that starts at
 /// `base` (serde_json lends a value's text out of its input, so where it lies is known).
+/// The fields of the object `text`, each named by `key` and found where its value lies:
+/// scanned ([`super::json_scan`]) when every key is written plainly and none repeats, `None`
+/// for anything else (not an object, not JSON, an escaped or repeated key).
+fn scanned_members<'t, K: AsRef<str>>(
+    text: &'t str,
+    key: impl Fn(&'t str) -> K,
+) -> Option<Vec<(K, Range<usize>)>> {
+    let b = text.as_bytes();
+    let open = whitespace_end(b, 0);
+    if b.get(open) != Some(&b'{') {
+        return None;
+    }
+    let mut fields = Vec::with_capacity(8);
+    let mut i = whitespace_end(b, open + 1);
+    if b.get(i) != Some(&b'}') {
+        loop {
+            if b.get(i) != Some(&b'"') {
+                return None;
+            }
+            let (end, escaped) = string_end(b, i + 1)?;
+            let name = &text[i + 1..end - 1];
+            if escaped || fields.iter().any(|(k, _): &(K, _)| k.as_ref() == name) {
+                return None;
+            }
+            let colon = whitespace_end(b, end);
+            if b.get(colon) != Some(&b':') {
+                return None;
+            }
+            let start = whitespace_end(b, colon + 1);
+            let stop = value_end(b, start)?;
+            fields.push((key(name), start..stop));
+            i = whitespace_end(b, stop);
+            match b.get(i)? {
+                b',' => i = whitespace_end(b, i + 1),
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    (whitespace_end(b, i + 1) == b.len()).then_some(fields)
+}
+
+/// The object `text`'s fields: scanned, or where the scan leaves it, from serde_json, whose
+/// error the caller then sees (and which unescapes a key written with escapes).
+fn fields_of(text: &str) -> Result<Vec<(Key, Range<usize>)>, serde_json::Error> {
+    match scanned_members(text, key_of) {
+        Some(fields) => Ok(fields),
+        None => spans(&mut serde_json::Deserializer::from_str(text), text.as_ptr()),
+    }
+}
+
 fn spans<'de, R: serde_json::de::Read<'de>>(
     de: &mut serde_json::Deserializer<R>,
     base: *const u8,
@@ -293,55 +348,32 @@ fn spans<'de, R: serde_json::de::Read<'de>>(
 /// A key written with escapes cannot be borrowed: such an object is not parsed as one.
 #[derive(Debug)]
 pub struct BorrowedObject<'a> {
-    fields: Vec<(&'a str, &'a RawValue)>,
+    fields: Vec<(&'a str, Raw<'a>)>,
 }
 
 impl<'a> BorrowedObject<'a> {
-    /// `text` as an object, or `None` when it is not one (or has an escaped or repeated key).
+    /// `text` as an object, or `None` when it is not one (or has an escaped or repeated key,
+    /// or is nested deeper than the scanner follows).
     pub fn parse(text: &'a str) -> Option<Self> {
-        // Anything else would be refused with an error whose message costs ~2 K instructions
-        // to write (each stream chunk's `"usage":null` asked this).
-        if !text.trim_start().starts_with('{') {
-            return None;
-        }
-        serde_json::from_str(text).ok()
+        let fields = scanned_members(text, |name| name)?
+            .into_iter()
+            .map(|(name, at)| (name, Raw(&text[at])))
+            .collect();
+        Some(Self { fields })
     }
 
-    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+    pub fn get(&self, key: &str) -> Option<Raw<'a>> {
         self.fields.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
     }
 
     /// The fields in their order.
-    pub fn fields(&self) -> impl Iterator<Item = (&'a str, &'a RawValue)> + '_ {
+    pub fn fields(&self) -> impl Iterator<Item = (&'a str, Raw<'a>)> + '_ {
         self.fields.iter().copied()
     }
 
     /// The object's text with the edits applied, as [`RawObject::render_into`] does.
     pub fn render_into(&self, edits: &[Edit], out: &mut Vec<u8>) {
         render_fields(self.fields.iter().map(|(k, v)| (*k, v.get())), edits, out);
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for BorrowedObject<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ObjectVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for ObjectVisitor<'a> {
-            type Value = BorrowedObject<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut fields: Vec<(&'a str, &'a RawValue)> = Vec::with_capacity(8);
-                while let Some(key) = map.next_key::<&'de str>()? {
-                    if fields.iter().any(|(k, _)| *k == key) {
-                        return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
-                    }
-                    fields.push((key, map.next_value::<&'de RawValue>()?));
-                }
-                Ok(BorrowedObject { fields })
-            }
-        }
-        deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
     }
 }
 
@@ -429,6 +461,74 @@ mod tests {
             let mut out = Vec::new();
             write_str(&mut out, &text);
             proptest::prop_assert_eq!(&out, &serde_json::to_vec(&text).unwrap());
+        }
+    }
+
+    /// Object text near JSON: members whose keys and values are valid or broken, spaced and
+    /// separated rightly or not.
+    fn near_object() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let key = prop_oneof![
+            Just(r#""model""#.to_owned()),
+            Just(r#""usage""#.to_owned()),
+            Just(r#""mod\u0065l""#.to_owned()),
+            Just(r#""x\"y""#.to_owned()),
+            Just("model".to_owned()),
+            "\"[a-z\u{1}é]{0,3}\"",
+        ];
+        let value = prop_oneof![
+            Just("1".to_owned()),
+            Just("-0.5E2".to_owned()),
+            Just("01".to_owned()),
+            Just("null".to_owned()),
+            Just("nul".to_owned()),
+            Just(r#"[1,{"a":[]}]"#.to_owned()),
+            Just("[1,]".to_owned()),
+            Just(r#"{"a" :"\n"}"#.to_owned()),
+            Just(r#""\q""#.to_owned()),
+            "\"[a-z\\\\\"é]{0,6}\"",
+        ];
+        let space = prop_oneof![Just(""), Just(" "), Just("\n\t")];
+        let sep = prop_oneof![Just(","), Just(",,"), Just(""), Just(":")];
+        let member = (space.clone(), key, space.clone(), value, space.clone())
+            .prop_map(|(a, k, b, v, c)| format!("{a}{k}:{b}{v}{c}"));
+        (
+            prop::collection::vec((member, sep), 0..5),
+            space,
+            prop_oneof![Just("{"), Just("["), Just("")],
+            prop_oneof![Just("}"), Just("]"), Just("} x"), Just("")],
+        )
+            .prop_map(|(members, space, open, close)| {
+                let mut text = format!("{space}{open}");
+                let last = members.len().saturating_sub(1);
+                for (i, (member, sep)) in members.iter().enumerate() {
+                    text.push_str(member);
+                    if i < last {
+                        text.push_str(sep);
+                    }
+                }
+                text.push_str(close);
+                text
+            })
+    }
+
+    proptest::proptest! {
+        /// What the scan finds is what serde_json finds, and it leaves to serde_json only what
+        /// serde_json refuses or must unescape (a key written with escapes).
+        #[test]
+        fn the_scan_finds_the_fields_serde_json_finds(text in near_object()) {
+            let scanned = scanned_members(&text, key_of);
+            let theirs = spans(&mut serde_json::Deserializer::from_str(&text), text.as_ptr());
+            match (&scanned, &theirs) {
+                (Some(ours), Ok(theirs)) => proptest::prop_assert_eq!(ours, theirs),
+                (Some(_), Err(e)) => proptest::prop_assert!(false, "scanned {text:?}: {e}"),
+                (None, Ok(_)) => proptest::prop_assert!(
+                    text.contains(r#""mod\u0065l""#) || text.contains(r#""x\"y""#),
+                    "left {text:?} to serde_json"
+                ),
+                (None, Err(_)) => {}
+            }
+            proptest::prop_assert_eq!(BorrowedObject::parse(&text).is_some(), scanned.is_some());
         }
     }
 
