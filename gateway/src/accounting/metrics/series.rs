@@ -1,7 +1,6 @@
 //! The series a request updates, resolved once instead of looked up by labels on every update:
 //! a deployment's (made with it) and, within it, each key's (made at the key's first request).
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use prometheus::{Histogram, IntCounter};
@@ -21,7 +20,8 @@ pub struct Series {
     pub(super) calls: [OnceLock<IntCounter>; 4],
     /// Each key's counters on this deployment, by key id: as many as the key ids and
     /// deployments the config and the store name, like the series themselves.
-    keys: RwLock<HashMap<String, Arc<KeySeries>>>,
+    /// foldhash: key ids come from the directory, never from a caller.
+    keys: RwLock<foldhash::HashMap<String, Arc<KeySeries>>>,
 }
 
 impl Series {
@@ -34,7 +34,7 @@ impl Series {
             inter_token: OnceLock::new(),
             overhead: OnceLock::new(),
             calls: std::array::from_fn(|_| OnceLock::new()),
-            keys: RwLock::new(HashMap::new()),
+            keys: RwLock::new(foldhash::HashMap::default()),
         }
     }
 

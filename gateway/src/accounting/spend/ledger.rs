@@ -4,7 +4,7 @@
 //! records not yet committed (requests that ended in the last commit window), never committed
 //! spend; a torn last line from a crash is skipped on replay.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -75,11 +75,14 @@ impl Ord for dyn GroupFields + '_ {
 ///
 /// Downstream of a store, `counters` hold only what the store has not confirmed yet, and
 /// `stored` the store's own counters as last read: a budget reads their sum.
+///
+/// The counters are hashed with foldhash, not SipHash: their names come from the keys and teams
+/// configured, never from a caller, and six are looked up for every request.
 #[derive(Debug, Default)]
 struct Book {
     aggregates: Aggregates,
-    counters: HashMap<String, u64>,
-    stored: HashMap<String, u64>,
+    counters: foldhash::HashMap<String, u64>,
+    stored: foldhash::HashMap<String, u64>,
     /// Where each counter's name is written to look it up.
     scratch: String,
 }
@@ -319,7 +322,8 @@ impl Ledger {
     /// Picodollars on each named spend counter (`shared_spend::counter`).
     pub fn spent(&self, counters: &[String]) -> Vec<u64> {
         let book = self.book.lock().expect("ledger lock");
-        let read = |map: &HashMap<String, u64>, c: &String| map.get(c).copied().unwrap_or(0);
+        let read =
+            |map: &foldhash::HashMap<String, u64>, c: &String| map.get(c).copied().unwrap_or(0);
         counters
             .iter()
             .map(|c| read(&book.counters, c) + read(&book.stored, c))
@@ -331,13 +335,13 @@ impl Ledger {
     pub fn confirmed<'a>(
         &self,
         records: impl IntoIterator<Item = &'a Record>,
-        stored: HashMap<String, u64>,
+        stored: impl IntoIterator<Item = (String, u64)>,
     ) {
         let mut book = self.book.lock().expect("ledger lock");
         for r in records {
             book.confirmed(r);
         }
-        book.stored = stored;
+        book.stored = stored.into_iter().collect();
     }
 
     /// Every aggregate: `(day, key_id, team, model, deployment)` and its totals.
@@ -604,13 +608,13 @@ mod tests {
         ];
         assert_eq!(l.spent(&names), [1035, 1035, 1035, 1030, 1030, 1030, 5]);
         let first = record(1_795_883_817, "alice", 1000);
-        l.confirmed([&first], HashMap::new());
+        l.confirmed([&first], []);
         assert_eq!(l.spent(&names), [35, 35, 35, 30, 30, 30, 5]);
         let rest = [
             record(1_795_883_818, "alice", 30),
             record(1_795_883_819, "bob", 5),
         ];
-        l.confirmed(&rest, HashMap::new());
+        l.confirmed(&rest, []);
         assert_eq!(l.spent(&names), [0; 7]);
         assert!(
             l.book.lock().unwrap().counters.is_empty(),

@@ -150,7 +150,8 @@ impl ModelSpec {
 #[derive(Debug)]
 pub struct Catalog {
     models: Vec<Arc<ModelSpec>>,
-    by_name: HashMap<String, usize>,
+    /// foldhash, not SipHash: built once from the config, looked up on every request.
+    by_name: foldhash::HashMap<String, usize>,
 }
 
 #[derive(Serialize)]
