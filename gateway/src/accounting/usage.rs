@@ -29,35 +29,113 @@ fn count_text(v: Raw<'_>) -> Option<u64> {
     v.get().parse().ok()
 }
 
-/// One field DeepSeek clients read: a count at the top level, or inside a details object.
-#[derive(Debug, Clone, Copy)]
-enum WireField {
-    Top(&'static str, u64),
-    Detail(&'static str, &'static str, u64),
+/// Each count a `usage` object may carry, in the order DeepSeek's wire form adds those absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Count {
+    Prompt,
+    Completion,
+    Total,
+    Cached,
+    Reasoning,
+    CacheHit,
+    CacheMiss,
 }
 
-impl WireField {
-    fn key(self) -> &'static str {
+impl Count {
+    const ALL: [Self; 7] = [
+        Self::Prompt,
+        Self::Completion,
+        Self::Total,
+        Self::Cached,
+        Self::Reasoning,
+        Self::CacheHit,
+        Self::CacheMiss,
+    ];
+
+    /// Where the count lies: a top-level field, or a field of a details object.
+    fn path(self) -> &'static [&'static str] {
         match self {
-            Self::Top(key, _) | Self::Detail(key, _, _) => key,
+            Self::Prompt => &["prompt_tokens"],
+            Self::Completion => &["completion_tokens"],
+            Self::Total => &["total_tokens"],
+            Self::Cached => &["prompt_tokens_details", "cached_tokens"],
+            Self::Reasoning => &["completion_tokens_details", "reasoning_tokens"],
+            Self::CacheHit => &["prompt_cache_hit_tokens"],
+            Self::CacheMiss => &["prompt_cache_miss_tokens"],
         }
     }
 
-    /// The field's value written into `out`; a details object the provider sent keeps its
+    /// The top-level field that holds the count.
+    fn key(self) -> &'static str {
+        self.path()[0]
+    }
+
+    /// The count's value written into `out`; a details object the provider sent keeps its
     /// other fields.
-    fn write_value(self, sent: Option<Raw<'_>>, out: &mut Vec<u8>) {
+    fn write_value(self, n: u64, sent: Option<Raw<'_>>, out: &mut Vec<u8>) {
         use std::io::Write;
-        match self {
-            Self::Top(_, n) => {
-                let _ = write!(out, "{n}");
-            }
-            Self::Detail(_, key, n) => match sent.and_then(|v| BorrowedObject::parse(v.get())) {
+        match self.path() {
+            [_, key] => match sent.and_then(|v| BorrowedObject::parse(v.get())) {
                 Some(details) => details.render_into(&[Edit::Set(key, n.to_string().into())], out),
                 None => {
                     let _ = write!(out, "{{\"{key}\":{n}}}");
                 }
             },
+            _ => {
+                let _ = write!(out, "{n}");
+            }
         }
+    }
+}
+
+/// A provider's `usage` object as sent, with every count the record and the wire form read
+/// found in one pass over its fields (each details object parsed once), and its `cost`.
+#[derive(Debug)]
+pub struct SentUsage<'a> {
+    text: &'a str,
+    object: BorrowedObject<'a>,
+    counts: [Option<u64>; 7],
+    /// Only OpenRouter reports a cost (`usage.cost`).
+    pub cost: Option<Raw<'a>>,
+}
+
+impl<'a> SentUsage<'a> {
+    /// `text` read, when it is an object [`BorrowedObject`] can borrow.
+    pub fn parse(text: &'a str) -> Option<Self> {
+        let object = BorrowedObject::parse(text)?;
+        let mut counts = [None; 7];
+        let mut cost = None;
+        let detail =
+            |value: Raw<'_>, key: &str| count_text(BorrowedObject::parse(value.get())?.get(key)?);
+        for (name, value) in object.fields() {
+            let (count, n) = match name {
+                "prompt_tokens" => (Count::Prompt, count_text(value)),
+                "completion_tokens" => (Count::Completion, count_text(value)),
+                "total_tokens" => (Count::Total, count_text(value)),
+                "prompt_tokens_details" => (Count::Cached, detail(value, "cached_tokens")),
+                "completion_tokens_details" => {
+                    (Count::Reasoning, detail(value, "reasoning_tokens"))
+                }
+                "prompt_cache_hit_tokens" => (Count::CacheHit, count_text(value)),
+                "prompt_cache_miss_tokens" => (Count::CacheMiss, count_text(value)),
+                "cost" => {
+                    cost = Some(value);
+                    continue;
+                }
+                _ => continue,
+            };
+            counts[count as usize] = n;
+        }
+        Some(Self {
+            text,
+            object,
+            counts,
+            cost,
+        })
+    }
+
+    fn count(&self, count: Count) -> Option<u64> {
+        self.counts[count as usize]
     }
 }
 
@@ -69,40 +147,30 @@ impl Usage {
     /// Reads a `usage` object from any provider. DeepSeek's own fields come first; the OpenAI
     /// `prompt_tokens_details.cached_tokens` is the fallback; nothing is counted twice.
     pub fn from_wire(usage: &Value) -> Option<Self> {
-        Self::from_counts(|path| count(usage, path))
+        Self::from_counts(|c| count(usage, c.path()))
     }
 
     /// [`Usage::from_wire`] over the object's fields as sent, without building a `Value`.
-    pub fn from_object(usage: &BorrowedObject) -> Option<Self> {
-        Self::from_counts(|path| match path {
-            [key] => count_text(usage.get(key)?),
-            [outer, inner] => {
-                let details = BorrowedObject::parse(usage.get(outer)?.get())?;
-                count_text(details.get(inner)?)
-            }
-            _ => None,
-        })
+    pub fn from_sent(usage: &SentUsage) -> Option<Self> {
+        Self::from_counts(|c| usage.count(c))
     }
 
-    fn from_counts(count: impl Fn(&[&str]) -> Option<u64>) -> Option<Self> {
-        let prompt = count(&["prompt_tokens"]);
-        let deepseek_hit = count(&["prompt_cache_hit_tokens"]);
-        let deepseek_miss = count(&["prompt_cache_miss_tokens"]);
+    fn from_counts(count: impl Fn(Count) -> Option<u64>) -> Option<Self> {
+        let prompt = count(Count::Prompt);
+        let deepseek_hit = count(Count::CacheHit);
+        let deepseek_miss = count(Count::CacheMiss);
         let (cache_hit, cache_miss) = match (deepseek_hit, deepseek_miss, prompt) {
             (Some(hit), Some(miss), _) => (hit, miss),
             (Some(hit), None, Some(p)) => (hit, p.saturating_sub(hit)),
             (None, Some(miss), Some(p)) => (p.saturating_sub(miss), miss),
             (_, _, Some(p)) => {
-                let cached = count(&["prompt_tokens_details", "cached_tokens"]);
-                let hit = cached.unwrap_or(0).min(p);
+                let hit = count(Count::Cached).unwrap_or(0).min(p);
                 (hit, p - hit)
             }
             (_, _, None) => return None,
         };
-        let output = count(&["completion_tokens"]).unwrap_or(0);
-        let reasoning = count(&["completion_tokens_details", "reasoning_tokens"])
-            .unwrap_or(0)
-            .min(output);
+        let output = count(Count::Completion).unwrap_or(0);
+        let reasoning = count(Count::Reasoning).unwrap_or(0).min(output);
         Some(Self {
             cache_hit,
             cache_miss,
@@ -112,41 +180,34 @@ impl Usage {
         })
     }
 
-    /// Every field DeepSeek clients read, in the order they are added when absent.
-    fn wire_fields(&self) -> [WireField; 7] {
+    /// Every count DeepSeek clients read, with its value here, in [`Count::ALL`]'s order.
+    fn wire_fields(&self) -> [(Count, u64); 7] {
         let prompt = self.prompt();
-        [
-            WireField::Top("prompt_tokens", prompt),
-            WireField::Top("completion_tokens", self.output),
-            WireField::Top("total_tokens", prompt + self.output),
-            WireField::Detail("prompt_tokens_details", "cached_tokens", self.cache_hit),
-            WireField::Detail(
-                "completion_tokens_details",
-                "reasoning_tokens",
-                self.reasoning,
-            ),
-            WireField::Top("prompt_cache_hit_tokens", self.cache_hit),
-            WireField::Top("prompt_cache_miss_tokens", self.cache_miss),
-        ]
+        Count::ALL.map(|count| {
+            let n = match count {
+                Count::Prompt => prompt,
+                Count::Completion => self.output,
+                Count::Total => prompt + self.output,
+                Count::Cached | Count::CacheHit => self.cache_hit,
+                Count::Reasoning => self.reasoning,
+                Count::CacheMiss => self.cache_miss,
+            };
+            (count, n)
+        })
     }
 
-    /// [`Usage::wire_over`] the object `sent`, parsed from `text`: the text itself when it
-    /// holds every field already, with these counts (DeepSeek's own usage always does), so
-    /// nothing is written anew.
-    pub fn wire_for(&self, sent: &BorrowedObject, text: &str) -> String {
-        let complete = self.wire_fields().into_iter().all(|field| match field {
-            WireField::Top(key, n) => sent.get(key).and_then(count_text) == Some(n),
-            WireField::Detail(object, key, n) => {
-                sent.get(object)
-                    .and_then(|v| BorrowedObject::parse(v.get()))
-                    .and_then(|details| details.get(key).and_then(count_text))
-                    == Some(n)
-            }
-        });
+    /// [`Usage::wire_over`] the object `sent`: its text itself when it holds every field
+    /// already, with these counts (DeepSeek's own usage always does), so nothing is written
+    /// anew.
+    pub fn wire_for(&self, sent: &SentUsage) -> String {
+        let complete = self
+            .wire_fields()
+            .into_iter()
+            .all(|(count, n)| sent.count(count) == Some(n));
         if complete {
-            text.to_owned()
+            sent.text.to_owned()
         } else {
-            self.wire_over(sent)
+            self.wire_over(&sent.object)
         }
     }
 
@@ -157,14 +218,14 @@ impl Usage {
         let mut out = Vec::with_capacity(256);
         let mut object = ObjectWriter::new(&mut out);
         for (name, value) in sent.fields() {
-            match fields.iter().find(|f| f.key() == name) {
-                Some(field) => field.write_value(Some(value), object.key(name)),
+            match fields.iter().find(|(count, _)| count.key() == name) {
+                Some(&(count, n)) => count.write_value(n, Some(value), object.key(name)),
                 None => object.field(name, value.get()),
             }
         }
-        for field in fields {
-            if sent.get(field.key()).is_none() {
-                field.write_value(None, object.key(field.key()));
+        for (count, n) in fields {
+            if sent.get(count.key()).is_none() {
+                count.write_value(n, None, object.key(count.key()));
             }
         }
         object.finish();
@@ -173,12 +234,12 @@ impl Usage {
 
     /// Writes every field DeepSeek clients read into `usage`, keeping any others the provider sent.
     pub fn write_wire(&self, usage: &mut Map<String, Value>) {
-        for field in self.wire_fields() {
-            match field {
-                WireField::Top(key, n) => {
-                    usage.insert(key.into(), json!(n));
+        for (count, n) in self.wire_fields() {
+            match count.path() {
+                [object, key] => merge_detail(usage, object, key, n),
+                _ => {
+                    usage.insert(count.key().into(), json!(n));
                 }
-                WireField::Detail(object, key, n) => merge_detail(usage, object, key, n),
             }
         }
     }
@@ -220,8 +281,8 @@ mod tests {
             r#"{"prompt_tokens":100,"completion_tokens":50,"total_tokens":149,"prompt_tokens_details":{"cached_tokens":64},"prompt_cache_hit_tokens":64,"prompt_cache_miss_tokens":36,"completion_tokens_details":{"reasoning_tokens":30}}"#,
         ];
         for text in cases {
-            let sent = BorrowedObject::parse(text).unwrap();
-            let fast = Usage::from_object(&sent).unwrap();
+            let sent = SentUsage::parse(text).unwrap();
+            let fast = Usage::from_sent(&sent).unwrap();
             let value: Value = serde_json::from_str(text).unwrap();
             let slow = Usage::from_wire(&value).unwrap();
             assert_eq!(fast, slow, "{text}");
@@ -229,7 +290,7 @@ mod tests {
                 unreachable!()
             };
             slow.write_wire(&mut map);
-            let wire = fast.wire_for(&sent, text);
+            let wire = fast.wire_for(&sent);
             // Complete as sent (DeepSeek's own form), the text is kept byte for byte.
             assert_eq!(wire == text, text == cases[0], "{text}");
             let written: Value = serde_json::from_str(&wire).unwrap();
@@ -245,9 +306,9 @@ mod tests {
             r#"{"prompt_tokens":1.5}"#,
             r#"{"prompt_tokens":"9"}"#,
         ] {
-            let sent = BorrowedObject::parse(text).unwrap();
+            let sent = SentUsage::parse(text).unwrap();
             let value: Value = serde_json::from_str(text).unwrap();
-            assert_eq!(Usage::from_object(&sent), None, "{text}");
+            assert_eq!(Usage::from_sent(&sent), None, "{text}");
             assert_eq!(Usage::from_wire(&value), None, "{text}");
         }
     }

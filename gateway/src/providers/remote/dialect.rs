@@ -5,11 +5,11 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::accounting::pricing::parse_amount;
-use crate::accounting::usage::Usage;
+use crate::accounting::usage::{SentUsage, Usage};
 use crate::providers::call::{Call, Effort, Strict};
 use crate::providers::reply::{Reply, ReplyUsage};
 use crate::support::config::ProviderKind;
-use crate::wire::raw_object::{BorrowedObject, Edit, Raw, RawObject};
+use crate::wire::raw_object::{Edit, Raw, RawObject};
 
 /// Sampling fields DeepSeek accepts and ignores in thinking mode; other providers would honour
 /// them, so the gateway removes them to behave like DeepSeek everywhere.
@@ -153,11 +153,11 @@ fn renamed_choices(choices: Raw<'_>, inner: &str) -> Option<String> {
 /// The provider's usage read into the one record, and completed to DeepSeek's wire form.
 fn normalized_usage(usage: Raw<'_>) -> Option<ReplyUsage> {
     // Only OpenRouter reports a cost (`usage.cost`).
-    let (record, wire, provider_cost) = match BorrowedObject::parse(usage.get()) {
+    let (record, wire, provider_cost) = match SentUsage::parse(usage.get()) {
         Some(sent) => {
-            let record = Usage::from_object(&sent)?;
-            let cost = sent.get("cost").and_then(|c| parse_amount(c.get()));
-            (record, record.wire_for(&sent, usage.get()), cost)
+            let record = Usage::from_sent(&sent)?;
+            let cost = sent.cost.and_then(|c| parse_amount(c.get()));
+            (record, record.wire_for(&sent), cost)
         }
         // Not an object, or one with a key written with escapes (no provider does that): read
         // the slow way, through a `Value`.
