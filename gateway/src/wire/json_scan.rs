@@ -34,25 +34,31 @@ fn is_stop(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
+/// Where the plain run of string text at `i` ends: the first quote, backslash or control
+/// character from `i`, or the end of `b`.
+pub fn plain_end(b: &[u8], mut i: usize) -> usize {
+    // A false mark from the borrow past a marked byte can only follow a true one, and the
+    // first mark is what is read.
+    while let Some(chunk) = b.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let marks = stops(word);
+        if marks != 0 {
+            return i + (marks.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while b.get(i).is_some_and(|&c| !is_stop(c)) {
+        i += 1;
+    }
+    i
+}
+
 /// The end (past the closing quote) of the string whose text starts at `i` (just past its
 /// opening quote), and whether it has escapes.
 pub fn string_end(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
     let mut escaped = false;
     loop {
-        // A false mark from the borrow past a marked byte can only follow a true one, and
-        // the first mark is what is read.
-        while let Some(chunk) = b.get(i..i + 8) {
-            let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-            let marks = stops(word);
-            if marks != 0 {
-                i += (marks.trailing_zeros() / 8) as usize;
-                break;
-            }
-            i += 8;
-        }
-        while b.get(i).is_some_and(|&c| !is_stop(c)) {
-            i += 1;
-        }
+        i = plain_end(b, i);
         match *b.get(i)? {
             b'"' => return Some((i + 1, escaped)),
             b'\\' => {

@@ -11,7 +11,7 @@ use std::ops::Range;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::json_scan::{string_end, value_end, whitespace_end};
+use super::json_scan::{plain_end, string_end, value_end, whitespace_end};
 
 /// The object's text, and where each field's value lies in it: one allocation for the text and
 /// one for the list, where a box per value cost an allocation, a copy and a free per field of
@@ -413,7 +413,7 @@ impl<'o> ObjectWriter<'o> {
 /// A string as JSON: plain text (every key an API uses, and nearly every name) is copied as it
 /// is, and only text that needs escapes goes through serde_json's escaping.
 pub fn write_str(out: &mut Vec<u8>, text: &str) {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if plain_end(text.as_bytes(), 0) == text.len() {
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');
