@@ -156,33 +156,22 @@ impl Money {
     /// The amount's text, written by hand into `buf`: an answer formats nine amounts (headers,
     /// usage, the log line), and `format!` with padding cost ~1.5 K instructions each.
     pub fn text(self, buf: &mut [u8; 24]) -> &str {
+        const PICO: u64 = 1_000_000_000_000;
         // u64::MAX picodollars is 18446744.073709551615: 8 + 1 + 12 bytes.
-        let mut at = buf.len();
-        let mut frac = self.0 % 1_000_000_000_000;
+        let mut digits = itoa::Buffer::new();
+        let whole = digits.format(self.0 / PICO).as_bytes();
+        buf[..whole.len()].copy_from_slice(whole);
+        let mut len = whole.len();
+        let frac = self.0 % PICO;
         if frac != 0 {
-            let mut places = 12;
-            while frac % 10 == 0 {
-                frac /= 10;
-                places -= 1;
-            }
-            for _ in 0..places {
-                at -= 1;
-                buf[at] = b'0' + (frac % 10) as u8;
-                frac /= 10;
-            }
-            at -= 1;
-            buf[at] = b'.';
+            // Twelve places with their leading zeros: the digits of 10^12 + frac after its 1.
+            let places = &digits.format(PICO + frac).as_bytes()[1..];
+            let places = &places[..places.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1)];
+            buf[len] = b'.';
+            buf[len + 1..len + 1 + places.len()].copy_from_slice(places);
+            len += 1 + places.len();
         }
-        let mut whole = self.0 / 1_000_000_000_000;
-        loop {
-            at -= 1;
-            buf[at] = b'0' + (whole % 10) as u8;
-            whole /= 10;
-            if whole == 0 {
-                break;
-            }
-        }
-        std::str::from_utf8(&buf[at..]).expect("ASCII digits")
+        std::str::from_utf8(&buf[..len]).expect("ASCII digits")
     }
 }
 
