@@ -18,6 +18,7 @@ use bytes::Bytes;
 use clap::Parser;
 use dsgw_tests::harness::{self, Gateway};
 
+mod cpu_share;
 mod instructions;
 mod overload;
 use dsgw_tests::process::rss_kib;
@@ -66,6 +67,11 @@ struct Args {
     /// than the gateway serves; on two shared cores they otherwise saturate first.
     #[arg(long)]
     gateway_cpus: Option<String>,
+    /// The share of one CPU the overload section's gateway may use (a CPU cgroup, as a
+    /// container's limit; needs root): with part of a core the gateway saturates before the
+    /// load generator does, so its 1.5x and 2x runs load the gateway, not the generator.
+    #[arg(long)]
+    gateway_cpu_share: Option<f64>,
     /// Requests counted per row of the instructions section.
     #[arg(long, default_value_t = 200)]
     instruction_requests: usize,
@@ -383,7 +389,26 @@ fn main() {
             };
             let overloaded =
                 Gateway::start_under(&pinned, &args.dsgw, &harness::config(&base, ""), &env);
+            let share = args.gateway_cpu_share.map(|share| {
+                cpu_share::CpuShare::confine(overloaded.pid(), share)
+                    .unwrap_or_else(|e| panic!("--gateway-cpu-share: {e}"))
+            });
+            if let Some(fraction) = args.gateway_cpu_share {
+                println!(
+                    "\nThe gateway may use {:.0}% of one CPU (a CPU cgroup's quota, 10 ms period).",
+                    fraction * 100.0
+                );
+            }
             overload::run(&pool, &overloaded, &args).await;
+            if let Some((times, us)) = share.as_ref().and_then(cpu_share::CpuShare::throttled) {
+                println!(
+                    "The gateway was throttled {times} times, {:.1} s in all.",
+                    us as f64 / 1e6
+                );
+            }
+            // The gateway ends before its cgroup is removed.
+            drop(overloaded);
+            drop(share);
         }
         if run("memory") {
             println!("\n## Resident memory with {} open streams\n", args.streams);
