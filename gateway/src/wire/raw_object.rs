@@ -262,8 +262,38 @@ fn edit_for<'e, 'a>(edits: &'e [Edit<'a>], key: &str) -> Option<&'e Edit<'a>> {
     edits.iter().find(|e| e.key() == key)
 }
 
-/// The fields of the object `de` reads, each value as its span in the text that starts at
-/// `base` (serde_json lends a value's text out of its input, so where it lies is known).
+/// Finds a repeated field name: by looking back over the few names an API object has, and by
+/// the names' hashes once there are many (a body of a million fields, looked back over, would
+/// take some 10^11 comparisons).
+#[derive(Default)]
+struct Repeats {
+    /// Made only past [`Repeats::FEW`] names: most objects never need it.
+    hashes: Option<(foldhash::fast::RandomState, foldhash::HashSet<u64>)>,
+}
+
+impl Repeats {
+    /// Names past which the hashes are kept.
+    const FEW: usize = 16;
+
+    /// Whether `name` is one of the names in `before` (every name seen so far).
+    fn seen<K: AsRef<str>>(&mut self, before: &[(K, Range<usize>)], name: &str) -> bool {
+        use std::hash::BuildHasher;
+        if before.len() < Self::FEW {
+            return before.iter().any(|(k, _)| k.as_ref() == name);
+        }
+        let (state, hashes) = self.hashes.get_or_insert_with(|| {
+            let state = foldhash::fast::RandomState::default();
+            let hashes = before
+                .iter()
+                .map(|(k, _)| state.hash_one(k.as_ref()))
+                .collect();
+            (state, hashes)
+        });
+        // A hash already there is a repeat or, rarely, two names that hash alike.
+        !hashes.insert(state.hash_one(name)) && before.iter().any(|(k, _)| k.as_ref() == name)
+    }
+}
+
 /// The fields of the object `text`, each named by `key` and found where its value lies:
 /// scanned ([`super::json_scan`]) when every key is written plainly and none repeats, `None`
 /// for anything else (not an object, not JSON, an escaped or repeated key).
@@ -277,6 +307,7 @@ fn scanned_members<'t, K: AsRef<str>>(
         return None;
     }
     let mut fields = Vec::with_capacity(8);
+    let mut repeats = Repeats::default();
     let mut i = whitespace_end(b, open + 1);
     if b.get(i) != Some(&b'}') {
         loop {
@@ -285,7 +316,7 @@ fn scanned_members<'t, K: AsRef<str>>(
             }
             let (end, escaped) = string_end(b, i + 1)?;
             let name = &text[i + 1..end - 1];
-            if escaped || fields.iter().any(|(k, _): &(K, _)| k.as_ref() == name) {
+            if escaped || repeats.seen(&fields, name) {
                 return None;
             }
             let colon = whitespace_end(b, end);
@@ -315,6 +346,8 @@ fn fields_of(text: &str) -> Result<Vec<(Key, Range<usize>)>, serde_json::Error> 
     }
 }
 
+/// The fields of the object `de` reads, each value as its span in the text that starts at
+/// `base` (serde_json lends a value's text out of its input, so where it lies is known).
 fn spans<'de, R: serde_json::de::Read<'de>>(
     de: &mut serde_json::Deserializer<R>,
     base: *const u8,
@@ -327,8 +360,9 @@ fn spans<'de, R: serde_json::de::Read<'de>>(
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut fields: Self::Value = Vec::with_capacity(8);
+            let mut repeats = Repeats::default();
             while let Some(key) = map.next_key_seed(KeySeed)? {
-                if fields.iter().any(|(k, _)| *k == key) {
+                if repeats.seen(&fields, &key) {
                     return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
                 }
                 let value = map.next_value::<&'de RawValue>()?.get();
@@ -680,6 +714,36 @@ mod tests {
             assert_eq!(err, theirs.to_string());
             assert!(err.contains("column"), "{err}");
         }
+    }
+
+    /// Many fields: a repeat is found however far apart the two are, by the scan and by
+    /// serde_json (a key with an escape sends the text there), and distinct ones all kept.
+    #[test]
+    fn a_repeat_among_thousands_of_fields_is_found_both_ways() {
+        let many = |escaped: bool, repeat: bool| {
+            let mut text = String::from(if escaped {
+                r#"{"\u0061":0"#
+            } else {
+                r#"{"a":0"#
+            });
+            for i in 0..5000 {
+                text.push_str(&format!(r#","f{i}":{i}"#));
+            }
+            if repeat {
+                text.push_str(r#","f17":1"#);
+            }
+            text.push('}');
+            text
+        };
+        for escaped in [false, true] {
+            let obj = RawObject::parse(&many(escaped, false)).unwrap();
+            assert_eq!(obj.get("f4999").unwrap().get(), "4999");
+            assert_eq!(obj.get("a").unwrap().get(), "0");
+            let err = RawObject::parse(&many(escaped, true)).unwrap_err();
+            assert!(err.to_string().contains("duplicate field `f17`"), "{err}");
+        }
+        assert!(BorrowedObject::parse(&many(false, false)).is_some());
+        assert!(BorrowedObject::parse(&many(false, true)).is_none());
     }
 
     #[test]
