@@ -70,6 +70,21 @@ impl Count {
         self.path()[0]
     }
 
+    /// The count a top-level field holds: [`Count::key`] read backwards (a `match`, which
+    /// compiles to length checks before any byte is compared).
+    fn at(key: &str) -> Option<Self> {
+        Some(match key {
+            "prompt_tokens" => Self::Prompt,
+            "completion_tokens" => Self::Completion,
+            "total_tokens" => Self::Total,
+            "prompt_tokens_details" => Self::Cached,
+            "completion_tokens_details" => Self::Reasoning,
+            "prompt_cache_hit_tokens" => Self::CacheHit,
+            "prompt_cache_miss_tokens" => Self::CacheMiss,
+            _ => return None,
+        })
+    }
+
     /// The count's value written into `out`; a details object the provider sent keeps its
     /// other fields.
     fn write_value(self, n: u64, sent: Option<Raw<'_>>, out: &mut Vec<u8>) {
@@ -105,26 +120,17 @@ impl<'a> SentUsage<'a> {
         let object = BorrowedObject::parse(text)?;
         let mut counts = [None; 7];
         let mut cost = None;
-        let detail =
-            |value: Raw<'_>, key: &str| count_text(BorrowedObject::parse(value.get())?.get(key)?);
         for (name, value) in object.fields() {
-            let (count, n) = match name {
-                "prompt_tokens" => (Count::Prompt, count_text(value)),
-                "completion_tokens" => (Count::Completion, count_text(value)),
-                "total_tokens" => (Count::Total, count_text(value)),
-                "prompt_tokens_details" => (Count::Cached, detail(value, "cached_tokens")),
-                "completion_tokens_details" => {
-                    (Count::Reasoning, detail(value, "reasoning_tokens"))
-                }
-                "prompt_cache_hit_tokens" => (Count::CacheHit, count_text(value)),
-                "prompt_cache_miss_tokens" => (Count::CacheMiss, count_text(value)),
-                "cost" => {
-                    cost = Some(value);
-                    continue;
-                }
-                _ => continue,
-            };
-            counts[count as usize] = n;
+            if name == "cost" {
+                cost = Some(value);
+            } else if let Some(count) = Count::at(name) {
+                counts[count as usize] = match count.path() {
+                    [_, inner] => BorrowedObject::parse(value.get())
+                        .and_then(|details| details.get(inner))
+                        .and_then(count_text),
+                    _ => count_text(value),
+                };
+            }
         }
         Some(Self {
             text,
@@ -180,7 +186,8 @@ impl Usage {
         })
     }
 
-    /// Every count DeepSeek clients read, with its value here, in [`Count::ALL`]'s order.
+    /// Every count DeepSeek clients read, with its value here, in [`Count::ALL`]'s order (a
+    /// count's own, `count as usize`).
     fn wire_fields(&self) -> [(Count, u64); 7] {
         let prompt = self.prompt();
         Count::ALL.map(|count| {
@@ -218,8 +225,8 @@ impl Usage {
         let mut out = Vec::with_capacity(256);
         let mut object = ObjectWriter::new(&mut out);
         for (name, value) in sent.fields() {
-            match fields.iter().find(|(count, _)| count.key() == name) {
-                Some(&(count, n)) => count.write_value(n, Some(value), object.key(name)),
+            match Count::at(name).map(|count| fields[count as usize]) {
+                Some((count, n)) => count.write_value(n, Some(value), object.key(name)),
                 None => object.field(name, value.get()),
             }
         }
@@ -310,6 +317,25 @@ mod tests {
             let value: Value = serde_json::from_str(text).unwrap();
             assert_eq!(Usage::from_sent(&sent), None, "{text}");
             assert_eq!(Usage::from_wire(&value), None, "{text}");
+        }
+    }
+
+    /// Each count is read from where [`Count::path`] says it lies, and from nowhere else.
+    #[test]
+    fn every_count_is_read_from_its_own_field() {
+        for count in Count::ALL {
+            assert_eq!(Count::at(count.key()), Some(count));
+            assert_eq!(Count::ALL[count as usize], count);
+            let text = match count.path() {
+                [key] => format!(r#"{{"{key}":7,"other":8}}"#),
+                [outer, inner] => format!(r#"{{"{outer}":{{"{inner}":7,"other":8}}}}"#),
+                _ => unreachable!(),
+            };
+            let sent = SentUsage::parse(&text).unwrap();
+            for other in Count::ALL {
+                let want = (other == count).then_some(7);
+                assert_eq!(sent.count(other), want, "{other:?} in {text}");
+            }
         }
     }
 

@@ -152,15 +152,14 @@ fn renamed_choices(choices: Raw<'_>, inner: &str) -> Option<String> {
 
 /// The provider's usage read into the one record, and completed to DeepSeek's wire form.
 fn normalized_usage(usage: Raw<'_>) -> Option<ReplyUsage> {
-    // Only OpenRouter reports a cost (`usage.cost`).
     let (record, wire, provider_cost) = match SentUsage::parse(usage.get()) {
         Some(sent) => {
             let record = Usage::from_sent(&sent)?;
             let cost = sent.cost.and_then(|c| parse_amount(c.get()));
             (record, record.wire_for(&sent), cost)
         }
-        // Not an object, or one with a key written with escapes (no provider does that): read
-        // the slow way, through a `Value`.
+        // Not an object, or one with a key written with escapes or twice, or nested past the
+        // scanner's depth (no provider does that): read the slow way, through a `Value`.
         None => {
             let value: Value = serde_json::from_str(usage.get()).ok()?;
             let record = Usage::from_wire(&value)?;
