@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 /// The scheduler period: short, so a throttled gateway waits at most a few milliseconds for
 /// its next slice (a 100 ms period would stall it for up to 70 ms at a 0.3 share).
-const PERIOD_US: u64 = 10_000;
+pub const PERIOD_US: u64 = 10_000;
 
 /// A cgroup holding the gateway, removed when dropped (after the gateway has exited).
 pub struct CpuShare {

@@ -395,8 +395,9 @@ fn main() {
             });
             if let Some(fraction) = args.gateway_cpu_share {
                 println!(
-                    "\nThe gateway may use {:.0}% of one CPU (a CPU cgroup's quota, 10 ms period).",
-                    fraction * 100.0
+                    "\nThe gateway may use {:.0}% of one CPU (a CPU cgroup's quota, {} ms period).",
+                    fraction * 100.0,
+                    cpu_share::PERIOD_US / 1000
                 );
             }
             overload::run(&pool, &overloaded, &args).await;
