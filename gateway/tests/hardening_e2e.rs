@@ -439,6 +439,53 @@ mod edge {
         assert_eq!(status, 200, "a freed slot serves again");
         assert!(s.gw.logs().contains("at the connection limit"));
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_arriving_while_the_gateway_stalls_wait_for_it_and_are_served() {
+        // More than the 128 a default listener queues: a SYN beyond the queue is dropped, and
+        // the client tries again only a second later.
+        const CLIENTS: usize = 600;
+        let _ = rlimit::increase_nofile_limit(4096);
+        let s = gateway("").await;
+        let body = json!({"model": "deepseek-chat", "messages": user("hi")}).to_string();
+        let request = format!("{}{body}", chat_head(body.len()));
+        // A stalled gateway (descheduled, throttled by its CPU quota, or busy) accepts nothing;
+        // the kernel completes what fits in the accept queue.
+        s.gw.signal("STOP");
+        let connects = (0..CLIENTS).map(|_| {
+            tokio::time::timeout(Duration::from_millis(700), TcpStream::connect(s.gw.addr))
+        });
+        let connected: Vec<TcpStream> = futures_util::future::join_all(connects)
+            .await
+            .into_iter()
+            .filter_map(|c| c.ok().and_then(Result::ok))
+            .collect();
+        s.gw.signal("CONT");
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap_or_default();
+        assert_eq!(
+            connected.len(),
+            CLIENTS,
+            "handshakes completed while the gateway was stopped (net.core.somaxconn = {})",
+            somaxconn.trim()
+        );
+        let answers = connected.into_iter().map(|mut tcp| {
+            let request = request.clone();
+            async move {
+                tcp.write_all(request.as_bytes()).await.unwrap();
+                let mut head = [0u8; 12];
+                tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut head))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                    && &head == b"HTTP/1.1 200"
+            }
+        });
+        let served = futures_util::future::join_all(answers)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(served, CLIENTS, "every connection queued is served");
+    }
 }
 
 mod overload {

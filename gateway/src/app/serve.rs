@@ -2,17 +2,37 @@
 //! SIGHUP, and on SIGTERM or SIGINT stop accepting, let in-flight requests and streams finish,
 //! and exit when they are done or when the drain deadline has passed, whichever is first.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
 use super::AppState;
 use super::edge::{self, EdgeLimits};
 use super::lanes::Lanes;
 use super::router::app;
+
+/// Connections the kernel completes and holds for the acceptor. The standard library's and
+/// mio's 128 overflowed in a burst past capacity: a SYN dropped when the queue is full is
+/// retried by the client only after a second. Linux caps it at `net.core.somaxconn` (4096 by
+/// default since 5.4) without an error.
+const BACKLOG: u32 = 4096;
+
+/// Binds the client listener, with room in the kernel's accept queue for a burst.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As std and mio do: a restarted gateway rebinds while its old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Serves until SIGTERM or SIGINT and the drain after it; returns the lanes still running, for
 /// the caller to stop once the last records are committed (their connections may still be

@@ -36,8 +36,7 @@ pub fn serve(path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Resul
         .context("starting the async runtime")?;
     let lanes = runtime.block_on(async move {
         let (state, store_tasks) = AppState::open(&config).await?;
-        let listener = tokio::net::TcpListener::bind(config.server.listen)
-            .await
+        let listener = dsgw::app::serve::listen(config.server.listen)
             .with_context(|| format!("binding {}", config.server.listen))?;
         let addr = listener.local_addr()?;
         announce(&config, path.is_none(), &state, addr);

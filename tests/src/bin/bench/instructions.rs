@@ -60,9 +60,17 @@ impl Counted {
             .expect("a callgrind dump has totals")
     }
 
-    /// Instructions per request for `requests` requests of `body`, one after another.
-    async fn per_request(&self, target: &Target, body: &bytes::Bytes, requests: usize) -> f64 {
-        let single = client(1);
+    /// Instructions per request for `requests` requests of `body`, one after another, over one
+    /// keep-alive connection or (`fresh`) each on a connection of its own, as a client that
+    /// finds every pooled connection busy opens one.
+    async fn per_request(
+        &self,
+        target: &Target,
+        body: &bytes::Bytes,
+        requests: usize,
+        fresh: bool,
+    ) -> f64 {
+        let single = client(usize::from(!fresh));
         for _ in 0..WARM_UP {
             assert!(
                 once(&single, target, body).await.is_some(),
@@ -118,15 +126,19 @@ pub async fn run(args: &Args, base: &str, env: &[(&str, &str)]) {
 
     let n = args.instruction_requests;
     println!(
-        "\n## Instructions per request (callgrind, {n} requests over one keep-alive connection after {WARM_UP} of warm-up, DSGW_LOG={})\n",
+        "\n## Instructions per request (callgrind, {n} requests one after another, over one keep-alive connection unless said, after {WARM_UP} of warm-up, DSGW_LOG={})\n",
         args.log
     );
     println!("| request | bare proxy | dsgw | dsgw's own (dsgw - bare proxy) |");
     println!("|---|---|---|---|");
-    for (name, stream) in [("non-streaming", false), ("12-chunk stream", true)] {
+    for (name, stream, fresh) in [
+        ("non-streaming", false, false),
+        ("12-chunk stream", true, false),
+        ("non-streaming, a new connection each", false, true),
+    ] {
         let body = chat_body("deepseek-chat", "Hello", stream);
-        let floor = proxy.per_request(&hop, &body, n).await;
-        let ours = dsgw.per_request(&via, &body, n).await;
+        let floor = proxy.per_request(&hop, &body, n, fresh).await;
+        let ours = dsgw.per_request(&via, &body, n, fresh).await;
         println!(
             "| {name} | {:.0} K | {:.0} K | {:.0} K |",
             floor / 1e3,
