@@ -540,6 +540,14 @@ mod overload {
             "{v}"
         );
         assert!(took < Duration::from_millis(500), "{took:?}");
+        // The operator still sees why: the scrape is answered with every slot taken.
+        let metrics = s.metrics().await;
+        for series in [
+            "dsgw_shed_total{reason=\"in_flight\"} 1\n",
+            "dsgw_requests_in_flight 2\n",
+        ] {
+            assert!(metrics.contains(series), "{series} in {metrics}");
+        }
         // A stream's slot comes back when it ends (here: the client goes away).
         drop(a);
         s.until_served("the slot").await;
@@ -747,6 +755,19 @@ mod overload {
         assert!(first.contains("queue budget"), "{first}");
         // Once the burst is over, the runtime is punctual again and requests are served.
         s.until_served("the queue to drain").await;
+        // Every 503 is counted by its reason; the scrape itself is never shed.
+        let metrics = s.metrics().await;
+        let counted = |reason: &str| {
+            let series = format!("dsgw_shed_total{{reason=\"{reason}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+        };
+        assert_eq!(counted("queue_budget"), shed.len());
+        assert_eq!(counted("in_flight"), 0);
+        assert!(metrics.contains("dsgw_lane_wait_seconds{lane=\"0\"}"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::response::Response;
 use http::Request;
+use prometheus::core::Collector;
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::edge::Guarded;
@@ -22,8 +24,79 @@ pub struct Load {
     max_in_flight: usize,
     /// One per lane, written by that lane's probe.
     waits: Box<[Wait]>,
-    /// Shed while a lane's lag is above this; `None`: never for lag.
+    /// Shed while a lane's waits stay above this; `None`: never for waiting.
     budget: Option<Duration>,
+    /// What the readings' times are counted from.
+    epoch: Instant,
+    exported: Exported,
+}
+
+/// What an operator sees of the shedder: its refusals counted as they happen, its readings
+/// set at each scrape.
+#[derive(Debug)]
+struct Exported {
+    /// Indexed by `Why`.
+    shed: [IntCounter; 2],
+    shed_vec: IntCounterVec,
+    in_flight: IntGauge,
+    lane_wait: GaugeVec,
+}
+
+/// Why a request was shed: the `reason` label's values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Why {
+    InFlight = 0,
+    Behind = 1,
+}
+
+impl Why {
+    const ALL: [Why; 2] = [Why::InFlight, Why::Behind];
+
+    fn label(self) -> &'static str {
+        match self {
+            Why::InFlight => "in_flight",
+            Why::Behind => "queue_budget",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Why::InFlight => "The gateway is at its limit of requests in flight; retry shortly.",
+            Why::Behind => {
+                "The gateway is behind: work waits longer than its queue budget; retry shortly."
+            }
+        }
+    }
+}
+
+impl Exported {
+    fn new() -> Self {
+        let shed_vec = IntCounterVec::new(
+            Opts::new(
+                "dsgw_shed_total",
+                "Requests answered 503 before any other work: reason is in_flight (max_in_flight reached) or queue_budget (work on the request's lane waits longer than queue_budget_ms).",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        Self {
+            shed: Why::ALL.map(|why| shed_vec.with_label_values(&[why.label()])),
+            shed_vec,
+            in_flight: IntGauge::new(
+                "dsgw_requests_in_flight",
+                "Requests holding a slot now (a stream until it ends), of max_in_flight.",
+            )
+            .expect("metric"),
+            lane_wait: GaugeVec::new(
+                Opts::new(
+                    "dsgw_lane_wait_seconds",
+                    "How long ready work waits to run on each lane (the lesser of the queue probe's last two readings, every 10 ms): what queue_budget_ms is compared with.",
+                ),
+                &["lane"],
+            )
+            .expect("metric"),
+        }
+    }
 }
 
 /// One lane's readings.
@@ -35,7 +108,19 @@ struct Wait {
     lag_us: AtomicU64,
     /// The probe's last wait alone.
     last_us: AtomicU64,
+    /// Since when (microseconds after `Load::epoch`, plus one: 0 is never) every wait has been
+    /// over the budget.
+    over_since_us: AtomicU64,
+    /// Whether they have been for `STANDING` or longer: the door sheds while this holds.
+    shedding: std::sync::atomic::AtomicBool,
 }
+
+/// How long waits must stay over the budget before the door sheds: a queue that a burst
+/// built drains within it (a team's agents firing 600 requests at once are served, not shed),
+/// one that stands is overload. CoDel's interval, for the same reason. With two readings in a
+/// row as the rule instead (20 ms at rest), a budget low enough to keep served requests fast
+/// shed the tail of every burst.
+const STANDING: Duration = Duration::from_millis(100);
 
 impl Load {
     pub fn new(max_in_flight: usize, queue_budget: Option<Duration>, lanes: usize) -> Self {
@@ -44,6 +129,30 @@ impl Load {
             max_in_flight,
             waits: (0..lanes.max(1)).map(|_| Wait::default()).collect(),
             budget: queue_budget,
+            epoch: Instant::now(),
+            exported: Exported::new(),
+        }
+    }
+
+    /// The shedder's series, for the registry that renders `/metrics`.
+    pub fn collectors(&self) -> [Box<dyn Collector>; 3] {
+        let e = &self.exported;
+        [
+            Box::new(e.shed_vec.clone()),
+            Box::new(e.in_flight.clone()),
+            Box::new(e.lane_wait.clone()),
+        ]
+    }
+
+    /// Sets the gauges to the readings now (at a scrape).
+    pub fn export(&self) {
+        let e = &self.exported;
+        e.in_flight.set(self.in_flight() as i64);
+        for (lane, w) in self.waits.iter().enumerate() {
+            let seconds = w.lag_us.load(Ordering::Relaxed) as f64 / 1e6;
+            e.lane_wait
+                .with_label_values(&[lane.to_string()])
+                .set(seconds);
         }
     }
 
@@ -92,7 +201,8 @@ impl Load {
             tokio::time::sleep(EVERY).await;
             // tokio's timers have a 1 ms tick: up to about 2 ms late on an idle runtime.
             let late = started.elapsed().saturating_sub(EVERY + TIMER_SLACK);
-            self.observe(lane, (late + turn_wait().await).as_micros() as u64);
+            let waited = late + turn_wait().await;
+            self.observe(lane, waited.as_micros() as u64, Instant::now());
         }
     }
 
@@ -107,24 +217,42 @@ impl Load {
             .any(|w| w.lag_us.load(Ordering::Relaxed) >= 50_000)
     }
 
-    /// Takes one probe's wait: only two waits in a row over the budget shed, so a lone stall (a
-    /// page-fault burst, a first connection, a descheduled process) sheds nothing, and a
-    /// runtime that stays behind sheds from its second probe, whose ticks are as slow as the
-    /// wait (an average over ticks took seconds to react to waits of 400 ms).
-    fn observe(&self, lane: usize, wait_us: u64) {
+    /// Takes one probe's wait, read at `at`: the door sheds once every wait for `STANDING`
+    /// has been over the budget, so a lone stall (a page-fault burst, a first connection, a
+    /// descheduled process) or a burst's queue sheds nothing, and a runtime that stays behind
+    /// sheds until a wait is under the budget again. (An average over ticks took seconds to
+    /// react to waits of 400 ms: each tick lasts as long as the wait.)
+    fn observe(&self, lane: usize, wait_us: u64, at: Instant) {
         let Some(w) = self.waits.get(lane) else {
             return;
         };
         let previous = w.last_us.swap(wait_us, Ordering::Relaxed);
         w.lag_us.store(previous.min(wait_us), Ordering::Relaxed);
+        let Some(budget) = self.budget else {
+            return;
+        };
+        // This lane's probe is the only writer of its readings.
+        let now_us = at.saturating_duration_since(self.epoch).as_micros() as u64 + 1;
+        let shedding = if wait_us > budget.as_micros() as u64 {
+            let since = match w.over_since_us.load(Ordering::Relaxed) {
+                0 => {
+                    w.over_since_us.store(now_us, Ordering::Relaxed);
+                    now_us
+                }
+                since => since,
+            };
+            now_us - since >= STANDING.as_micros() as u64
+        } else {
+            w.over_since_us.store(0, Ordering::Relaxed);
+            false
+        };
+        w.shedding.store(shedding, Ordering::Relaxed);
     }
 
     fn overloaded(&self, lane: usize) -> bool {
-        self.budget.is_some_and(|b| {
-            self.waits
-                .get(lane)
-                .is_some_and(|w| w.lag_us.load(Ordering::Relaxed) > b.as_micros() as u64)
-        })
+        self.waits
+            .get(lane)
+            .is_some_and(|w| w.shedding.load(Ordering::Relaxed))
     }
 }
 
@@ -141,37 +269,48 @@ async fn turn_wait() -> Duration {
     asked.elapsed()
 }
 
-/// Sheds load: beyond `[server] max_in_flight` requests at once, or while work waits longer
-/// than `queue_budget_ms` to run on this request's lane (two probes in a row), a new request is
-/// answered 503 with `Retry-After` at once, before any key is checked or body read.
+/// Sheds load: beyond `[server] max_in_flight` requests at once, or once work has waited
+/// longer than `queue_budget_ms` to run on this request's lane for `STANDING`, a new request
+/// is answered 503 with `Retry-After` at once, before any key is checked or body read.
 /// A request holds its slot until its response (a stream included) is done.
-/// Sheds load before anything else is done for a request: a 503 with `Retry-After` when every
-/// slot is taken or the lane it is on stays behind its queue budget.
 #[derive(Clone, Debug)]
 pub struct Shed(pub Arc<Load>);
 
-/// A request's slot, held until its response body is done.
-pub struct Slot(OwnedSemaphorePermit);
+/// A request's slot, held until its response body is done; none for the operator's probes.
+pub struct Slot(Option<OwnedSemaphorePermit>);
 
 impl Pass for Slot {
     fn finish(self, response: Response) -> Response {
-        response.map(|body| Body::new(Guarded::new(body, self.0)))
+        match self.0 {
+            Some(slot) => response.map(|body| Body::new(Guarded::new(body, slot))),
+            None => response,
+        }
     }
+}
+
+/// What an operator and a load balancer read to see the overload: answered however busy the
+/// gateway is (each is a few microseconds of work, or a render of the registry), and still
+/// bounded by the connection cap.
+fn never_shed(request: &Request<Body>) -> bool {
+    request.method() == http::Method::GET
+        && matches!(request.uri().path(), "/metrics" | "/healthz" | "/readyz")
 }
 
 impl Check for Shed {
     type Pass = Slot;
 
-    fn check(&self, _: &mut Request<Body>) -> Verdict<Slot> {
+    fn check(&self, request: &mut Request<Body>) -> Verdict<Slot> {
+        if never_shed(request) {
+            return Verdict::Pass(Slot(None));
+        }
         let lane = crate::support::lane::current();
         let why = match self.0.slots.clone().try_acquire_owned() {
-            Ok(slot) if !self.0.overloaded(lane) => return Verdict::Pass(Slot(slot)),
-            Ok(_) => {
-                "The gateway is behind: work waits longer than its queue budget; retry shortly."
-            }
-            Err(_) => "The gateway is at its limit of requests in flight; retry shortly.",
+            Ok(slot) if !self.0.overloaded(lane) => return Verdict::Pass(Slot(Some(slot))),
+            Ok(_) => Why::Behind,
+            Err(_) => Why::InFlight,
         };
-        let mut e = crate::wire::error::ApiError::unavailable(why);
+        self.0.exported.shed[why as usize].inc();
+        let mut e = crate::wire::error::ApiError::unavailable(why.message());
         e.retry_after = Some(1);
         Verdict::Answer(axum::response::IntoResponse::into_response(e))
     }
@@ -181,27 +320,56 @@ impl Check for Shed {
 mod tests {
     use super::*;
 
-    fn set_lag(load: &Load, lane: usize, us: u64) {
-        load.waits[lane].lag_us.store(us, Ordering::Relaxed);
+    /// Feeds `load`'s lane waits (microseconds) at the given milliseconds after its epoch;
+    /// whether each reading leaves the door shedding.
+    fn feed(load: &Load, lane: usize, readings: &[(u64, u64)]) -> Vec<bool> {
+        readings
+            .iter()
+            .map(|&(at_ms, wait_us)| {
+                load.observe(lane, wait_us, load.epoch + Duration::from_millis(at_ms));
+                load.overloaded(lane)
+            })
+            .collect()
     }
 
     #[test]
     fn a_lone_stall_sheds_nothing_and_a_runtime_that_stays_behind_does() {
-        let load = Load::new(8, Some(Duration::from_millis(250)), 1);
-        for calm_then_stall in [100, 3_000_000, 100, 100] {
-            load.observe(0, calm_then_stall);
-            assert!(!load.overloaded(0));
-        }
-        // Waits over the budget probe after probe: shed from the second...
-        load.observe(0, 400_000);
-        assert!(!load.overloaded(0));
-        load.observe(0, 300_000);
-        assert!(load.overloaded(0));
-        load.observe(0, 500_000);
-        assert!(load.overloaded(0));
-        // ...and no longer from the first calm one.
-        load.observe(0, 100);
-        assert!(!load.overloaded(0));
+        let load = Load::new(8, Some(Duration::from_millis(10)), 1);
+        // A stall of 3 s between calm readings.
+        assert_eq!(
+            feed(&load, 0, &[(0, 100), (3010, 3_000_000), (3020, 100)]),
+            [false, false, false]
+        );
+        // Waits over the budget reading after reading: shed once they have lasted 100 ms...
+        let behind: Vec<_> = (0..8).map(|i| (4000 + i * 20, 30_000)).collect();
+        assert_eq!(
+            feed(&load, 0, &behind),
+            [false, false, false, false, false, true, true, true]
+        );
+        // ...and no longer from the first one under it.
+        assert_eq!(
+            feed(&load, 0, &[(4200, 9_000), (4210, 30_000)]),
+            [false, false]
+        );
+    }
+
+    #[test]
+    fn a_bursts_queue_that_drains_within_the_interval_sheds_nothing() {
+        let load = Load::new(8, Some(Duration::from_millis(10)), 1);
+        // 600 requests at once: waits of 40 ms, then 25, then the queue is gone.
+        assert_eq!(
+            feed(
+                &load,
+                0,
+                &[(0, 40_000), (50, 25_000), (85, 20_000), (95, 2_000)]
+            ),
+            [false, false, false, false]
+        );
+        // Slow readings (each as long as the wait) shed from the one 100 ms after the first.
+        assert_eq!(
+            feed(&load, 0, &[(200, 90_000), (290, 90_000), (380, 90_000)]),
+            [false, false, true]
+        );
     }
 
     #[tokio::test]
@@ -214,29 +382,64 @@ mod tests {
     }
 
     #[test]
-    fn lag_sheds_only_with_a_budget_and_above_it() {
+    fn waits_shed_only_with_a_budget_and_above_it() {
+        let standing =
+            |wait_us| -> Vec<(u64, u64)> { (0..12).map(|i| (i * 10, wait_us)).collect() };
         let load = Load::new(4, Some(Duration::from_millis(10)), 1);
-        set_lag(&load, 0, 9_000);
-        assert!(!load.overloaded(0));
-        set_lag(&load, 0, 11_000);
-        assert!(load.overloaded(0));
+        assert!(!feed(&load, 0, &standing(10_000)).contains(&true));
+        assert!(feed(&load, 0, &standing(10_001)).ends_with(&[true]));
         let unbudgeted = Load::new(4, None, 1);
-        set_lag(&unbudgeted, 0, 10_000_000);
-        assert!(!unbudgeted.overloaded(0));
+        assert!(!feed(&unbudgeted, 0, &standing(10_000_000)).contains(&true));
     }
 
     #[test]
     fn a_lane_behind_sheds_its_own_requests_and_keeps_the_heap_untrimmed() {
         let load = Load::new(64, Some(Duration::from_millis(10)), 2);
         assert!(!load.behind());
-        load.observe(1, 60_000);
-        load.observe(1, 70_000);
-        assert!(load.overloaded(1));
+        assert_eq!(
+            feed(&load, 1, &[(0, 60_000), (70, 70_000), (140, 70_000)]),
+            [false, false, true]
+        );
         assert!(!load.overloaded(0), "lane 0's queue is short");
         assert!(load.behind(), "a burst on any lane defers the trim");
         // A lane that does not exist reads as calm and takes no readings.
-        load.observe(7, 1_000_000);
-        assert!(!load.overloaded(7));
+        assert_eq!(
+            feed(&load, 7, &[(0, 1_000_000), (500, 1_000_000)]),
+            [false, false]
+        );
+    }
+
+    #[test]
+    fn the_door_counts_what_it_sheds_and_exports_its_readings() {
+        let load = Shed(Arc::new(Load::new(1, Some(Duration::from_millis(10)), 1)));
+        let chat = || {
+            Request::post("/v1/chat/completions")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let Verdict::Pass(held) = load.check(&mut chat()) else {
+            panic!("the first request has a slot");
+        };
+        assert!(matches!(load.check(&mut chat()), Verdict::Answer(_)));
+        // The operator's probes are answered however full the gateway is.
+        for path in ["/metrics", "/healthz", "/readyz"] {
+            let mut probe = Request::get(path).body(Body::empty()).unwrap();
+            assert!(matches!(load.check(&mut probe), Verdict::Pass(_)), "{path}");
+        }
+        drop(held);
+        feed(&load.0, 0, &[(0, 50_000), (200, 50_000)]);
+        assert!(matches!(load.check(&mut chat()), Verdict::Answer(_)));
+        load.0.export();
+        let e = &load.0.exported;
+        assert_eq!(
+            (
+                e.shed[Why::InFlight as usize].get(),
+                e.shed[Why::Behind as usize].get()
+            ),
+            (1, 1)
+        );
+        assert_eq!(e.in_flight.get(), 0);
+        assert_eq!(e.lane_wait.with_label_values(&["0"]).get(), 0.05);
     }
 
     #[test]

@@ -277,8 +277,19 @@ impl AppState {
             audit,
             redactor: redactor(config)?,
         };
+        let pipeline = Arc::new(Pipeline::new(config, parts));
+        let load = Arc::new(load::Load::new(
+            config.server.max_in_flight,
+            Some(config.server.queue_budget_ms)
+                .filter(|&ms| ms > 0)
+                .map(std::time::Duration::from_millis),
+            crate::support::lane::count(),
+        ));
+        for series in load.collectors() {
+            pipeline.metrics.register(series);
+        }
         Ok(Self {
-            pipeline: Arc::new(Pipeline::new(config, parts)),
+            pipeline,
             keys: Arc::new(LiveKeys::new(keys)),
             directory: Arc::new(Directory::new(config)),
             store,
@@ -293,13 +304,7 @@ impl AppState {
                 .map(|o| http::HeaderValue::from_str(o).expect("validated origin"))
                 .collect(),
             body_timeout: std::time::Duration::from_millis(config.server.body_timeout_ms),
-            load: Arc::new(load::Load::new(
-                config.server.max_in_flight,
-                Some(config.server.queue_budget_ms)
-                    .filter(|&ms| ms > 0)
-                    .map(std::time::Duration::from_millis),
-                crate::support::lane::count(),
-            )),
+            load,
         })
     }
 

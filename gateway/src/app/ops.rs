@@ -39,6 +39,7 @@ pub async fn readyz(State(state): State<super::AppState>) -> Response {
 pub async fn metrics(State(state): State<super::AppState>) -> Response {
     let pipeline = &state.pipeline;
     let metrics = &pipeline.metrics;
+    state.load.export();
     if let Some(store) = &pipeline.store {
         metrics.store(store.is_up(), state.directory.revision());
     }

@@ -521,6 +521,11 @@ impl Metrics {
     }
 
     /// The text exposition format.
+    /// Adds series kept elsewhere (the shedder's) to what `/metrics` renders.
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        self.registry.register(collector).expect("unique metric");
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new()

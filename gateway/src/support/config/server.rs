@@ -29,9 +29,9 @@ pub struct ServerConfig {
     /// Requests in flight at once (streams until they end); one beyond is answered 503 with
     /// `Retry-After` at once.
     pub max_in_flight: usize,
-    /// New requests are shed (503) while work waits longer than this to run (two probes in a
-    /// row): the queueing a request would meet before any work is done on it. 0 turns it off
-    /// (`max_in_flight` still holds).
+    /// New requests are shed (503) once work has waited longer than this to run for 100 ms
+    /// on end: the queueing a request would meet at each of its turns on its lane. 0 turns it
+    /// off (`max_in_flight` still holds).
     pub queue_budget_ms: u64,
     /// Client connections held at once; one beyond is answered 503 and closed at once.
     /// Default: from the open-files limit (each client connection may need an upstream one).
@@ -103,7 +103,7 @@ impl Default for ServerConfig {
             body_timeout_ms: 30_000,
             keepalive_idle_ms: 60_000,
             max_in_flight: 4096,
-            queue_budget_ms: 250,
+            queue_budget_ms: 50,
             max_connections: None,
             workers: None,
         }
@@ -125,7 +125,7 @@ mod tests {
             .unwrap();
         assert_eq!(ok.header_timeout_ms, 10_000);
         assert_eq!(ok.max_in_flight, 4096);
-        assert_eq!(ok.queue_budget_ms, 250);
+        assert_eq!(ok.queue_budget_ms, 50);
         assert_eq!(server("queue_budget_ms = 0").unwrap().queue_budget_ms, 0);
         assert_eq!(server("max_connections = 7").unwrap().connection_cap(), 7);
         assert_eq!(server("workers = 3").unwrap().workers(), 3);
