@@ -20,6 +20,16 @@ pub async fn setup() -> Setup {
     setup_with(|c| c).await
 }
 
+/// `config` with shedding for the queue's wait turned off, for tests that flood the gateway on
+/// purpose to see something else: a debug build on a shared two-core machine stays behind a
+/// budget set for release builds, and its 503s would be right. The shedder has tests of its own.
+pub fn unshed(config: String) -> String {
+    config.replace(
+        "drain_timeout_secs = 5",
+        "drain_timeout_secs = 5\nqueue_budget_ms = 0",
+    )
+}
+
 /// Starts the fake and a gateway whose config text `edit` may change.
 pub async fn setup_with(edit: impl FnOnce(String) -> String) -> Setup {
     dsgw::providers::install_tls();
