@@ -4,7 +4,7 @@
 //! would serve it; lane 0's probe also hands freed heap back to the system after a burst.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -74,7 +74,7 @@ impl Exported {
         let shed_vec = IntCounterVec::new(
             Opts::new(
                 "dsgw_shed_total",
-                "Requests answered 503 before any other work: reason is in_flight (max_in_flight reached) or queue_budget (work on the request's lane waits longer than queue_budget_ms).",
+                "Requests answered 503 before any other work: reason is in_flight (max_in_flight reached) or queue_budget (work on the request's lane has waited longer than queue_budget_ms for 100 ms).",
             ),
             &["reason"],
         )
@@ -90,7 +90,7 @@ impl Exported {
             lane_wait: GaugeVec::new(
                 Opts::new(
                     "dsgw_lane_wait_seconds",
-                    "How long ready work waits to run on each lane (the lesser of the queue probe's last two readings, every 10 ms): what queue_budget_ms is compared with.",
+                    "How long ready work waits to run on each lane: the lesser of the queue probe's last two readings (one every 10 ms at rest, each compared with queue_budget_ms).",
                 ),
                 &["lane"],
             )
@@ -112,7 +112,7 @@ struct Wait {
     /// over the budget.
     over_since_us: AtomicU64,
     /// Whether they have been for `STANDING` or longer: the door sheds while this holds.
-    shedding: std::sync::atomic::AtomicBool,
+    shedding: AtomicBool,
 }
 
 /// How long waits must stay over the budget before the door sheds: a queue that a burst

@@ -520,12 +520,12 @@ impl Metrics {
             .set(nano);
     }
 
-    /// The text exposition format.
     /// Adds series kept elsewhere (the shedder's) to what `/metrics` renders.
     pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
         self.registry.register(collector).expect("unique metric");
     }
 
+    /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new()
