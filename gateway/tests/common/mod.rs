@@ -24,6 +24,10 @@ pub async fn setup() -> Setup {
 /// purpose to see something else: a debug build on a shared two-core machine stays behind a
 /// budget set for release builds, and its 503s would be right. The shedder has tests of its own.
 pub fn unshed(config: String) -> String {
+    assert!(
+        config.contains("drain_timeout_secs = 5"),
+        "the harness's [server] table moved"
+    );
     config.replace(
         "drain_timeout_secs = 5",
         "drain_timeout_secs = 5\nqueue_budget_ms = 0",
