@@ -116,10 +116,10 @@ struct Wait {
 }
 
 /// How long waits must stay over the budget before the door sheds: a queue that a burst
-/// built drains within it (a team's agents firing 600 requests at once are served, not shed),
-/// one that stands is overload. CoDel's interval, for the same reason. With two readings in a
-/// row as the rule instead (20 ms at rest), a budget low enough to keep served requests fast
-/// shed the tail of every burst.
+/// built drains within it (600 requests at once are ~36 ms of work for a release build), one
+/// that stands is overload. CoDel's interval, for the same reason. Two readings in a row (20
+/// ms at rest), the rule before, would shed the tail of such a burst at a budget low enough to
+/// keep served requests fast.
 const STANDING: Duration = Duration::from_millis(100);
 
 impl Load {
