@@ -221,3 +221,10 @@ impl JsonBody for reqwest::RequestBuilder {
             .body(serde_json::to_vec(v).unwrap())
     }
 }
+
+/// A chat request's head as a client writes it, for a body of `len` bytes (sk-alice's key).
+pub fn chat_head(len: usize) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer sk-alice\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+    )
+}
